@@ -1,0 +1,3 @@
+"""bpiml: image manipulation localization trained from bounding boxes."""
+
+__version__ = "0.1.0"
