@@ -1,0 +1,71 @@
+"""The teacher interface: images and their boxes in, one pseudo mask per image out.
+
+A teacher turns each image's boxes (`Nx4` float32 `[x0, y0, x1, y1]` pixels, already clipped to
+the image) into one `HxW` bool mask, the union of the per-box masks. An image with no boxes gets
+an all-False mask without running the model. Images in one call may have different sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    name: str  # "sam" | "grabcut" | "box"
+    version: str  # e.g. "sam-vit_b-<sha256[:12] of checkpoint>-fast", "grabcut-v2-<params hash>", "box-v1"
+
+    def predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """images: HxWx3 uint8 RGB (sizes may differ); boxes: Nx4 float32 [x0,y0,x1,y1] pixels, already clipped.
+        Returns one HxW bool mask per image = union of its box masks. An image with no boxes -> all False,
+        without running the model."""
+        ...
+
+
+def check_inputs(images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+    """Validate a predict() call; returns the boxes as `Nx4` float32 arrays (N may be 0).
+
+    Raises ValueError naming the offending index, the expected and the actual value.
+    """
+    if len(images) != len(boxes):
+        raise ValueError(f"got {len(images)} images but {len(boxes)} box arrays; expected one box array per image")
+    out = []
+    for i, (image, image_boxes) in enumerate(zip(images, boxes)):
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            shape = getattr(image, "shape", None)
+            dtype = getattr(image, "dtype", type(image).__name__)
+            raise ValueError(f"images[{i}]: expected an HxWx3 uint8 RGB array, got shape {shape} dtype {dtype}")
+        arr = np.asarray(image_boxes, dtype=np.float32)
+        if arr.size == 0:
+            arr = arr.reshape(0, 4)
+        if arr.ndim != 2 or arr.shape[1] != 4:
+            raise ValueError(f"boxes[{i}]: expected an Nx4 array [x0, y0, x1, y1], got shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"boxes[{i}]: boxes must be finite, got {arr.tolist()}")
+        out.append(arr)
+    return out
+
+
+def box_pixels(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """Integer pixel bounds `(x0, y0, x1, y1)` (end exclusive) of a float box, clipped to the image.
+
+    Every pixel the box touches is inside (`floor(x0)` .. `ceil(x1)`), so a box `[x, y, x + w, y + h]`
+    from a mask component covers exactly that component's bounding rectangle; a box thinner than
+    one pixel still covers the pixel it falls in.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ix0 = min(max(int(np.floor(x0)), 0), width - 1)
+    iy0 = min(max(int(np.floor(y0)), 0), height - 1)
+    ix1 = min(max(int(np.ceil(x1)), ix0 + 1), width)
+    iy1 = min(max(int(np.ceil(y1)), iy0 + 1), height)
+    return ix0, iy0, ix1, iy1
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """A short stable hash of a teacher's parameters, used in its `version`."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
