@@ -1,0 +1,83 @@
+"""Starting or joining Ray the same way from every job.
+
+`python jobs/x.py` joins the cluster named by RAY_ADDRESS (set by `ray job submit`) or a running
+local head, and otherwise starts a local Ray. The S3/MLflow environment a job runs with is passed
+to Ray's workers through `runtime_env`, because workers do not inherit the driver's shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Environment that workers need to reach the same S3 endpoint and MLflow server as the driver.
+# Credentials are passed through (never logged or saved); on AWS, instance roles make them unnecessary.
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "BPIML_CACHE",
+)
+
+
+def worker_env() -> dict[str, str]:
+    """The subset of this process's environment that Ray workers must see."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+
+
+def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Join RAY_ADDRESS / a running local head, else start a local Ray; idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = worker_env()
+    runtime_env = {"env_vars": env} if env else None
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        logger.info("joining Ray at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **kwargs)
+        return
+    try:
+        ray.init(address="auto", runtime_env=runtime_env, **kwargs)
+        logger.info("joined the running local Ray cluster")
+    except (ConnectionError, RuntimeError):
+        logger.info("starting a local Ray (num_cpus=%s)", num_cpus or "all")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
+
+
+def available_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def check_gpus(requested_per_actor: float, actors: int, what: str) -> None:
+    """Fail before any work when GPUs are asked for but the cluster has none (Ray would wait forever).
+
+    On an autoscaling cluster with no GPU node up yet, set BPIML_ALLOW_PENDING_GPUS=1 to skip the check.
+    """
+    if requested_per_actor <= 0 or os.environ.get("BPIML_ALLOW_PENDING_GPUS") == "1":
+        return
+    have = available_gpus()
+    if have <= 0:
+        raise ValueError(
+            f"{what}: {requested_per_actor} GPU(s) per actor requested but the Ray cluster has no GPUs; "
+            "use 0 for CPU, or set BPIML_ALLOW_PENDING_GPUS=1 on an autoscaling cluster"
+        )
+    if requested_per_actor * actors > have:
+        logger.warning("%s: %s actors x %s GPUs > %s GPUs in the cluster; some actors will wait",
+                       what, actors, requested_per_actor, have)

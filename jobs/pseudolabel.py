@@ -1,0 +1,51 @@
+"""Pseudo-label a box-annotated image store with a frozen teacher (SAM, GrabCut or boxes) on Ray Data.
+
+    python jobs/pseudolabel.py                                  # embedded default: the sample store
+    ray job submit --working-dir . -- python jobs/pseudolabel.py --store s3://b/store --out s3://b/pseudo \\
+        --checkpoint s3://b/weights/sam_vit_h_4b8939.pth --variant vit_h --num-actors 8 --gpus-per-actor 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+try:
+    import bpiml  # noqa: F401
+except ImportError:  # running from a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bpiml.pseudolabel import DEFAULT_STORE, PseudoLabelConfig, run_pseudolabel
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    PseudoLabelConfig.add_arguments(parser)
+    parser.add_argument("--config", help="JSON/YAML config file; flags given explicitly override it")
+    parser.add_argument("--smoke-test", action="store_true", help="label at most 4 images")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    values = {k: v for k, v in vars(args).items() if k not in ("config", "smoke_test")}
+    if args.config:
+        defaults = vars(parse_args([]))
+        base = PseudoLabelConfig.load(args.config).to_dict()
+        values = {**base, **{k: v for k, v in values.items() if v != defaults.get(k)}}
+    if args.smoke_test:
+        values["limit"] = min(values.get("limit") or 4, 4)
+    config = PseudoLabelConfig.from_dict(values)
+    if config.store == DEFAULT_STORE and not Path(DEFAULT_STORE, "manifest.jsonl").exists():
+        from bpiml.sample import make_sample_store
+
+        logging.getLogger("bpiml").info("embedded default: writing the sample store to %s", DEFAULT_STORE)
+        make_sample_store(DEFAULT_STORE)
+    run_pseudolabel(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

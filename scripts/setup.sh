@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Create (or update) the project virtualenv .venv with everything bpiml needs.
+#   scripts/setup.sh          runtime dependencies
+#   scripts/setup.sh --dev    + test dependencies (pytest, moto server) and, as root with apt, Chromium
+# Torch is installed first and pinned through constraints.txt so nothing re-resolves it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup.sh: bpiml needs Python >= 3.11 ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+
+stamp=.venv/.bpiml-installed$([ $dev = 1 ] && echo -dev)
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ]; then
+  echo "setup.sh: .venv is up to date"
+else
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+  echo "setup.sh: installing torch (a few minutes on a new machine)"
+  "${pip[@]}" -c constraints.txt torch torchvision
+  echo "setup.sh: installing bpiml and its dependencies"
+  if [ $dev = 1 ]; then "${pip[@]}" -c constraints.txt -e '.[dev]'; else "${pip[@]}" -c constraints.txt -e .; fi
+  touch "$stamp"
+fi
+
+if [ $dev = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  # The HTML report test renders the report in headless Chromium; it skips (saying why) without it.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup.sh: installing Chromium for the report test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup.sh: could not install Chromium; the report rendering test will be skipped" >&2
+  else
+    echo "setup.sh: Chromium not found; the report rendering test will be skipped (install 'chromium' to run it)" >&2
+  fi
+fi
+echo "setup.sh: done (.venv/bin/python $(.venv/bin/python -c 'import torch, ray; print("torch", torch.__version__, "ray", ray.__version__)'))"
