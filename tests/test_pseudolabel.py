@@ -1,0 +1,178 @@
+"""The pseudo-labeling pipeline on a local Ray: masks, union of boxes, resume, every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bpiml.imageio import decode_mask
+from bpiml.pseudolabel import PseudoLabelConfig, decode_rows, run_pseudolabel
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR))
+
+
+def _write(root: Path, rel: str, data: bytes) -> str:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return rel
+
+
+def make_store(root: Path, n_good: int = 5) -> dict[str, list]:
+    """A store with good images (one with two boxes, one authentic) and one image of every bad kind."""
+    lines: list[dict] = []
+    for i in range(n_good):
+        h, w = 48 + 8 * i, 64 + 4 * i
+        img = _write(root, f"images/good{i}.jpg", _jpeg(_photo(h, w, i)))
+        gt = np.zeros((h, w), np.uint8)
+        gt[10:30, 12:40] = 255
+        mask = _write(root, f"masks/good{i}.png", _png(Image.fromarray(gt)))
+        boxes = [[12, 10, 40, 30]]
+        if i == 1:
+            boxes.append([45, 35, 60, 45])  # two boxes: the mask is their union
+        if i == 2:
+            boxes = []  # authentic
+        lines.append({"id": f"good{i}", "image": img, "boxes": boxes, "mask": mask, "split": "train"})
+    photo = _photo(40, 50, 99)
+    bad = {
+        "missing": {"image": "images/nope.jpg"},
+        "corrupt": {"image": _write(root, "images/corrupt.jpg", b"\xff\xd8 this is not a jpeg")},
+        "truncated": {"image": _write(root, "images/truncated.jpg", _jpeg(photo)[:300])},
+        "zero_size": {"image": _write(root, "images/empty.jpg", b"")},
+        "escape": {"image": "../outside.jpg"},
+        "degenerate_only": {"image": _write(root, "images/degen.jpg", _jpeg(photo)), "boxes": [[10, 10, 10, 30]]},
+    }
+    converted = {
+        "gray": _write(root, "images/gray.png", _png(Image.fromarray(photo[..., 0]))),
+        "rgba": _write(root, "images/rgba.png", _png(Image.fromarray(np.dstack([photo, photo[..., :1]])))),
+        "sixteen": _write(root, "images/sixteen.png",
+                          _png(Image.fromarray(photo[..., 0].astype(np.uint16) * 257))),
+        "out_of_bounds": _write(root, "images/oob.jpg", _jpeg(photo)),
+    }
+    for rid, values in bad.items():
+        lines.append({"id": rid, "boxes": [[5, 5, 20, 20]], **values})
+    for rid, rel in converted.items():
+        boxes = [[-10, -5, 80, 25]] if rid == "out_of_bounds" else [[5, 5, 20, 20]]
+        lines.append({"id": rid, "image": rel, "boxes": boxes})
+    text = "\n".join(json.dumps(x) for x in lines) + "\nthis line is not json\n"
+    (root / "manifest.jsonl").write_text(text)
+    return {"good": [f"good{i}" for i in range(n_good)], "bad": list(bad) + ["<not json>"], "converted": list(converted)}
+
+
+def _outputs(out: Path) -> tuple[list[dict], list[dict]]:
+    manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    return manifest, rejects
+
+
+def test_decode_rows_called_directly_on_a_batch(tmp_path):
+    make_store(tmp_path, n_good=2)
+    lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
+    batch = decode_rows({"text": np.array(lines, dtype=object)}, store=str(tmp_path))
+    status = dict(zip(batch["id"], batch["status"]))
+    assert status["good0"] == "ok" and status["gray"] == "ok"
+    assert status["missing"] == status["corrupt"] == status["truncated"] == status["zero_size"] == "rejected"
+    assert batch["image"][0].shape == (48, 64, 3)
+    assert batch["gt"][0].shape == (48, 64)
+
+
+def test_tiny_sam_pipeline_bad_inputs_and_resume(tmp_path):
+    from bpiml.teachers.tiny_sam import save_tiny_sam_checkpoint
+
+    store, out = tmp_path / "store", tmp_path / "out"
+    expected = make_store(store)
+    checkpoint = save_tiny_sam_checkpoint(str(tmp_path / "tiny_sam.pth"))
+    cfg = PseudoLabelConfig(store=str(store), out=str(out), teacher="sam", checkpoint=checkpoint, variant="tiny",
+                            num_actors=2, batch_size=2, rows_per_block=4, max_reject_rate=1.0, limit=6)
+
+    first = run_pseudolabel(cfg)  # a partial run: the first 6 manifest lines
+    assert first["labeled_this_run"] == 5 and first["rejected"] == 1  # 5 good, 'missing'
+
+    summary = run_pseudolabel(cfg.replace(limit=None))  # resume over the whole store
+    manifest, rejects = _outputs(out)
+    labeled = [r["id"] for r in manifest]
+    assert sorted(labeled) == sorted(expected["good"] + expected["converted"])  # none missing
+    assert len(labeled) == len(set(labeled))  # none duplicated
+    assert summary["skipped_already_labeled"] == 5 and summary["labeled_this_run"] == 4
+    assert summary["rejected"] == len(expected["bad"])
+
+    rejected = {r["id"] or r["image"] for r in rejects if r["action"] == "rejected"}
+    assert rejected == {"missing", "corrupt", "truncated", "zero_size", "escape", "degenerate_only",
+                        "this line is not json"}
+    reasons = {r["id"]: r["reason"] for r in rejects if r["action"] == "rejected"}
+    assert "missing" in reasons["missing"] and "escape" in reasons["escape"]
+    noted = {r["id"] for r in rejects if r["action"] in ("converted", "clipped")}
+    assert noted == set(expected["converted"])
+
+    for record in manifest:
+        image = Image.open(store / record["image"])
+        mask = decode_mask((out / record["pseudo_mask"]).read_bytes())
+        assert mask.shape == (image.height, image.width)
+        assert record["teacher"] == "sam" and record["teacher_version"]
+    authentic = next(r for r in manifest if r["id"] == "good2")
+    assert authentic["mask_area"] == 0.0
+    assert all(r["iou_gt"] is not None for r in manifest if r["id"].startswith("good"))
+    assert json.loads((out / "config.json").read_text())["teacher"] == "sam"
+    assert json.loads((out / "summary.json").read_text())["labeled_total"] == len(manifest)
+
+    again = run_pseudolabel(cfg.replace(limit=None))  # nothing left to do: nothing labeled twice
+    assert again["labeled_this_run"] == 0 and again["labeled_total"] == len(manifest)
+
+
+def test_box_teacher_union_of_boxes_and_reject_rate(tmp_path):
+    store, out = tmp_path / "store", tmp_path / "out"
+    make_store(store, n_good=2)
+    cfg = PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_actors=1, max_reject_rate=0.2)
+    with pytest.raises(RuntimeError, match="max_reject_rate"):
+        run_pseudolabel(cfg)  # 7 of 13 images are bad: past the allowed rate, but the good ones are labeled
+    manifest, _ = _outputs(out)
+    two_boxes = next(r for r in manifest if r["id"] == "good1")
+    mask = decode_mask((out / two_boxes["pseudo_mask"]).read_bytes())
+    expected = np.zeros_like(mask)
+    expected[10:30, 12:40] = True
+    expected[35:45, 45:60] = True
+    assert np.array_equal(mask, expected)
+    clipped = next(r for r in manifest if r["id"] == "out_of_bounds")
+    oob = decode_mask((out / clipped["pseudo_mask"]).read_bytes())
+    assert oob[:25, :].all() and not oob[25:, :].any()
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="num_actors"):
+        PseudoLabelConfig(num_actors=0).validate()
+    with pytest.raises(ValueError, match="checkpoint"):
+        PseudoLabelConfig(teacher="sam").validate()
+    with pytest.raises(ValueError, match="unknown PseudoLabelConfig key"):
+        PseudoLabelConfig.from_dict({"actors": 2})
+    with pytest.raises(FileNotFoundError, match="manifest.jsonl"):
+        run_pseudolabel(PseudoLabelConfig(store=str(tmp_path / "nothing"), out=str(tmp_path / "o")))
