@@ -1,0 +1,216 @@
+"""Evaluation: test-list parsing, the batch step on a dict with an oracle model, and the Ray job end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bpiml import degrade, evaluate, imageio, manifest, predict
+from bpiml.model.student import StudentConfig, build_student
+
+
+class RedOracle(nn.Module):
+    """Predicts 'manipulated' where the red channel is bright: exact on the generated test images."""
+
+    class config:  # noqa: N801 - mimics Student.config
+        img_size = 64
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return (x[:, :1] - 0.5) * 40.0 + self.dummy
+
+
+def _write_sets(root):
+    """Two IMDL-BenCo lists: each 3 manipulated images (red square = mask) + 1 Negative."""
+    rng = np.random.default_rng(0)
+    sets = {}
+    for s, name in enumerate(("set_a", "set_b")):
+        folder = root / name
+        (folder / "Tp").mkdir(parents=True)
+        (folder / "Gt").mkdir()
+        (folder / "Au").mkdir()
+        entries = []
+        for i in range(3):
+            h, w = 40 + 8 * i, 56 - 4 * i
+            image = np.zeros((h, w, 3), np.uint8)
+            image[..., 1:] = rng.integers(0, 256, (h, w, 2), dtype=np.uint8)
+            image[..., 0] = rng.integers(0, 60, (h, w), dtype=np.uint8)
+            mask = np.zeros((h, w), bool)
+            mask[5 + i : 25 + i, 10 : 30 + s] = True
+            image[mask, 0] = 255
+            (folder / "Tp" / f"im{i}.png").write_bytes(imageio.encode_image(image, "png"))
+            (folder / "Gt" / f"im{i}.png").write_bytes(imageio.encode_mask_png(mask))
+            entries.append([f"Tp/im{i}.png", f"Gt/im{i}.png"])
+        authentic = np.zeros((36, 36, 3), np.uint8)
+        authentic[..., 0] = 20
+        (folder / "Au" / "au0.png").write_bytes(imageio.encode_image(authentic, "png"))
+        entries.append(["Au/au0.png", "Negative"])
+        (folder / "index.json").write_text(json.dumps(entries))
+        sets[name] = folder / "index.json"
+    return sets
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    sets = _write_sets(root)
+    torch.manual_seed(0)
+    student = build_student(StudentConfig(img_size=64, width=32, memory_slots=8))
+    ckpt = root / "ckpt" / "model.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model_config": student.config.to_dict(), "model_state": student.state_dict()}, ckpt)
+    return {"root": root, "sets": sets, "ckpt": ckpt}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_load_test_set_json_and_store(data, tmp_path):
+    items = evaluate.load_test_set(str(data["sets"]["set_a"]))
+    assert len(items) == 4 and items[-1]["mask"] == ""
+    assert items[0]["image"].endswith("set_a/Tp/im0.png") and items[0]["mask"].endswith("set_a/Gt/im0.png")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([["../../etc/passwd", "Negative"]]))
+    with pytest.raises(ValueError, match="escapes"):
+        evaluate.load_test_set(str(bad))
+    bad.write_text(json.dumps([["a.png"]]))
+    with pytest.raises(ValueError, match="entry 0"):
+        evaluate.load_test_set(str(bad))
+    store = data["sets"]["set_a"].parent
+    manifest.write_manifest([
+        {"id": "t0", "image": "Tp/im0.png", "boxes": [[10, 5, 30, 25]], "mask": "Gt/im0.png", "split": "test"},
+        {"id": "t1", "image": "Tp/im1.png", "boxes": [[10, 5, 30, 25]], "mask": None, "split": "test"},  # skipped
+        {"id": "a0", "image": "Au/au0.png", "boxes": [], "mask": None, "split": "test"},
+        {"id": "tr", "image": "Tp/im2.png", "boxes": [[1, 1, 2, 2]], "mask": "Gt/im2.png", "split": "train"},
+    ], str(tmp_path / "manifest.jsonl"))
+    # a manifest elsewhere resolves paths against its own folder, so copy it into the set's folder
+    (store / "manifest.jsonl").write_bytes((tmp_path / "manifest.jsonl").read_bytes())
+    items = evaluate.load_test_set(str(store), "test")
+    assert [(i["id"], bool(i["mask"])) for i in items] == [("t0", True), ("a0", False)]
+
+
+def test_parse_datasets_groups_and_config_errors():
+    assert evaluate.parse_datasets(["a=x.json", "/d/cvip/index.json", "s3://b/store"]) == {
+        "a": "x.json", "cvip": "/d/cvip/index.json", "store": "s3://b/store"}
+    assert evaluate.parse_groups(["g=a, b", "h=c"]) == {"g": ["a", "b"], "h": ["c"]}
+    with pytest.raises(ValueError, match="twice"):
+        evaluate.parse_datasets(["a=x", "a=y"])
+    with pytest.raises(ValueError, match="unknown test set"):
+        evaluate.EvalConfig.from_dict({"model": "m", "out": "o", "datasets": ["a=x"], "groups": ["g=a,b"]})
+    with pytest.raises(ValueError, match="jpeg"):
+        evaluate.EvalConfig.from_dict({"model": "m", "out": "o", "datasets": ["a=x"], "degrade": ["jpeg:101"]})
+    assert [d.name for d in degrade.parse_list(["jpeg:90,resize:0.5", "jpeg:90"])] == ["none", "jpeg:90", "resize:0.5"]
+
+
+def test_degradations_keep_or_scale_size():
+    image = np.random.default_rng(1).integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    assert degrade.apply(image, degrade.parse("jpeg:50")).shape == image.shape
+    assert not np.array_equal(degrade.apply(image, degrade.parse("jpeg:50")), image)
+    assert degrade.apply(image, degrade.parse("resize:0.5")).shape == (15, 20, 3)
+    noisy = degrade.parse("noise:5")
+    np.testing.assert_array_equal(noisy(image), noisy(image))  # deterministic
+
+
+def _batch(items, degradation="none", name="set_a"):
+    return {k: np.array([str(v) for v in vals]) for k, vals in {
+        "set": [name] * len(items), "degradation": [degradation] * len(items),
+        "id": [i["id"] for i in items], "image": [i["image"] for i in items], "mask": [i["mask"] for i in items],
+    }.items()}
+
+
+def test_evaluator_batch_step_with_oracle(data, tmp_path):
+    items = evaluate.load_test_set(str(data["sets"]["set_a"]))
+    items.append({"id": "missing", "image": str(tmp_path / "nope.png"), "mask": ""})
+    step = evaluate.Evaluator("", out=str(tmp_path / "out"), save_masks=True, model=RedOracle())
+    rows = step(_batch(items))
+    assert list(rows["f1"][:3]) == [1.0, 1.0, 1.0] and list(rows["iou"][:3]) == [1.0, 1.0, 1.0]
+    assert list(rows["auc"][:3]) == [1.0, 1.0, 1.0]
+    assert rows["manipulated"].tolist() == [True, True, True, False, False]
+    assert rows["score"][3] < 0.01 and math.isnan(rows["f1"][3])  # authentic: no pixel metrics
+    assert rows["error"][4].startswith("FileNotFoundError")
+    saved = imageio.load_mask(str(tmp_path / "out" / rows["pred_mask"][0]))
+    np.testing.assert_array_equal(saved, imageio.load_mask(items[0]["mask"]))
+    # resized input: prediction is compared at the mask's size
+    resized = step(_batch(items[:1], "resize:0.5"))
+    assert resized["f1"][0] > 0.8 and resized["pred_mask"][0] == ""
+
+
+def test_aggregate_and_table_text():
+    rows = [
+        {"set": "a", "degradation": "none", "manipulated": True, "score": 0.9, "f1": 1.0, "iou": 1.0, "auc": 1.0, "error": ""},
+        {"set": "a", "degradation": "none", "manipulated": False, "score": 0.2, "f1": math.nan, "iou": math.nan, "auc": math.nan, "error": ""},
+        {"set": "b", "degradation": "none", "manipulated": True, "score": 0.4, "f1": 0.5, "iou": 0.25, "auc": 0.5, "error": ""},
+        {"set": "b", "degradation": "none", "manipulated": True, "score": 0.4, "f1": 0.0, "iou": 0.0, "auc": 0.5, "error": "x"},
+    ]
+    table = evaluate.aggregate(rows, ["a", "b"], {"g": ["b"]}, ["none"])
+    by = {r["name"]: r for r in table}
+    assert by["a"]["pixel_f1"] == 1.0 and by["a"]["image_auc"] == 1.0 and by["a"]["image_bacc"] == 1.0
+    assert by["b"]["n_images"] == 1 and math.isnan(by["b"]["image_auc"])  # failed row left out, no authentic
+    assert by["average"]["pixel_f1"] == pytest.approx(0.75) and by["average"]["image_auc"] == 1.0
+    assert by["g"]["pixel_iou"] == pytest.approx(0.25) and by["g"]["kind"] == "group"
+    text = evaluate.format_table(table)
+    assert "[average]" in text and "pix_F1" in text and "-" in text.splitlines()[-1]
+    assert evaluate.table_csv(table).splitlines()[0].startswith("kind,name,degradation,n_images")
+    assert evaluate.metric_name(by["a"] | {"degradation": "jpeg:70"}, "pixel_f1") == "eval/a/jpeg_70/pixel_f1"
+
+
+def test_evaluation_job_on_ray(data, local_ray, tmp_path, capsys):
+    out = tmp_path / "eval_out"
+    argv = ["--model", str(data["ckpt"]), "--dataset", f"set_a={data['sets']['set_a']}",
+            "--dataset", f"set_b={data['sets']['set_b']}", "--group", "in_dist=set_a", "--group", "both=set_a,set_b",
+            "--degrade", "jpeg:70", "--out", str(out), "--num-workers", "1", "--num-cpus-per-worker", "0.5",
+            "--batch-size", "4", "--no-mlflow"]
+    assert evaluate.cli_evaluate(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[in_dist]" in printed and "jpeg:70" in printed
+    result = json.loads((out / "results.json").read_text())
+    assert result["images"] == 16 and result["failed"] == 0
+    table = result["table"]
+    names = {(r["name"], r["degradation"]) for r in table}
+    assert names == {(n, d) for n in ("set_a", "set_b", "average", "in_dist", "both") for d in ("none", "jpeg:70")}
+    for r in table:
+        assert r["n_images"] == {"set_a": 4, "set_b": 4, "in_dist": 4}.get(r["name"], 8)
+        assert r["n_authentic"] == r["n_images"] / 4
+        for key in evaluate.METRIC_KEYS:
+            assert r[key] is not None and 0.0 <= r[key] <= 1.0, (r["name"], key, r[key])
+    by = {(r["name"], r["degradation"]): r for r in table}
+    assert by[("in_dist", "none")]["pixel_f1"] == pytest.approx(by[("set_a", "none")]["pixel_f1"])
+    assert by[("both", "none")]["pixel_auc"] == pytest.approx(
+        (by[("set_a", "none")]["pixel_auc"] + by[("set_b", "none")]["pixel_auc"]) / 2)
+    per_image = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
+    assert len(per_image) == 16
+    saved = [r["pred_mask"] for r in per_image if r["degradation"] == "none"]
+    assert all((out / p).exists() for p in saved) and len(saved) == 8
+    assert (out / "results.csv").read_text().count("\n") == len(table) + 1
+    assert json.loads((out / "config.json").read_text())["degrade"] == ["jpeg:70"]
+
+
+def test_batch_prediction_job_on_ray(data, local_ray, tmp_path):
+    store = data["sets"]["set_b"].parent
+    manifest.write_manifest([{"id": f"im{i}", "image": f"Tp/im{i}.png", "boxes": [], "split": "test"} for i in range(3)]
+                            + [{"id": "bad", "image": "Tp/missing.png", "boxes": [], "split": "test"}],
+                            str(store / "manifest.jsonl"))
+    out = tmp_path / "pred_out"
+    summary = predict.run_predict(predict.PredictConfig(
+        model=str(data["ckpt"]), store=str(store), out=str(out), num_workers=1, num_cpus_per_worker=0.5))
+    assert summary["predicted"] == 3 and summary["rejected"] == 1
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["im0", "im1", "im2"]
+    for r in rows:
+        mask = imageio.load_mask(str(out / r["pred_mask"]))
+        assert mask.shape == (r["height"], r["width"])
+        assert (out / r["overlay"]).exists()
+    assert "missing" in (out / "rejects.jsonl").read_text()
+    assert json.loads((out / "config.json").read_text())["num_cpus_per_worker"] == 0.5
