@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import posixpath
 import re
 import sys
@@ -31,13 +30,13 @@ from bpiml import storage
 from bpiml.boxes import boxes_from_mask, jitter_boxes, pad_boxes, sanitize_boxes
 from bpiml.config import BaseConfig, check_choice, check_range, field
 from bpiml.imageio import DecodeError, decode_mask, image_size
-from bpiml.manifest import SPLITS, Record, manifest_uri, write_manifest
+from bpiml.manifest import SPLITS, Record, write_manifest
+from bpiml.placement import Placer, parent, resolve_source
+from bpiml.splits import CVIP_SCENE_PATTERN, assign_splits, scene_key
 
 logger = logging.getLogger(__name__)
 
-LINK_NAME = "data"  # the symlink to the data folder when link=True
 SUMMARY_NAME = "import_summary.json"
-CVIP_SCENE_PATTERN = r"im\d+"  # CVIP: Tp/im11_t.jpg, Tp/im1_out_r90_im1.jpg, Au/d0_im7.jpg -> im11, im1, im7
 
 
 # --- summary -----------------------------------------------------------------------------------
@@ -87,90 +86,6 @@ class _Skip(Exception):
     """A record that cannot be imported; the message is the reason."""
 
 
-# --- where the files live ----------------------------------------------------------------------
-def _parent(uri: str) -> str:
-    head = uri.rstrip("/").rsplit("/", 1)
-    return head[0] if len(head) == 2 and head[0] else "."
-
-
-def _resolve_source(base: str, path: str) -> str:
-    """An index path -> URI: absolute paths and URIs as they are, the rest below `base`."""
-    if storage.is_s3(path) or path.startswith("file://") or os.path.isabs(path):
-        return path
-    return storage.join(base, path)
-
-
-def _inside(root: str, uri: str) -> str | None:
-    """`uri`'s path below `root` (posix), or None when it lies outside (lexically, then by real path)."""
-    if storage.is_s3(root) or storage.is_s3(uri):
-        prefix = root.rstrip("/") + "/"
-        return uri[len(prefix):] if storage.is_s3(root) and uri.startswith(prefix) else None
-    root_l, uri_l = root.removeprefix("file://"), uri.removeprefix("file://")
-    for r, u in ((os.path.abspath(root_l), os.path.abspath(uri_l)), (os.path.realpath(root_l), os.path.realpath(uri_l))):
-        rel = os.path.relpath(u, r)
-        if rel != "." and not rel.startswith(".." + os.sep) and rel != "..":
-            return rel.replace(os.sep, "/")
-    return None
-
-
-class _Placer:
-    """Turns a source URI into a manifest path relative to the output store (see module docstring)."""
-
-    def __init__(self, out_store: str, data_root: str, copy: bool, link: bool):
-        if copy and link:
-            raise ValueError("choose one of copy=True and link=True, not both")
-        if link and (storage.is_s3(out_store) or storage.is_s3(data_root)):
-            raise ValueError("link=True needs a local output store and local data; use copy=True for s3://")
-        self.out, self.data_root, self.copy, self.link = out_store, data_root, copy, link
-        self._linked = False
-
-    def check(self, sources: list[str]) -> None:
-        """Fail before any work when some source is outside the store and neither copy nor link is on."""
-        outside = [s for s in sources if _inside(self.out, s) is None]
-        if not outside or self.copy:
-            return
-        if self.link:
-            bad = [s for s in outside if _inside(self.data_root, s) is None]
-            if bad:
-                raise ValueError(f"link=True links {self.data_root} into the store, but {bad[0]!r} is not under it; "
-                                 "set data_root to a folder holding all the files, or use copy=True")
-            return
-        raise ValueError(
-            f"{len(outside)} file(s) lie outside the output store {self.out!r} (e.g. {outside[0]!r}) and manifest "
-            f"paths must stay inside their store. Options: write the store where the data is (out_store = "
-            f"{self.data_root!r}, manifest next to the index), link=True (--link: one symlink "
-            f"{LINK_NAME!r} -> the data folder, local only) or copy=True (--copy: copy images and masks).")
-
-    def place(self, src: str, kind: str, rid: str) -> str:
-        rel = _inside(self.out, src)
-        if rel is not None:
-            return rel
-        if self.link:
-            self._ensure_link()
-            return f"{LINK_NAME}/{_inside(self.data_root, src)}"
-        if self.copy:
-            ext = posixpath.splitext(src)[1].lower()
-            dest = f"{kind}/{rid}{ext}"
-            storage.write_bytes(storage.join(self.out, dest), storage.read_bytes(src))
-            return dest
-        raise ValueError(f"{src!r} is outside the store {self.out!r}")  # check() prevents this
-
-    def _ensure_link(self) -> None:
-        if self._linked:
-            return
-        target = os.path.realpath(self.data_root.removeprefix("file://"))
-        link = os.path.join(self.out.removeprefix("file://"), LINK_NAME)
-        if os.path.islink(link):
-            if os.path.realpath(link) != target:
-                raise ValueError(f"{link} already links to {os.path.realpath(link)}, not {target}")
-        elif os.path.exists(link):
-            raise ValueError(f"{link} exists and is not a symlink; cannot link the data folder there")
-        else:
-            os.makedirs(os.path.dirname(link), exist_ok=True)
-            os.symlink(target, link)
-        self._linked = True
-
-
 # --- ids and splits ----------------------------------------------------------------------------
 def unique_ids(paths: list[str]) -> list[str]:
     """Stable ids from file stems (unsafe characters -> `_`), made unique with `-2`, `-3`... in order."""
@@ -185,40 +100,6 @@ def unique_ids(paths: list[str]) -> list[str]:
         seen.add(rid)
         ids.append(rid)
     return ids
-
-
-def scene_key(path: str, pattern: str = CVIP_SCENE_PATTERN) -> str:
-    """The source-scene key of an image path: the first match of `pattern` in its stem, else the stem."""
-    stem = posixpath.splitext(posixpath.basename(path))[0]
-    m = re.search(pattern, stem)
-    return (m.group(1) if m and m.groups() else m.group(0)) if m else stem
-
-
-def assign_splits(keys: list[str], val_fraction: float, test_fraction: float = 0.0, seed: int = 0) -> list[str]:
-    """A split per item holding out whole groups (`keys`), each held-out split close to its fraction of items.
-
-    Groups are visited in a seeded random order; a group joins test (then val) while that brings the
-    split's item count closer to its target. Deterministic for a given seed.
-    """
-    sizes: dict[str, int] = {}
-    for k in keys:
-        sizes[k] = sizes.get(k, 0) + 1
-    order = [sorted(sizes)[i] for i in np.random.default_rng(seed).permutation(len(sizes))]
-    targets = {"test": test_fraction * len(keys), "val": val_fraction * len(keys)}
-    counts = {"test": 0, "val": 0}
-    group_split: dict[str, str] = {}
-    for key in order:
-        group_split[key] = "train"
-        for split in ("test", "val"):
-            after = counts[split] + sizes[key]
-            if abs(after - targets[split]) < abs(counts[split] - targets[split]):
-                group_split[key], counts[split] = split, after
-                break
-    for split in ("test", "val"):  # a wanted split never ends up empty while train has 2+ groups
-        train = [k for k in order if group_split[k] == "train"]
-        if targets[split] > 0 and counts[split] == 0 and len(train) > 1:
-            group_split[min(train, key=lambda k: sizes[k])] = split
-    return [group_split[k] for k in keys]
 
 
 def _apply_splits(records: list[Record], split: str | None, split_by_scene: bool, val_fraction: float,
@@ -264,8 +145,18 @@ def _read_json(uri: str, what: str) -> Any:
         raise ValueError(f"{uri}: not valid JSON ({what}): {err}") from None
 
 
+def _tidy(boxes: np.ndarray) -> list[list[float]]:
+    """float32 boxes -> short JSON numbers (2 decimals, well below a pixel)."""
+    return [[round(float(v), 2) for v in box] for box in boxes]
+
+
 def _note(notes: dict[str, int], text: str) -> None:
-    notes[text] = notes.get(text, 0) + 1
+    """Count a per-record note under a key without its numbers ("clipped 1 box to the image 40x30" -> ...)."""
+    key = re.sub(r"\s*\[.*", "", text)
+    key = re.sub(r"\s*\b\d+x\d+\b", "", key)
+    key = re.sub(r"(?<![=\w])\d+ ", "", key).strip()
+    key = re.sub(r"\bbox(es)?\b", "box(es)", key)
+    notes[key] = notes.get(key, 0) + 1
 
 
 # --- IMDL-BenCo ---------------------------------------------------------------------------------
@@ -283,17 +174,24 @@ def import_imdl(index_uri: str, out_store: str, *, data_root: str | None = None,
     entries = _read_json(index_uri, "IMDL-BenCo list")
     if not isinstance(entries, list):
         raise ValueError(f"{index_uri}: expected a JSON list of [image, mask] pairs, got {type(entries).__name__}")
-    base = data_root or _parent(index_uri)
+    base = data_root or parent(index_uri)
     summary = ImportSummary()
     pairs: list[tuple[str, str | None]] = []
+    first_entry: dict[str, int] = {}
     for i, entry in enumerate(entries):
         if (not isinstance(entry, (list, tuple)) or len(entry) != 2
                 or not all(isinstance(p, str) and p for p in entry)):
             summary.skipped.append({"image": f"{index_uri}[{i}]", "reason": f"malformed entry {entry!r}"})
             continue
-        mask = None if entry[1] == "Negative" else _resolve_source(base, entry[1])
-        pairs.append((_resolve_source(base, entry[0]), mask))
-    placer = _Placer(out_store, base, copy, link)
+        image, mask = resolve_source(base, entry[0]), None if entry[1] == "Negative" else resolve_source(base, entry[1])
+        if image in first_entry:  # an image listed twice would be trained on and scored twice
+            j = first_entry[image]
+            same = "same mask" if entries[j][1] == entry[1] else f"other mask {entry[1]!r}"
+            summary.skipped.append({"image": image, "reason": f"duplicate of index entry {j} ({same})"})
+            continue
+        first_entry[image] = i
+        pairs.append((image, mask))
+    placer = Placer(out_store, base, copy, link)
     placer.check([p for pair in pairs for p in pair if p is not None])
     ids = unique_ids([img for img, _ in pairs])
 
@@ -310,7 +208,7 @@ def import_imdl(index_uri: str, out_store: str, *, data_root: str | None = None,
                     boxes = jitter_boxes(boxes, jitter, np.random.default_rng([seed, i]), width, height)
                 clean, clean_notes = sanitize_boxes(boxes, width, height)
                 notes += clean_notes
-                boxes = clean.tolist()
+                boxes = _tidy(clean)
                 notes.append(f"fill={fill:.6f}")
             rec = Record(id=ids[i], image=placer.place(image_src, "images", ids[i]), boxes=boxes,
                          mask=None if mask_src is None else placer.place(mask_src, "masks", ids[i]))
@@ -330,7 +228,7 @@ def import_imdl(index_uri: str, out_store: str, *, data_root: str | None = None,
             if note.startswith("fill="):
                 fills.append(float(note[5:]))
             else:
-                _note(summary.notes, re.sub(r"\[.*", "", note).strip())
+                _note(summary.notes, note)
         records.append(res)
     summary.mean_box_fill = float(np.mean(fills)) if fills else None
     _apply_splits(records, split, split_by_scene, val_fraction, test_fraction, seed, scene_pattern, summary)
@@ -422,8 +320,8 @@ def import_coco(coco_json_uri: str, image_root: str, out_store: str, *, pad: flo
             _note(summary.notes, "annotations skipped (no 4-number bbox or unknown image_id)")
             continue
         boxes_by_image[ann["image_id"]].append([x, y, x + w, y + h])
-    sources = [_resolve_source(image_root, img["file_name"]) for img in images]
-    placer = _Placer(out_store, image_root, copy, link)
+    sources = [resolve_source(image_root, img["file_name"]) for img in images]
+    placer = Placer(out_store, image_root, copy, link)
     placer.check(sources)
     ids = unique_ids([img["file_name"] for img in images])
     records = []
@@ -436,13 +334,13 @@ def import_coco(coco_json_uri: str, image_root: str, out_store: str, *, pad: flo
                 boxes = jitter_boxes(boxes, jitter, np.random.default_rng([seed, i]), width, height)
             clean, notes = sanitize_boxes(boxes, width, height, min_side=min_side)
             for note in notes:
-                _note(summary.notes, re.sub(r"\[.*", "", note).strip())
+                _note(summary.notes, note)
             if raw and not len(clean):
                 raise _Skip(f"all {len(raw)} boxes degenerate")
         except _Skip as err:
             summary.skipped.append({"image": src, "reason": str(err)})
             continue
-        records.append(Record(id=ids[i], image=placer.place(src, "images", ids[i]), boxes=clean.tolist(),
+        records.append(Record(id=ids[i], image=placer.place(src, "images", ids[i]), boxes=_tidy(clean),
                               extra={"coco_id": img["id"]}))
     _apply_splits(records, split, split_by_scene, val_fraction, test_fraction, seed, scene_pattern, summary)
     return _finish(records, summary, out_store, config)
@@ -460,6 +358,8 @@ def _coco_size(img: dict[str, Any], src: str) -> tuple[int, int]:
 # --- command line -------------------------------------------------------------------------------
 @dataclass
 class _SplitOptions(BaseConfig):
+    """Options shared by the importers."""
+
     split: str | None = field(None, help="one split for every record: train | val | test")
     split_by_scene: bool = field(False, help="assign train/val(/test) holding out whole source scenes")
     val_fraction: float = field(0.2, help="fraction of records held out as val (with --split-by-scene)")
@@ -477,6 +377,8 @@ class _SplitOptions(BaseConfig):
 
 @dataclass
 class ImdlImportConfig(_SplitOptions):
+    """IMDL-BenCo list JSON -> store manifest, boxes derived from the masks."""
+
     index: str = field("", help="IMDL-BenCo list JSON ([[image, mask], [image, \"Negative\"], ...])")
     out: str = field("", help="output store (default: the index's folder)")
     data_root: str | None = field(None, help="folder the index paths are relative to (default: the index's folder)")
@@ -494,6 +396,8 @@ class ImdlImportConfig(_SplitOptions):
 
 @dataclass
 class CocoImportConfig(_SplitOptions):
+    """COCO detection JSON -> store manifest (bbox [x, y, w, h] -> [x0, y0, x1, y1])."""
+
     coco_json: str = field("", help="COCO detection JSON")
     image_root: str = field("", help="folder the COCO file_name paths are relative to (default: the JSON's folder)")
     out: str = field("", help="output store (default: the image root)")
@@ -523,7 +427,7 @@ def cli_import_imdl(argv: list[str]) -> int:
 
     def run(c: ImdlImportConfig) -> ImportSummary:
         kwargs = {k: v for k, v in c.to_dict().items() if k not in ("index", "out")}
-        return import_imdl(c.index, c.out or _parent(c.index), **kwargs)
+        return import_imdl(c.index, c.out or parent(c.index), **kwargs)
 
     return _run_cli("bpiml import-imdl", ImdlImportConfig, argv, run)
 
@@ -532,7 +436,7 @@ def cli_import_coco(argv: list[str]) -> int:
     """`bpiml import-coco --coco-json X.json [--image-root DIR] [--out STORE] ...`"""
 
     def run(c: CocoImportConfig) -> ImportSummary:
-        root = c.image_root or _parent(c.coco_json)
+        root = c.image_root or parent(c.coco_json)
         kwargs = {k: v for k, v in c.to_dict().items() if k not in ("coco_json", "image_root", "out")}
         return import_coco(c.coco_json, root, c.out or root, **kwargs)
 
