@@ -51,7 +51,7 @@ class ImportSummary:
     n_boxes: int = 0
     boxes_per_tampered: dict[str, float] = dc_field(default_factory=dict)  # min / mean / median / max
     box_count_histogram: dict[str, int] = dc_field(default_factory=dict)  # "1": images with one box, ...
-    mean_box_fill: float | None = None  # mask pixels / box-union pixels (1.0 = boxes as tight as the mask)
+    mean_box_fill: float | None = None  # mask px / px of its tight boxes' union, before pad/jitter (1.0 = rectangles)
     split_counts: dict[str, int] = dc_field(default_factory=dict)
     n_scenes: dict[str, int] = dc_field(default_factory=dict)
     skipped: list[dict[str, str]] = dc_field(default_factory=list)  # {"image": ..., "reason": ...}
@@ -68,7 +68,7 @@ class ImportSummary:
             lines.append(f"boxes per tampered image: min {b['min']:g} mean {b['mean']:.2f} median {b['median']:g} "
                          f"max {b['max']:g}; histogram {self.box_count_histogram}")
         if self.mean_box_fill is not None:
-            lines.append(f"mean box fill (mask px / box px): {self.mean_box_fill:.3f}")
+            lines.append(f"mean tight-box fill (mask px / box px, before pad/jitter): {self.mean_box_fill:.3f}")
         if self.split_counts:
             scenes = f"; scenes {self.n_scenes}" if self.n_scenes else ""
             lines.append(f"splits: {self.split_counts}{scenes}")
@@ -402,6 +402,7 @@ class CocoImportConfig(_SplitOptions):
     image_root: str = field("", help="folder the COCO file_name paths are relative to (default: the JSON's folder)")
     out: str = field("", help="output store (default: the image root)")
     min_side: float = field(1.0, help="drop boxes with a side under this many px after clipping")
+    category_ids: list[int] = field([], help="keep only these COCO category ids (default: all)")
 
     def validate(self) -> None:
         super().validate()
@@ -438,6 +439,7 @@ def cli_import_coco(argv: list[str]) -> int:
     def run(c: CocoImportConfig) -> ImportSummary:
         root = c.image_root or parent(c.coco_json)
         kwargs = {k: v for k, v in c.to_dict().items() if k not in ("coco_json", "image_root", "out")}
+        kwargs["category_ids"] = kwargs["category_ids"] or None
         return import_coco(c.coco_json, root, c.out or root, **kwargs)
 
     return _run_cli("bpiml import-coco", CocoImportConfig, argv, run)

@@ -171,7 +171,7 @@ def test_coco(coco):
 
 
 def test_cli_import_coco(coco, capsys):
-    assert cli_import_coco(["--coco-json", str(coco / "ann.json"), "--split", "test"]) == 0
+    assert cli_import_coco(["--coco-json", str(coco / "ann.json"), "--split", "test", "--category-ids", "1"]) == 0
     assert "wrote 3 records" in capsys.readouterr().out
     assert {r.split for r in read_manifest(str(coco))} == {"test"}
     (coco / "bad.json").write_text("[]")
