@@ -136,8 +136,9 @@ def predict_probs(model: Any, image: np.ndarray) -> np.ndarray:
     return predict_batch(model, [image])[0]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.45) -> np.ndarray:
-    """HxWx3 uint8 with `mask` tinted in `color` and its contour drawn (1-3 px by image size)."""
+def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.45,
+            contour: tuple[int, int, int] = (255, 255, 0)) -> np.ndarray:
+    """HxWx3 uint8 with `mask` tinted in `color` and its contour drawn in `contour` (1-3 px by image size)."""
     import cv2
 
     image = _check_image(image)
@@ -151,7 +152,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (
     out = out.round().clip(0, 255).astype(np.uint8)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     thickness = max(1, round(max(image.shape[:2]) / 300))
-    cv2.drawContours(out, contours, -1, color=tuple(int(c) for c in color), thickness=thickness)
+    cv2.drawContours(out, contours, -1, color=tuple(int(c) for c in contour), thickness=thickness)
     return out
 
 

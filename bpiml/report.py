@@ -1,0 +1,370 @@
+"""Visual report: a self-contained HTML page plus a PNG grid, worst samples first.
+
+Each sample row shows image | boxes | pseudo mask | prediction | ground truth (masks as red overlays,
+boxes in green); missing panels are grey. The page also holds the metric tables and the training
+curves as inline SVG line charts (no plotting library needed). Files written to `out_dir`
+(local or s3://): `index.html`, `grid.png`, `samples/<n>_<id>.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import math
+import os
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from bpiml import metrics, storage
+
+logger = logging.getLogger(__name__)
+
+PANELS = ("image", "boxes", "pseudo mask", "prediction", "ground truth")
+PANEL_HEIGHT = 160
+LABEL_HEIGHT = 18
+
+
+# --- panels and the grid ---------------------------------------------------------------------
+def _fit(image: np.ndarray, height: int) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    width = max(1, round(w * height / h))
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if h > height else cv2.INTER_NEAREST)
+
+
+def _blank(height: int, width: int, text: str = "n/a") -> np.ndarray:
+    import cv2
+
+    panel = np.full((height, width, 3), 200, np.uint8)
+    cv2.putText(panel, text, (8, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (90, 90, 90), 1, cv2.LINE_AA)
+    return panel
+
+
+def _boxes_panel(image: np.ndarray, boxes: Sequence[Sequence[float]] | None) -> np.ndarray | None:
+    import cv2
+
+    if boxes is None:
+        return None
+    out = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 250))
+    for x0, y0, x1, y1 in boxes:
+        cv2.rectangle(out, (int(x0), int(y0)), (int(round(x1)) - 1, int(round(y1)) - 1), (0, 220, 0), thickness)
+    return out
+
+
+def _mask_panel(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
+    import cv2
+
+    from bpiml.predict import overlay
+
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    mask = mask if mask.dtype == bool else mask > 0.5
+    if mask.shape != image.shape[:2]:
+        mask = cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+    return overlay(image, mask)
+
+
+def sample_row(sample: Mapping[str, Any], height: int = PANEL_HEIGHT) -> np.ndarray:
+    """One HxWx3 uint8 strip: the five panels side by side, each labelled."""
+    import cv2
+
+    image = np.asarray(sample["image"])
+    panels = [image, _boxes_panel(image, sample.get("boxes")), _mask_panel(image, sample.get("pseudo")),
+              _mask_panel(image, sample.get("pred")), _mask_panel(image, sample.get("gt"))]
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    cells = []
+    for title, panel in zip(PANELS, panels):
+        body = _fit(panel, height) if panel is not None else _blank(height, width)
+        label = np.full((LABEL_HEIGHT, body.shape[1], 3), 255, np.uint8)
+        cv2.putText(label, title, (3, LABEL_HEIGHT - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        cells += [np.vstack([label, body]), np.full((height + LABEL_HEIGHT, 4, 3), 255, np.uint8)]
+    return np.hstack(cells[:-1])
+
+
+def grid(rows: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
+    """Stack sample strips (padded to one width) with a caption line above each."""
+    import cv2
+
+    width = max(r.shape[1] for r in rows)
+    parts = []
+    for row, caption in zip(rows, captions):
+        head = np.full((22, width, 3), 255, np.uint8)
+        cv2.putText(head, caption[:120], (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        pad = np.full((row.shape[0], width - row.shape[1], 3), 255, np.uint8)
+        parts += [head, np.hstack([row, pad])]
+    return np.vstack(parts)
+
+
+def sample_score(sample: Mapping[str, Any]) -> float:
+    """F1 used to sort samples: given, else prediction vs GT, else pseudo vs GT; nan when unknown."""
+    if sample.get("f1") is not None:
+        return float(sample["f1"])
+    gt = sample.get("gt")
+    if gt is None or not np.asarray(gt).any():
+        return math.nan
+    for key in ("pred", "pseudo"):
+        if sample.get(key) is not None:
+            m = np.asarray(sample[key])
+            if m.shape == np.asarray(gt).shape:
+                return metrics.pixel_f1(m, gt)
+    return math.nan
+
+
+# --- HTML pieces -----------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def html_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "<p>(empty)</p>"
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+
+
+def svg_chart(series: Mapping[str, Sequence[float]], title: str, width: int = 420, height: int = 220) -> str:
+    """Inline SVG line chart of one or more series (x = index)."""
+    clean = {k: [float(v) for v in vals if v is not None and math.isfinite(float(v))] for k, vals in series.items()}
+    clean = {k: v for k, v in clean.items() if v}
+    if not clean:
+        return f"<p>{html.escape(title)}: no data</p>"
+    lo = min(min(v) for v in clean.values())
+    hi = max(max(v) for v in clean.values())
+    hi = hi if hi > lo else lo + 1.0
+    n = max(len(v) for v in clean.values())
+    left, right, top, bottom = 48, 10, 22, 24
+    pw, ph = width - left - right, height - top - bottom
+
+    def xy(i: int, v: float) -> str:
+        x = left + (pw * i / (n - 1) if n > 1 else pw / 2)
+        y = top + ph * (1 - (v - lo) / (hi - lo))
+        return f"{x:.1f},{y:.1f}"
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+             f'<text x="{left}" y="14" font-size="12" font-weight="bold">{html.escape(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
+             f'<text x="{left - 4}" y="{top + 10}" font-size="10" text-anchor="end">{hi:.4g}</text>',
+             f'<text x="{left - 4}" y="{top + ph}" font-size="10" text-anchor="end">{lo:.4g}</text>',
+             f'<text x="{left}" y="{height - 8}" font-size="10">0</text>',
+             f'<text x="{left + pw}" y="{height - 8}" font-size="10" text-anchor="end">{n - 1}</text>']
+    for j, (name, values) in enumerate(clean.items()):
+        color = COLORS[j % len(COLORS)]
+        points = " ".join(xy(i, v) for i, v in enumerate(values))
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{points}"><title>'
+                     f'{html.escape(name)}</title></polyline>')
+        parts.append(f'<text x="{left + pw - 4}" y="{top + 12 + 12 * j}" font-size="10" text-anchor="end" '
+                     f'fill="{color}">{html.escape(name)} ({values[-1]:.4g})</text>')
+    return "".join(parts) + "</svg>"
+
+
+_CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:right}th{background:#eee}
+td:first-child,th:first-child{text-align:left}figure{margin:0 0 1.2em}figcaption{font-size:13px;margin-bottom:3px}
+.charts{display:flex;flex-wrap:wrap;gap:12px}figure img{max-width:100%;height:auto}"""
+
+
+def _curves_html(curves: Mapping[str, Any]) -> str:
+    charts = []
+    for name, value in curves.items():
+        series = value if isinstance(value, Mapping) else {name: value}
+        charts.append(svg_chart(series, name))
+    return f'<div class="charts">{"".join(charts)}</div>' if charts else "<p>(no curves)</p>"
+
+
+# --- the report ------------------------------------------------------------------------------
+def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequence[Mapping[str, Any]]],
+                 curves: Mapping[str, Any], out_dir: str, title: str = "bpiml report",
+                 mlflow_run_id: str | None = None, max_samples: int = 48) -> str:
+    """Write the report; returns the URI of `index.html`.
+
+    samples: dicts with "id", "image" (HxWx3 uint8) and optional "boxes", "pseudo", "pred", "gt"
+    (HxW masks or probabilities) and "f1" (else computed); sorted worst first, at most `max_samples`.
+    tables: name -> rows (dicts). curves: name -> list of numbers, or name -> {series: list}.
+    """
+    from bpiml import imageio
+    from bpiml.predict import safe_name
+
+    files: dict[str, bytes] = {}
+    scored = [(sample_score(s), i, s) for i, s in enumerate(samples)]
+    scored.sort(key=lambda t: (math.isnan(t[0]), t[0], t[1]))  # worst first, unknown scores last
+    scored = scored[:max_samples]
+    figures, strips, captions = [], [], []
+    for rank, (score, _, sample) in enumerate(scored):
+        strip = sample_row(sample)
+        name = f"samples/{rank:03d}_{safe_name(str(sample['id']))}.png"
+        files[name] = imageio.encode_image(strip, "png")
+        caption = f"#{rank + 1} {sample['id']}  F1 {_fmt(score)}"
+        extra = {k: sample[k] for k in ("iou", "teacher", "set") if sample.get(k) is not None}
+        caption += "".join(f"  {k} {_fmt(v)}" for k, v in extra.items())
+        strips.append(strip)
+        captions.append(caption)
+        figures.append(f'<figure><figcaption>{html.escape(caption)}</figcaption>'
+                       f'<img src="{name}" alt="{html.escape(str(sample["id"]))}" width="{strip.shape[1]}" '
+                       f'height="{strip.shape[0]}"></figure>')
+    if strips:
+        files["grid.png"] = imageio.encode_image(grid(strips, captions), "png")
+    grid_link = '<a href="grid.png">all in one PNG</a>' if strips else ""
+    table_html = "".join(f"<h3>{html.escape(name)}</h3>{html_table(rows)}" for name, rows in tables.items())
+    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<h2>Metrics</h2>{table_html or '<p>(no tables)</p>'}"
+            f"<h2>Training curves</h2>{_curves_html(curves)}"
+            f"<h2>Samples, worst first ({len(figures)} of {len(samples)})</h2>"
+            f"<p>{' | '.join(PANELS)}; masks tinted red with a yellow outline, boxes in green. {grid_link}</p>"
+            f"{''.join(figures) or '<p>(no samples)</p>'}</body></html>")
+    files["index.html"] = page.encode("utf-8")
+    for name, data in files.items():
+        storage.write_bytes(storage.join(out_dir, name), data)
+    if mlflow_run_id:
+        log_report_to_mlflow(files, mlflow_run_id)
+    index = storage.join(out_dir, "index.html")
+    logger.info("report with %d samples, %d tables, %d curves -> %s", len(figures), len(tables), len(curves), index)
+    return index
+
+
+def log_report_to_mlflow(files: Mapping[str, bytes], run_id: str, artifact_path: str = "report") -> None:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            path = os.path.join(tmp, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_artifacts(tmp, artifact_path)
+
+
+# --- from an evaluation output and a pseudo-labeled store -------------------------------------
+def _norm(uri: str) -> str:
+    return uri if storage.is_s3(uri) else os.path.abspath(storage._local(uri))
+
+
+def pseudo_index(store: str) -> dict[str, dict[str, Any]]:
+    """Resolved image URI -> {"boxes", "pseudo_mask" URI, "teacher", "gt"} of a pseudo-labeled store."""
+    from bpiml import manifest
+
+    root = manifest.store_root(store)
+    index = {}
+    for r in manifest.read_manifest(store):
+        source = r.extra.get("source") or root
+        index[_norm(storage.resolve_in_store(source, r.image))] = {
+            "id": r.id, "boxes": r.boxes, "teacher": r.extra.get("teacher"),
+            "pseudo_mask": storage.resolve_in_store(root, r.extra["pseudo_mask"]) if r.extra.get("pseudo_mask") else None,
+            "gt": storage.resolve_in_store(source, r.mask) if r.mask else None,
+        }
+    return index
+
+
+def load_samples(eval_dir: str | None, store: str | None, set_name: str | None = None,
+                 limit: int = 48, audit_rows: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Samples from an evaluation's per-image rows (clean predictions) joined with a pseudo-labeled store.
+
+    Only the `limit` worst rows (by the evaluation's F1) are read from disk. With only a store, its
+    records become samples without prediction: the `limit` worst by pseudo-vs-GT IoU when
+    `audit_rows` (from `bpiml.audit`) are given, else the first `limit`.
+    """
+    from bpiml import imageio
+
+    pseudo = pseudo_index(store) if store else {}
+    if eval_dir:
+        text = storage.read_bytes(storage.join(eval_dir, "per_image.jsonl")).decode()
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = [r for r in rows if r["degradation"] == "none" and not r.get("error")
+                and (set_name is None or r["set"] == set_name)]
+        rows.sort(key=lambda r: (r["f1"] is None, r["f1"] if r["f1"] is not None else 0.0))
+        entries = [{"id": r["id"], "image": r["image"], "gt": r["mask"] or None, "f1": r["f1"], "iou": r["iou"],
+                    "set": r["set"], "pred": storage.join(eval_dir, r["pred_mask"]) if r.get("pred_mask") else None}
+                   for r in rows[:limit]]
+    else:
+        order = {r["id"]: r["iou"] for r in audit_rows or []}
+        chosen = sorted(pseudo.items(), key=lambda kv: order.get(kv[1]["id"], math.inf))[:limit]
+        entries = [{"id": p["id"], "image": uri, "gt": p["gt"], "pred": None} for uri, p in chosen]
+    samples = []
+    for e in entries:
+        p = pseudo.get(_norm(e["image"]), {})
+        try:
+            sample = {"id": e["id"], "image": imageio.load_image(e["image"])[0], "boxes": p.get("boxes"),
+                      "teacher": p.get("teacher"), "f1": e.get("f1"), "iou": e.get("iou"), "set": e.get("set")}
+            for key, uri in (("gt", e["gt"] or p.get("gt")), ("pred", e["pred"]), ("pseudo", p.get("pseudo_mask"))):
+                sample[key] = imageio.load_mask(uri) if uri else None
+        except Exception as err:
+            logger.warning("report: skipping %s: %s: %s", e["id"], type(err).__name__, err)
+            continue
+        samples.append(sample)
+    return samples
+
+
+def mlflow_curves(run_id: str, keys: Sequence[str] | None = None) -> dict[str, list[float]]:
+    """Metric histories of an MLflow run (all its metrics, or `keys`), ordered by step."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    names = list(keys) if keys else sorted(client.get_run(run_id).data.metrics)
+    out = {}
+    for name in names:
+        history = sorted(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))
+        if len(history) > 1:
+            out[name] = [m.value for m in history]
+    return out
+
+
+def cli_report(argv: list[str] | None = None) -> int:
+    from bpiml.audit import audit_pseudo_labels
+
+    parser = argparse.ArgumentParser(prog="bpiml report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--eval", dest="eval_dir", default=None, help="evaluation output folder (per_image.jsonl, preds/)")
+    parser.add_argument("--store", default=None, help="pseudo-labeled store (boxes, pseudo masks, audit)")
+    parser.add_argument("--set", dest="set_name", default=None, help="only samples of this evaluation test set")
+    parser.add_argument("--out", required=True, help="report folder (local or s3://)")
+    parser.add_argument("--max-samples", type=int, default=48, help="samples shown, worst first")
+    parser.add_argument("--curves", default=None, help="JSON file {name: [numbers]} of training curves")
+    parser.add_argument("--curves-run-id", default=None, help="MLflow run whose metric histories are the curves")
+    parser.add_argument("--mlflow-run-id", default=None, help="log the report into this MLflow run")
+    parser.add_argument("--title", default="bpiml report", help="page title")
+    args = parser.parse_args(argv)
+    if not args.eval_dir and not args.store:
+        parser.error("give --eval and/or --store")
+    if args.max_samples < 1:
+        parser.error(f"--max-samples must be >= 1, got {args.max_samples}")
+    tables: dict[str, list[dict[str, Any]]] = {}
+    audit_rows = None
+    if args.eval_dir:
+        result = json.loads(storage.read_bytes(storage.join(args.eval_dir, "results.json")))
+        keys = ("name", "degradation", "n_images", "n_manipulated", "n_authentic", "pixel_f1", "pixel_iou",
+                "pixel_auc", "image_auc", "image_bacc")
+        tables["evaluation"] = [{k: (math.nan if r.get(k) is None else r[k]) for k in keys} for r in result["table"]]
+    if args.store:
+        try:
+            audit = audit_pseudo_labels(args.store, worst_k=0)
+            audit_rows = audit["rows"]
+            tables["pseudo-mask audit (vs GT)"] = [
+                {"teacher": name, **{k: s[k] for k in ("n", "iou_mean", "iou_median", "boundary_f1_mean",
+                                                        "boundary_f1_median")}}
+                for name, s in [*audit["teachers"].items(), ("all", audit["all"])]]
+        except ValueError as err:
+            logger.warning("no pseudo-mask audit: %s", err)
+    curves: dict[str, Any] = {}
+    if args.curves:
+        curves.update(json.loads(storage.read_bytes(args.curves)))
+    if args.curves_run_id:
+        curves.update(mlflow_curves(args.curves_run_id))
+    samples = load_samples(args.eval_dir, args.store, args.set_name, args.max_samples, audit_rows)
+    index = build_report(samples, tables, curves, args.out, args.title, args.mlflow_run_id, args.max_samples)
+    print(f"report: {index}")
+    return 0
