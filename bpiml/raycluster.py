@@ -14,21 +14,17 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 # Environment that workers need to reach the same S3 endpoint and MLflow server as the driver.
-# Credentials are passed through (never logged or saved); on AWS, instance roles make them unnecessary.
+# Only locations are forwarded, never credentials: a runtime_env is shown by the Ray dashboard.
+# Workers get credentials from their node (instance role, ~/.aws, or the environment the Ray
+# node was started with - the local stack scripts start the head with them).
 FORWARDED_ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "MLFLOW_TRACKING_URI",
     "MLFLOW_S3_ENDPOINT_URL",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
     "BPIML_CACHE",
 )
 
