@@ -43,6 +43,7 @@ COUNT_KEYS = ("n_images", "n_manipulated", "n_authentic")
 @dataclass
 class EvalConfig(BaseConfig):
     model: str = field("", help="models:/<name>@<alias>, runs:/<id>/<path>, or a checkpoint path/URI")
+    tracking_uri: str = field("", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then the project sqlite)")
     datasets: list[str] = field([], help="test sets as name=URI (IMDL-BenCo list JSON or store); repeatable")
     split: str | None = field("test", help="split used for store test sets (\"\" or unset: all records)")
     groups: list[str] = field([], help="name=set1,set2 groups whose averages are reported; repeatable")
@@ -57,7 +58,7 @@ class EvalConfig(BaseConfig):
     num_gpus_per_worker: float = field(0.0, help="GPUs per actor; 0 runs on CPU")
     mlflow_run_id: str | None = field(None, help="log the table into this MLflow run")
     experiment: str | None = field(None, help="MLflow experiment for a new evaluation run")
-    mlflow: bool = field(True, help="log to MLflow when a tracking URI, run id or experiment is configured")
+    mlflow: bool = field(True, help="log to MLflow when a tracking URI (flag or env), run id or experiment is given")
 
     def validate(self) -> None:
         if not self.model:
@@ -161,12 +162,12 @@ class Evaluator:
     """Ray Data batch step: rows {set, degradation, id, image, mask} -> per-image metric rows."""
 
     def __init__(self, model_uri: str, threshold: float = 0.5, out: str = "", save_masks: bool = False,
-                 model: Any | None = None) -> None:
+                 model: Any | None = None, tracking_uri: str = "") -> None:
         import torch
 
         from bpiml.predict import load_model
 
-        self.model = model if model is not None else load_model(model_uri)
+        self.model = model if model is not None else load_model(model_uri, tracking_uri)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
         self.threshold, self.out, self.save_masks = threshold, out, save_masks and bool(out)
@@ -280,31 +281,34 @@ def metric_name(row: dict[str, Any], key: str) -> str:
 
 def log_to_mlflow(config: EvalConfig, table: list[dict[str, Any]], files: dict[str, str]) -> str | None:
     """Log the table's metrics and files; returns the run id, or None when MLflow is not configured."""
-    if not config.mlflow or not (config.mlflow_run_id or config.experiment or os.environ.get("MLFLOW_TRACKING_URI")):
+    if not config.mlflow or not (config.tracking_uri or config.mlflow_run_id or config.experiment
+                                 or os.environ.get("MLFLOW_TRACKING_URI")):
         return None
-    import mlflow
+    from bpiml import tracking
 
+    uri = tracking.resolve_tracking_uri(config.tracking_uri)
+    run_id = config.mlflow_run_id or tracking.start_or_resume_run(
+        uri, config.experiment or "bpiml-eval", run_name="evaluate", tags={"bpiml.job": "evaluate"})
+    if not config.mlflow_run_id:
+        tracking.log_params(uri, run_id, {"model": config.model, "threshold": config.threshold,
+                                          "datasets": ",".join(parse_datasets(config.datasets)),
+                                          "degrade": ",".join(config.degrade)})
     values = {metric_name(r, k): float(r[k]) for r in table for k in METRIC_KEYS if not math.isnan(r[k])}
-    if config.mlflow_run_id:
-        run = mlflow.start_run(run_id=config.mlflow_run_id)
-    else:
-        mlflow.set_experiment(config.experiment or "bpiml-eval")
-        run = mlflow.start_run(run_name="evaluate")
-    with run:
-        if not config.mlflow_run_id:
-            mlflow.log_params({"model": config.model, "threshold": config.threshold,
-                               "datasets": ",".join(parse_datasets(config.datasets))})
-        mlflow.log_metrics(values)
-        for name, text in files.items():
-            mlflow.log_text(text, f"evaluation/{name}")
-        return run.info.run_id
+    tracking.log_metrics(uri, run_id, values, step=0)
+    mlc = tracking.client(uri)
+    for name, text in files.items():
+        mlc.log_text(run_id, text, f"evaluation/{name}")
+    if not config.mlflow_run_id:
+        tracking.end_run(uri, run_id)
+    logger.info("evaluation logged to MLflow run %s at %s", run_id, uri)
+    return run_id
 
 
 def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     """Evaluate; returns {"table": rows, "out": folder, "mlflow_run_id": id or None, ...}."""
     import ray
 
-    from bpiml.predict import _checkpoint_file, map_kwargs
+    from bpiml.predict import check_model, map_kwargs
     from bpiml.raycluster import check_gpus, init_ray
 
     config.validate()
@@ -321,8 +325,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
         logger.info("test set %s: %d images (%d authentic) from %s", name, len(listed),
                     sum(1 for it in listed if not it["mask"]), uri)
         items += [{"set": name, "degradation": d, **it} for d in degradations for it in listed]
-    if not config.model.startswith(("models:/", "runs:/")):
-        _checkpoint_file(config.model)  # fail before the cluster does any work
+    tracking_uri = check_model(config.model, config.tracking_uri)  # fail before the cluster does any work
     storage.check_writable(config.out)
     config.save(storage.join(config.out, "config.json"))
 
@@ -332,7 +335,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     ds = ray.data.from_items(items).map_batches(
         Evaluator,
         fn_constructor_kwargs={"model_uri": config.model, "threshold": config.threshold, "out": config.out,
-                               "save_masks": config.save_masks},
+                               "save_masks": config.save_masks, "tracking_uri": tracking_uri},
         **map_kwargs(config.num_workers, config.num_cpus_per_worker, config.num_gpus_per_worker, config.batch_size),
     )
     rows = [{k: _json_safe(v) for k, v in r.items()} for r in ds.take_all()]

@@ -26,7 +26,8 @@ from bpiml.config import BaseConfig, check_range, field
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAMES = ("model.pt", "checkpoint.pt", "student.pt")
+CHECKPOINT_NAMES = ("checkpoint.pt", "model.pt", "student.pt")  # training writes checkpoint.pt
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 DEFAULT_IMG_SIZE = 224
 
 
@@ -48,14 +49,31 @@ def _checkpoint_file(uri: str) -> str:
     raise FileNotFoundError(f"no checkpoint at {uri}: expected a torch file or a folder holding one of {CHECKPOINT_NAMES}")
 
 
-def load_model(uri: str) -> Any:
-    """Load a student for inference on CPU, in eval mode (see module doc for accepted URIs)."""
+def is_mlflow_uri(uri: str) -> bool:
+    return uri.startswith(MLFLOW_SCHEMES)
+
+
+def load_model(uri: str, tracking_uri: str = "") -> Any:
+    """Load a student for inference on CPU, in eval mode (see module doc for accepted URIs).
+
+    MLflow URIs are resolved against `tracking_uri`, else MLFLOW_TRACKING_URI, else the project's
+    embedded sqlite store (where training registers models by default).
+    """
     import torch
 
-    if uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+    if is_mlflow_uri(uri):
+        import mlflow
         import mlflow.pytorch
 
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        from bpiml.tracking import resolve_tracking_uri
+
+        resolved = resolve_tracking_uri(tracking_uri)
+        mlflow.set_tracking_uri(resolved)
+        mlflow.set_registry_uri(resolved)
+        try:
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        except Exception as err:
+            raise FileNotFoundError(f"cannot load {uri} from MLflow at {resolved}: {type(err).__name__}: {err}") from err
     else:
         path = _checkpoint_file(uri)
         try:
@@ -74,6 +92,25 @@ def load_model(uri: str) -> Any:
         model.load_state_dict(payload["model_state"])
     model.eval()
     return model
+
+
+def check_model(uri: str, tracking_uri: str = "") -> str:
+    """Fail fast when a checkpoint is missing; returns the tracking URI that Ray workers must use."""
+    if not is_mlflow_uri(uri):
+        _checkpoint_file(uri)
+        return ""
+    from bpiml.tracking import resolve_tracking_uri
+
+    resolved = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("models:/"):
+        from mlflow.tracking import MlflowClient
+
+        name = uri[len("models:/"):].split("@")[0].split("/")[0]
+        try:
+            MlflowClient(tracking_uri=resolved, registry_uri=resolved).get_registered_model(name)
+        except Exception as err:
+            raise FileNotFoundError(f"registered model {name!r} not found at {resolved}: {err}") from err
+    return resolved
 
 
 def model_img_size(model: Any) -> int:
@@ -173,13 +210,14 @@ def cli_predict(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlay", default=None, help="optional overlay image (PNG or JPEG by extension)")
     parser.add_argument("--probs", default=None, help="optional probability map as an 8-bit PNG")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the mask")
+    parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: env, then project sqlite)")
     args = parser.parse_args(argv)
     check_range("threshold", args.threshold, 0.0, 1.0)
 
     image, notes = imageio.load_image(args.image)
     for note in notes or []:
         logger.info("%s: %s", args.image, note)
-    model = load_model(args.model)
+    model = load_model(args.model, args.tracking_uri)
     start = time.perf_counter()
     probs = predict_probs(model, image)
     mask = probs > args.threshold
@@ -200,6 +238,7 @@ def cli_predict(argv: list[str] | None = None) -> int:
 @dataclass
 class PredictConfig(BaseConfig):
     model: str = field("", help="models:/<name>@<alias>, runs:/<id>/<path>, or a checkpoint path/URI")
+    tracking_uri: str = field("", help="MLflow tracking URI for models:/ and runs:/ (default: env, then project sqlite)")
     store: str = field("", help="input store root (local or s3://) holding manifest.jsonl")
     out: str = field("", help="output folder (local or s3://)")
     split: str | None = field(None, help="only records of this split (train/val/test); all when unset")
@@ -229,10 +268,10 @@ class Predictor:
     """Ray Data batch step: model loaded once per actor; one batch of image URIs -> written masks."""
 
     def __init__(self, model_uri: str, out: str, threshold: float = 0.5, overlays: bool = True,
-                 model: Any | None = None) -> None:
+                 model: Any | None = None, tracking_uri: str = "") -> None:
         import torch
 
-        self.model = model if model is not None else load_model(model_uri)
+        self.model = model if model is not None else load_model(model_uri, tracking_uri)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
         self.out, self.threshold, self.overlays = out, threshold, overlays
@@ -309,8 +348,7 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
     if not records:
         raise ValueError(f"{config.store}: no records to predict (split={config.split!r})")
     storage.check_writable(config.out)
-    if not config.model.startswith(("models:/", "runs:/")):
-        _checkpoint_file(config.model)  # fail before the cluster does any work
+    tracking_uri = check_model(config.model, config.tracking_uri)  # fail before the cluster does any work
     config.save(storage.join(config.out, "config.json"))
 
     init_ray()
@@ -320,7 +358,7 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
     ds = ray.data.from_items(items).map_batches(
         Predictor,
         fn_constructor_kwargs={"model_uri": config.model, "out": config.out, "threshold": config.threshold,
-                               "overlays": config.overlays},
+                               "overlays": config.overlays, "tracking_uri": tracking_uri},
         **map_kwargs(config.num_workers, config.num_cpus_per_worker, config.num_gpus_per_worker, config.batch_size),
     )
     rows = sorted(ds.take_all(), key=lambda r: str(r["id"]))

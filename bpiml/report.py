@@ -189,7 +189,7 @@ def _curves_html(curves: Mapping[str, Any]) -> str:
 # --- the report ------------------------------------------------------------------------------
 def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequence[Mapping[str, Any]]],
                  curves: Mapping[str, Any], out_dir: str, title: str = "bpiml report",
-                 mlflow_run_id: str | None = None, max_samples: int = 48) -> str:
+                 mlflow_run_id: str | None = None, max_samples: int = 48, tracking_uri: str = "") -> str:
     """Write the report; returns the URI of `index.html`.
 
     samples: dicts with "id", "image" (HxWx3 uint8) and optional "boxes", "pseudo", "pred", "gt"
@@ -231,14 +231,15 @@ def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequ
     for name, data in files.items():
         storage.write_bytes(storage.join(out_dir, name), data)
     if mlflow_run_id:
-        log_report_to_mlflow(files, mlflow_run_id)
+        log_report_to_mlflow(files, mlflow_run_id, tracking_uri=tracking_uri)
     index = storage.join(out_dir, "index.html")
     logger.info("report with %d samples, %d tables, %d curves -> %s", len(figures), len(tables), len(curves), index)
     return index
 
 
-def log_report_to_mlflow(files: Mapping[str, bytes], run_id: str, artifact_path: str = "report") -> None:
-    import mlflow
+def log_report_to_mlflow(files: Mapping[str, bytes], run_id: str, artifact_path: str = "report",
+                         tracking_uri: str = "") -> None:
+    from bpiml import tracking
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in files.items():
@@ -246,8 +247,7 @@ def log_report_to_mlflow(files: Mapping[str, bytes], run_id: str, artifact_path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(data)
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_artifacts(tmp, artifact_path)
+        tracking.client(tracking.resolve_tracking_uri(tracking_uri)).log_artifacts(run_id, tmp, artifact_path)
 
 
 # --- from an evaluation output and a pseudo-labeled store -------------------------------------
@@ -310,11 +310,11 @@ def load_samples(eval_dir: str | None, store: str | None, set_name: str | None =
     return samples
 
 
-def mlflow_curves(run_id: str, keys: Sequence[str] | None = None) -> dict[str, list[float]]:
-    """Metric histories of an MLflow run (all its metrics, or `keys`), ordered by step."""
-    from mlflow.tracking import MlflowClient
+def mlflow_curves(run_id: str, keys: Sequence[str] | None = None, tracking_uri: str = "") -> dict[str, list[float]]:
+    """Metric histories (more than one point) of an MLflow run, all its metrics or `keys`, by step."""
+    from bpiml import tracking
 
-    client = MlflowClient()
+    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
     names = list(keys) if keys else sorted(client.get_run(run_id).data.metrics)
     out = {}
     for name in names:
@@ -336,6 +336,7 @@ def cli_report(argv: list[str] | None = None) -> int:
     parser.add_argument("--curves", default=None, help="JSON file {name: [numbers]} of training curves")
     parser.add_argument("--curves-run-id", default=None, help="MLflow run whose metric histories are the curves")
     parser.add_argument("--mlflow-run-id", default=None, help="log the report into this MLflow run")
+    parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: env, then project sqlite)")
     parser.add_argument("--title", default="bpiml report", help="page title")
     args = parser.parse_args(argv)
     if not args.eval_dir and not args.store:
@@ -363,8 +364,9 @@ def cli_report(argv: list[str] | None = None) -> int:
     if args.curves:
         curves.update(json.loads(storage.read_bytes(args.curves)))
     if args.curves_run_id:
-        curves.update(mlflow_curves(args.curves_run_id))
+        curves.update(mlflow_curves(args.curves_run_id, tracking_uri=args.tracking_uri))
     samples = load_samples(args.eval_dir, args.store, args.set_name, args.max_samples, audit_rows)
-    index = build_report(samples, tables, curves, args.out, args.title, args.mlflow_run_id, args.max_samples)
+    index = build_report(samples, tables, curves, args.out, args.title, args.mlflow_run_id, args.max_samples,
+                         args.tracking_uri)
     print(f"report: {index}")
     return 0

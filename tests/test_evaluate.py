@@ -214,3 +214,36 @@ def test_batch_prediction_job_on_ray(data, local_ray, tmp_path):
         assert (out / r["overlay"]).exists()
     assert "missing" in (out / "rejects.jsonl").read_text()
     assert json.loads((out / "config.json").read_text())["num_cpus_per_worker"] == 0.5
+
+
+def test_mlflow_registered_model_results_and_report(data, tmp_path):
+    """One sqlite tracking store: load models:/name@alias, log the results table and the report."""
+    from bpiml import report, tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model = predict.load_model(str(data["ckpt"]))
+    run_id = tracking.start_or_resume_run(uri, "bpiml-test", run_name="train")
+    model_uri, _ = tracking.log_and_register_model(model, uri, run_id, "bpiml-test-student", "champion")
+    assert predict.check_model(model_uri, uri) == uri
+    with pytest.raises(FileNotFoundError, match="not found"):
+        predict.check_model("models:/no-such-model@champion", uri)
+    loaded = predict.load_model(model_uri, tracking_uri=uri)
+    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    np.testing.assert_allclose(predict.predict_probs(loaded, image), predict.predict_probs(model, image), atol=1e-5)
+
+    table = evaluate.aggregate(
+        [{"set": "a", "degradation": "jpeg:70", "manipulated": True, "score": 0.9, "f1": 0.5, "iou": 0.25,
+          "auc": 0.75, "error": ""}], ["a"], {}, ["jpeg:70"])
+    config = evaluate.EvalConfig(model=model_uri, datasets=["a=x.json"], out=str(tmp_path), tracking_uri=uri,
+                                 experiment="bpiml-eval-test")
+    eval_run = evaluate.log_to_mlflow(config, table, {"results.txt": evaluate.format_table(table)})
+    client = tracking.client(uri)
+    logged = client.get_run(eval_run).data.metrics
+    assert logged["eval/a/jpeg_70/pixel_f1"] == 0.5 and logged["eval/average/jpeg_70/pixel_iou"] == 0.25
+    assert [f.path for f in client.list_artifacts(eval_run, "evaluation")] == ["evaluation/results.txt"]
+    assert evaluate.log_to_mlflow(config.replace(tracking_uri="", experiment=None, mlflow=False), table, {}) is None
+
+    samples = [{"id": "s", "image": image, "pred": np.zeros((30, 50), bool), "gt": np.ones((30, 50), bool)}]
+    report.build_report(samples, {}, {}, str(tmp_path / "report"), mlflow_run_id=eval_run, tracking_uri=uri)
+    names = {f.path for f in client.list_artifacts(eval_run, "report")}
+    assert {"report/index.html", "report/grid.png", "report/samples"} <= names
