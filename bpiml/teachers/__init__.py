@@ -37,6 +37,7 @@ def _model_free(module: str, func: str) -> Callable[..., Teacher]:
               **options: Any) -> Teacher:
         if checkpoint:
             logger.info("teacher %s ignores checkpoint %s", module.rsplit(".", 1)[-1], checkpoint)
+        options.pop("batch_size", None)  # the pipeline's images-per-call; these teachers go image by image
         return getattr(importlib.import_module(module), func)(**options)
 
     return build

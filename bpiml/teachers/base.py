@@ -39,7 +39,13 @@ def check_inputs(images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.n
             shape = getattr(image, "shape", None)
             dtype = getattr(image, "dtype", type(image).__name__)
             raise ValueError(f"images[{i}]: expected an HxWx3 uint8 RGB array, got shape {shape} dtype {dtype}")
-        arr = np.asarray(image_boxes, dtype=np.float32)
+        try:
+            arr = np.asarray(image_boxes, dtype=np.float32)
+        except (TypeError, ValueError):  # e.g. an object array of per-box arrays (Ray Data batches)
+            try:
+                arr = np.asarray([np.asarray(b, dtype=np.float32) for b in image_boxes], dtype=np.float32)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"boxes[{i}]: expected an Nx4 array [x0, y0, x1, y1], got {image_boxes!r}") from err
         if arr.size == 0:
             arr = arr.reshape(0, 4)
         if arr.ndim != 2 or arr.shape[1] != 4:

@@ -1,0 +1,192 @@
+"""The GrabCut teacher: OpenCV GrabCut run from each box, the classical stand-in for SAM.
+
+Per box: a crop of the box plus a context margin is taken (downscaled so its longer side is at
+most `max_side`, for speed); GrabCut starts with the box interior as probable foreground and the
+context outside the box as definite background, and runs `iterations` rounds. The result is
+cleaned (holes filled, small components dropped) and, when it is degenerate (almost nothing or
+almost the whole box), replaced by the filled box. The image mask is the union over boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from bpiml.config import BaseConfig, check_choice, check_range, field
+from bpiml.teachers.base import box_pixels, check_inputs, params_hash
+
+logger = logging.getLogger(__name__)
+
+COLOR_SPACES = ("rgb", "lab", "hsv")
+
+
+@dataclass
+class GrabCutConfig(BaseConfig):
+    iterations: int = field(5, "GrabCut EM iterations per box")
+    context: float = field(0.5, "context margin around the box, as a fraction of its longer side (definite background)")
+    min_context: int = field(12, "smallest context margin, pixels")
+    max_side: int = field(256, "crops are downscaled so their longer side is at most this (0 = full resolution)")
+    color_space: str = field("rgb", "colour space GrabCut models: rgb | lab | hsv")
+    blur: int = field(0, "Gaussian blur kernel applied to the crop before GrabCut (0 = none; odd)")
+    core: float = field(0.0, "central fraction of the box marked definite foreground (0 = none)")
+    min_fraction: float = field(0.15, "fall back to the filled box when GrabCut keeps less of the box than this")
+    max_fraction: float = field(1.0, "fall back to the filled box when GrabCut keeps more of the box than this")
+    fill_holes: bool = field(True, "fill holes inside the kept foreground")
+    min_component: float = field(0.05, "drop components smaller than this fraction of the largest one")
+    hull: bool = field(False, "replace each kept component by its convex hull")
+    dilate: float = field(0.0, "grow the kept foreground by this fraction of the box's shorter side")
+    min_box_side: int = field(8, "boxes with a side below this many pixels are used as filled boxes")
+
+    def validate(self) -> None:
+        check_range("iterations", self.iterations, 1, 50)
+        check_range("context", self.context, 0.0, 5.0)
+        check_range("min_context", self.min_context, 1)
+        check_range("max_side", self.max_side, 0)
+        check_choice("color_space", self.color_space, COLOR_SPACES)
+        check_range("blur", self.blur, 0, 31)
+        if self.blur and self.blur % 2 == 0:
+            raise ValueError(f"blur must be 0 or an odd kernel size, got {self.blur}")
+        check_range("core", self.core, 0.0, 0.9)
+        check_range("min_fraction", self.min_fraction, 0.0, 1.0)
+        check_range("max_fraction", self.max_fraction, self.min_fraction, 1.0)
+        check_range("min_component", self.min_component, 0.0, 1.0)
+        check_range("dilate", self.dilate, 0.0, 0.5)
+        check_range("min_box_side", self.min_box_side, 1)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions not connected to the crop border."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    flood = padded.copy()
+    cv2.floodFill(flood, None, (0, 0), 1)
+    holes = flood[1:-1, 1:-1] == 0
+    return mask | holes
+
+
+def _drop_small_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= min_fraction * areas.max()) + 1
+    return np.isin(labels, keep)
+
+
+def _convex_hulls(mask: np.ndarray) -> np.ndarray:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    cv2.fillPoly(out, [cv2.convexHull(c) for c in contours], 1)
+    return out.astype(bool) | mask
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+class GrabCutTeacher:
+    """Pseudo mask = union over boxes of a GrabCut segmentation started from the box."""
+
+    name = "grabcut"
+
+    def __init__(self, config: GrabCutConfig | None = None) -> None:
+        self.config = config or GrabCutConfig()
+        self.config.validate()
+        self.version = f"grabcut-v2-{params_hash(self.config.to_dict())}"
+        self.fallbacks = 0  # boxes answered with the filled box (degenerate or failed GrabCut)
+        self.boxes_seen = 0
+
+    def _convert(self, crop: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if cfg.blur:
+            crop = cv2.GaussianBlur(crop, (cfg.blur, cfg.blur), 0)
+        if cfg.color_space == "lab":
+            return cv2.cvtColor(crop, cv2.COLOR_RGB2LAB)
+        if cfg.color_space == "hsv":
+            return cv2.cvtColor(crop, cv2.COLOR_RGB2HSV)
+        return np.ascontiguousarray(crop)
+
+    def segment_box(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """The `HxW` bool mask of one box (only pixels inside the box can be set)."""
+        cfg = self.config
+        height, width = image.shape[:2]
+        x0, y0, x1, y1 = box_pixels(box, height, width)
+        mask = np.zeros((height, width), dtype=bool)
+        self.boxes_seen += 1
+        bw, bh = x1 - x0, y1 - y0
+        margin = max(cfg.min_context, int(round(cfg.context * max(bw, bh))))
+        cx0, cy0 = max(x0 - margin, 0), max(y0 - margin, 0)
+        cx1, cy1 = min(x1 + margin, width), min(y1 + margin, height)
+        has_background = (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1)
+        if min(bw, bh) < cfg.min_box_side or not has_background:
+            self.fallbacks += 1
+            mask[y0:y1, x0:x1] = True
+            return mask
+
+        crop = image[cy0:cy1, cx0:cx1]
+        scale = 1.0
+        if cfg.max_side and max(crop.shape[:2]) > cfg.max_side:
+            scale = cfg.max_side / max(crop.shape[:2])
+            size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+            crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        ch, cw = crop.shape[:2]
+        # box in crop coordinates (scaled), at least one pixel wide
+        bx0, by0 = int(np.floor((x0 - cx0) * scale)), int(np.floor((y0 - cy0) * scale))
+        bx1 = min(max(int(np.ceil((x1 - cx0) * scale)), bx0 + 1), cw)
+        by1 = min(max(int(np.ceil((y1 - cy0) * scale)), by0 + 1), ch)
+        labels = np.full((ch, cw), cv2.GC_BGD, dtype=np.uint8)
+        labels[by0:by1, bx0:bx1] = cv2.GC_PR_FGD
+        if cfg.core > 0:
+            mx, my = (bx1 - bx0) * (1 - cfg.core) / 2, (by1 - by0) * (1 - cfg.core) / 2
+            labels[int(by0 + my):int(np.ceil(by1 - my)), int(bx0 + mx):int(np.ceil(bx1 - mx))] = cv2.GC_FGD
+        inside = np.zeros((ch, cw), dtype=bool)
+        inside[by0:by1, bx0:bx1] = True
+        try:
+            bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+            cv2.setRNGSeed(0)  # GrabCut's k-means initialisation: same box, same mask, whatever came before
+            cv2.grabCut(self._convert(crop), labels, None, bgd, fgd, cfg.iterations, cv2.GC_INIT_WITH_MASK)
+        except cv2.error as err:  # e.g. too few samples for a colour model
+            logger.debug("GrabCut failed on box %s: %s", box.tolist(), err)
+            self.fallbacks += 1
+            mask[y0:y1, x0:x1] = True
+            return mask
+        fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)) & inside
+        if cfg.fill_holes:
+            fg = _fill_holes(fg) & inside
+        if cfg.min_component > 0:
+            fg = _drop_small_components(fg, cfg.min_component)
+        if cfg.hull and fg.any():
+            fg = _convex_hulls(fg)
+        radius = int(round(cfg.dilate * min(by1 - by0, bx1 - bx0)))
+        if radius > 0:
+            fg = _dilate(fg, radius) & inside
+        fraction = fg.sum() / inside.sum()
+        if not cfg.min_fraction <= fraction <= cfg.max_fraction:
+            self.fallbacks += 1
+            mask[y0:y1, x0:x1] = True
+            return mask
+        if scale != 1.0:  # smooth upscaling: bilinear on the 0/1 mask, then threshold
+            up = cv2.resize(fg.astype(np.float32), (cx1 - cx0, cy1 - cy0), interpolation=cv2.INTER_LINEAR)
+            fg = up >= 0.5
+        mask[cy0:cy1, cx0:cx1] = fg
+        inside_full = np.zeros_like(mask)
+        inside_full[y0:y1, x0:x1] = True
+        return mask & inside_full
+
+    def predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        boxes = check_inputs(images, boxes)
+        masks = []
+        for image, image_boxes in zip(images, boxes):
+            mask = np.zeros(image.shape[:2], dtype=bool)
+            for box in image_boxes:
+                mask |= self.segment_box(image, box)
+            masks.append(mask)
+        return masks
+
+
+def build_grabcut_teacher(**options: object) -> GrabCutTeacher:
+    """A GrabCut teacher; options are `GrabCutConfig` fields (unknown ones raise ValueError)."""
+    return GrabCutTeacher(GrabCutConfig.from_dict(dict(options)))
