@@ -1,0 +1,160 @@
+"""The local service stack (S3 endpoint, MLflow server, Ray head) from Python.
+
+A thin wrapper over `scripts/stack/*.sh`, for tests and demos: `start_local_stack(state_dir)`
+runs the start scripts with free ports and returns a `LocalStack` describing the endpoints;
+`stop_local_stack(state_dir)` stops exactly the process groups those scripts recorded.
+
+Services:
+- S3: moto in server mode on 127.0.0.1, in memory, any credentials accepted (fake ones used).
+- MLflow: SQLite backend in the state dir; artifacts proxied by the server into
+  `s3://<bucket>/artifacts`, so clients need no S3 credentials.
+- Ray: a head on 127.0.0.1 with token authentication (`RAY_AUTH_MODE=token`, token file
+  `<state_dir>/ray_auth_token`). Jobs inherit the head's environment, which carries the S3
+  endpoint, the fake S3 credentials and `MLFLOW_TRACKING_URI`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from bpiml.config import BaseConfig, check_range, field
+
+logger = logging.getLogger(__name__)
+
+SERVICES = ("s3", "mlflow", "ray")
+LOCAL_AWS_ENV = {  # fake credentials of the local S3 endpoint only (moto accepts any)
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclasses.dataclass
+class StackConfig(BaseConfig):
+    """How to start the local stack."""
+
+    num_cpus: int = field(2, help="CPUs the Ray head offers")
+    object_store_bytes: int = field(200_000_000, help="Ray object store size in bytes")
+    mlflow_bucket: str = field("bpiml-mlflow", help="S3 bucket holding MLflow artifacts (created if missing)")
+    timeout_s: int = field(300, help="seconds each start script may take before it fails")
+
+    def validate(self) -> None:
+        check_range("num_cpus", self.num_cpus, 1)
+        check_range("object_store_bytes", self.object_store_bytes, 75 * 1024 * 1024)
+        check_range("timeout_s", self.timeout_s, 1)
+        if not self.mlflow_bucket or "/" in self.mlflow_bucket:
+            raise ValueError(f"mlflow_bucket must be a bare bucket name, got {self.mlflow_bucket!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalStack:
+    """Endpoints of a running local stack."""
+
+    state_dir: str  # where pids, ports, logs, the MLflow database and the Ray token live
+    s3_endpoint: str  # http://127.0.0.1:PORT
+    tracking_uri: str  # MLflow server, http://127.0.0.1:PORT
+    ray_address: str  # Ray dashboard / Jobs API, http://127.0.0.1:PORT (what `ray job submit` wants)
+    ray_gcs_address: str  # 127.0.0.1:PORT (what `ray.init(address=...)` wants)
+    token_path: str  # Ray auth token file (mode 600)
+    mlflow_bucket: str  # bucket holding MLflow artifacts under `artifacts/`
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for client processes (`ray job submit`, MLflow/S3 clients).
+
+        The token itself is not in it, only its file (`RAY_AUTH_TOKEN_PATH`).
+        """
+        return {
+            "RAY_ADDRESS": self.ray_address,
+            "RAY_API_SERVER_ADDRESS": self.ray_address,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": self.token_path,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            **LOCAL_AWS_ENV,
+        }
+
+    def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """`base` (default: this process's environment) updated with `env`."""
+        return {**(os.environ if base is None else base), **self.env}
+
+    def read_token(self) -> str:
+        return Path(self.token_path).read_text().strip()
+
+
+def scripts_dir() -> Path:
+    """`scripts/stack/` of the source checkout this package runs from."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "stack"
+    if not (path / "up.sh").is_file():
+        raise FileNotFoundError(f"stack scripts not found at {path} (needs a source checkout of bpiml)")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (outside Ray's worker port range 10002-19999)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_script(name: str, state_dir: str, extra_env: dict[str, str], timeout_s: int) -> str:
+    env = {**os.environ, **extra_env, "BPIML_STACK_DIR": state_dir}
+    # The scripts run the services from the environment this interpreter belongs to.
+    env.setdefault("BPIML_VENV", str(Path(sys.executable).parent.parent))
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        env.pop(key, None)
+    script = scripts_dir() / name
+    try:
+        done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"{script} did not finish within {timeout_s}s (logs in {state_dir})") from err
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
+    for line in done.stderr.splitlines():
+        logger.info("%s", line)
+    lines = done.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def start_local_stack(state_dir: str, config: StackConfig | None = None) -> LocalStack:
+    """Start S3, MLflow and a Ray head recording into `state_dir`; stop them all on failure.
+
+    Keep `state_dir` short (Ray's Unix sockets live below it; e.g. a `tempfile.mkdtemp()` in /tmp).
+    """
+    config = config or StackConfig()
+    config.validate()
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    env = {
+        "BPIML_S3_PORT": str(free_port()),
+        "BPIML_MLFLOW_PORT": str(free_port()),
+        "BPIML_MLFLOW_BUCKET": config.mlflow_bucket,
+        "BPIML_RAY_PORT": str(free_port()),
+        "BPIML_RAY_DASHBOARD_PORT": str(free_port()),
+        "BPIML_RAY_NUM_CPUS": str(config.num_cpus),
+        "BPIML_RAY_OBJECT_STORE_BYTES": str(config.object_store_bytes),
+    }
+    try:
+        s3 = _run_script("start_s3.sh", state_dir, env, config.timeout_s)
+        tracking = _run_script("start_mlflow.sh", state_dir, env, config.timeout_s)
+        ray_address = _run_script("start_ray.sh", state_dir, env, config.timeout_s)
+    except BaseException:
+        stop_local_stack(state_dir)
+        raise
+    gcs = (Path(state_dir) / "ray.gcs").read_text().strip()
+    return LocalStack(state_dir=state_dir, s3_endpoint=s3, tracking_uri=tracking, ray_address=ray_address,
+                      ray_gcs_address=gcs, token_path=str(Path(state_dir) / "ray_auth_token"),
+                      mlflow_bucket=config.mlflow_bucket)
+
+
+def stop_local_stack(state_dir: str, timeout_s: int = 120) -> None:
+    """Stop whatever the start scripts recorded in `state_dir` (Ray, MLflow, S3); idempotent."""
+    _run_script("down.sh", state_dir, {}, timeout_s)

@@ -1,0 +1,112 @@
+# Shared helpers for the local service scripts (sourced, never run).
+#
+# State layout (BPIML_STACK_DIR, default <repo>/.bpiml/stack):
+#   <service>.pid     process-group leader started by us (setsid), the only thing stop_* kills
+#   <service>.port    port it listens on
+#   <service>.log     its stdout/stderr
+#   env.sh            exports for clients (written by up.sh), chmod 600
+# shellcheck shell=bash
+
+set -euo pipefail
+
+STACK_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$STACK_SCRIPTS/../.." && pwd)"
+STACK_DIR="${BPIML_STACK_DIR:-$REPO_ROOT/.bpiml/stack}"
+VENV="${BPIML_VENV:-$REPO_ROOT/.venv}"
+PY="$VENV/bin/python"
+HOST=127.0.0.1
+
+# Fake credentials for the local S3 endpoint only (moto accepts any). Never real ones.
+LOCAL_AWS_ACCESS_KEY_ID=testing
+LOCAL_AWS_SECRET_ACCESS_KEY=testing
+LOCAL_AWS_REGION=us-east-1
+
+mkdir -p "$STACK_DIR"
+chmod 700 "$STACK_DIR"
+
+die() { echo "error: $*" >&2; exit 1; }
+log() { echo "[stack] $*" >&2; }
+
+# free_port: print a TCP port that is free on 127.0.0.1 right now.
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# port_busy PORT: true when something accepts connections on 127.0.0.1:PORT.
+port_busy() {
+    "$PY" -c 'import socket, sys; s = socket.socket(); s.settimeout(0.5); sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$1"
+}
+
+# alive NAME: true while any process of the process group recorded for NAME still runs.
+alive() {
+    local pidfile="$STACK_DIR/$1.pid"
+    [[ -f "$pidfile" ]] || return 1
+    local pgid
+    pgid="$(cat "$pidfile")"
+    [[ "$pgid" =~ ^[0-9]+$ ]] && (( pgid > 1 )) && group_alive "$pgid"
+}
+
+# group_alive SID: true while any live (non-zombie) process of that session runs.
+# start_group uses setsid, so the session id is also the process-group id.
+group_alive() {
+    ps -o stat= --sid "$1" 2>/dev/null | grep -qv '^Z'
+}
+
+# wait_http URL SECONDS NAME [TOKEN_FILE]: poll until URL answers 2xx (sending
+# `Authorization: Bearer <token>` when TOKEN_FILE is given), or fail showing the log tail.
+wait_http() {
+    local url="$1" timeout="$2" name="$3" token_file="${4:-}" start=$SECONDS
+    until "$PY" - "$url" "$token_file" <<'EOF' 2>/dev/null
+import sys, urllib.request
+request = urllib.request.Request(sys.argv[1])
+if sys.argv[2]:
+    request.add_header("Authorization", "Bearer " + open(sys.argv[2]).read().strip())
+urllib.request.urlopen(request, timeout=2).read()
+EOF
+    do
+        if (( SECONDS - start > timeout )); then
+            tail -n 30 "$STACK_DIR/$name.log" >&2 || true
+            die "$name did not answer $url within ${timeout}s (log: $STACK_DIR/$name.log)"
+        fi
+        if [[ -f "$STACK_DIR/$name.pid" ]] && ! group_alive "$(cat "$STACK_DIR/$name.pid")"; then
+            tail -n 30 "$STACK_DIR/$name.log" >&2 || true
+            die "$name exited during start-up (log: $STACK_DIR/$name.log)"
+        fi
+        sleep 0.3
+    done
+}
+
+# stop_group NAME [GRACE_SECONDS]: TERM, then after GRACE_SECONDS (default 10) KILL, the process
+# group recorded in NAME.pid; remove the records. Only a group whose id we wrote ourselves is touched.
+stop_group() {
+    local name="$1" grace="${2:-10}" pidfile="$STACK_DIR/$1.pid"
+    if [[ ! -f "$pidfile" ]]; then
+        log "$name: not running (no $pidfile)"
+        return 0
+    fi
+    local pgid
+    pgid="$(cat "$pidfile")"
+    if [[ "$pgid" =~ ^[0-9]+$ ]] && (( pgid > 1 )) && group_alive "$pgid"; then
+        kill -TERM -- "-$pgid" 2>/dev/null || true
+        for _ in $(seq 1 $((grace * 5))); do
+            group_alive "$pgid" || break
+            sleep 0.2
+        done
+        if group_alive "$pgid"; then
+            log "$name: still running after ${grace}s, sending KILL to group $pgid"
+            kill -KILL -- "-$pgid" 2>/dev/null || true
+        fi
+        log "$name: stopped (process group $pgid)"
+    else
+        log "$name: process group ${pgid:-?} already gone"
+    fi
+    rm -f "$pidfile" "$STACK_DIR/$name.port"
+}
+
+# start_group NAME CMD...: run CMD in a new session (its own process group), record the pid.
+start_group() {
+    local name="$1"; shift
+    : > "$STACK_DIR/$name.log"
+    setsid "$@" >> "$STACK_DIR/$name.log" 2>&1 < /dev/null &
+    echo $! > "$STACK_DIR/$name.pid"
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Start an MLflow tracking + registry server on 127.0.0.1 with a SQLite backend in the state dir
+# and artifacts in S3.
+#
+#   scripts/stack/start_mlflow.sh        # port from BPIML_MLFLOW_PORT, else a free port
+#
+# Artifacts: `--serve-artifacts --artifacts-destination s3://$BPIML_MLFLOW_BUCKET/artifacts`.
+# New experiments get the artifact root `mlflow-artifacts:/...`, so clients upload through the
+# server's HTTP proxy and never need S3 credentials; only this server holds them. (With
+# `--default-artifact-root s3://...` every client would write to S3 itself.)
+#
+# S3 endpoint: BPIML_S3_ENDPOINT, else the local endpoint of start_s3.sh in the same state dir.
+# Credentials: the AWS_* variables in the environment, else the fake local ones (local S3 only).
+# The bucket is created when missing. Prints the tracking URI.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+if alive mlflow; then
+    echo "http://$HOST:$(cat "$STACK_DIR/mlflow.port")"
+    log "mlflow: already running (pid $(cat "$STACK_DIR/mlflow.pid"))"
+    exit 0
+fi
+
+BUCKET="${BPIML_MLFLOW_BUCKET:-bpiml-mlflow}"
+if [[ -n "${BPIML_S3_ENDPOINT:-}" ]]; then
+    S3_ENDPOINT="$BPIML_S3_ENDPOINT"
+elif alive s3; then
+    S3_ENDPOINT="http://$HOST:$(cat "$STACK_DIR/s3.port")"
+    export AWS_ACCESS_KEY_ID="$LOCAL_AWS_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY="$LOCAL_AWS_SECRET_ACCESS_KEY"
+    unset AWS_SESSION_TOKEN AWS_PROFILE
+else
+    die "mlflow: no S3 endpoint: start scripts/stack/start_s3.sh first or set BPIML_S3_ENDPOINT"
+fi
+export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-$LOCAL_AWS_REGION}"
+export MLFLOW_S3_ENDPOINT_URL="$S3_ENDPOINT" AWS_ENDPOINT_URL_S3="$S3_ENDPOINT"
+# Without this the server starts a pool of job-runner processes (~15 processes, ~3 GB).
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+
+"$PY" - "$S3_ENDPOINT" "$BUCKET" <<'PYEOF' || die "mlflow: cannot create or reach bucket $BUCKET at $S3_ENDPOINT"
+import sys, boto3, botocore.exceptions
+endpoint, bucket = sys.argv[1], sys.argv[2]
+s3 = boto3.client("s3", endpoint_url=endpoint)
+try:
+    s3.head_bucket(Bucket=bucket)
+except botocore.exceptions.ClientError:
+    s3.create_bucket(Bucket=bucket)
+    print(f"[stack] mlflow: created bucket s3://{bucket}", file=sys.stderr)
+PYEOF
+
+PORT="${BPIML_MLFLOW_PORT:-$(free_port)}"
+port_busy "$PORT" && die "mlflow: port $PORT on $HOST is already in use (set BPIML_MLFLOW_PORT)"
+
+start=$SECONDS
+start_group mlflow "$VENV/bin/mlflow" server \
+    --backend-store-uri "sqlite:///$STACK_DIR/mlflow.db" \
+    --serve-artifacts --artifacts-destination "s3://$BUCKET/artifacts" \
+    --host "$HOST" --port "$PORT" --workers 1 \
+    --allowed-hosts "localhost,localhost:$PORT,$HOST,$HOST:$PORT"
+echo "$PORT" > "$STACK_DIR/mlflow.port"
+wait_http "http://$HOST:$PORT/health" 180 mlflow
+log "mlflow: up in $((SECONDS - start))s (pid $(cat "$STACK_DIR/mlflow.pid"), artifacts s3://$BUCKET/artifacts, log $STACK_DIR/mlflow.log)"
+echo "http://$HOST:$PORT"

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Start the local stack: S3 endpoint, MLflow server (artifacts in that S3), Ray head with token auth,
+# and write <state>/env.sh for clients:
+#
+#   scripts/stack/up.sh
+#   source .bpiml/stack/env.sh
+#   ray job submit --working-dir . -- python -c 'print(1)'
+#
+# Ray starts last so that its jobs inherit the S3 endpoint and MLFLOW_TRACKING_URI.
+# Settings: see start_s3.sh, start_mlflow.sh, start_ray.sh. Stop with scripts/stack/down.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+trap 'log "start-up failed; stopping what was started"; "$STACK_SCRIPTS/down.sh"' ERR
+
+S3_ENDPOINT="$("$STACK_SCRIPTS/start_s3.sh")"
+TRACKING_URI="$("$STACK_SCRIPTS/start_mlflow.sh")"
+RAY_DASHBOARD="$("$STACK_SCRIPTS/start_ray.sh")"
+trap - ERR
+
+ENV_FILE="$STACK_DIR/env.sh"
+(
+    umask 077
+    cat > "$ENV_FILE" <<ENVEOF
+# Written by scripts/stack/up.sh: clients of the local bpiml stack. Holds only the fake
+# credentials of the local S3 endpoint; the Ray token stays in its own file (RAY_AUTH_TOKEN_PATH).
+export BPIML_STACK_DIR='$STACK_DIR'
+export RAY_ADDRESS='$RAY_DASHBOARD'
+export RAY_API_SERVER_ADDRESS='$RAY_DASHBOARD'
+export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH='$STACK_DIR/ray_auth_token'
+export MLFLOW_TRACKING_URI='$TRACKING_URI'
+export AWS_ENDPOINT_URL='$S3_ENDPOINT'
+export AWS_ENDPOINT_URL_S3='$S3_ENDPOINT'
+export MLFLOW_S3_ENDPOINT_URL='$S3_ENDPOINT'
+export AWS_ACCESS_KEY_ID='$LOCAL_AWS_ACCESS_KEY_ID'
+export AWS_SECRET_ACCESS_KEY='$LOCAL_AWS_SECRET_ACCESS_KEY'
+export AWS_DEFAULT_REGION='$LOCAL_AWS_REGION'
+ENVEOF
+)
+chmod 600 "$ENV_FILE"
+cat >&2 <<MSG
+[stack] up:
+  S3 endpoint   $S3_ENDPOINT (in memory; bucket s3://${BPIML_MLFLOW_BUCKET:-bpiml-mlflow} holds MLflow artifacts)
+  MLflow        $TRACKING_URI
+  Ray dashboard $RAY_DASHBOARD (token file $STACK_DIR/ray_auth_token)
+  client env    source $ENV_FILE
+MSG
+echo "$ENV_FILE"

@@ -1,0 +1,173 @@
+"""End to end against the real local services: Ray Jobs with token auth, MLflow with S3 artifacts,
+bpiml.storage on an S3 API endpoint."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from bpiml import storage
+from bpiml.stack import LOCAL_AWS_ENV, LocalStack
+from stack_fixtures import local_stack  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.e2e
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+JOB = """
+import ray
+from bpiml import storage
+
+ray.init()
+
+@ray.remote
+def double(x):
+    return 2 * x
+
+print("TASK", ray.get(double.remote(21)))
+storage.write_bytes("{uri}", b"from-job")
+print("WROTE", "{uri}")
+"""
+
+
+def _s3(stack: LocalStack):
+    return boto3.client("s3", endpoint_url=stack.s3_endpoint, **{
+        "aws_access_key_id": LOCAL_AWS_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": LOCAL_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": LOCAL_AWS_ENV["AWS_DEFAULT_REGION"],
+    })
+
+
+def _submit(env: dict[str, str], workdir: Path, *entrypoint: str, wait: bool = True) -> subprocess.CompletedProcess:
+    args = [RAY, "job", "submit", "--working-dir", str(workdir)] + ([] if wait else ["--no-wait"])
+    return subprocess.run(args + ["--", *entrypoint], env=env, capture_output=True, text=True,
+                          timeout=180, check=False, cwd=workdir)
+
+
+def _without_token(env: dict[str, str], home: Path) -> dict[str, str]:
+    env = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env["HOME"] = str(home)  # no ~/.ray/auth_token to fall back on
+    return env
+
+
+def test_job_with_token_runs_tasks_and_reaches_s3(local_stack: LocalStack, tmp_path: Path) -> None:
+    uri = f"s3://{local_stack.mlflow_bucket}/jobs/{uuid.uuid4().hex}.txt"
+    (tmp_path / "job.py").write_text(JOB.format(uri=uri))
+    done = _submit(local_stack.client_env(), tmp_path, "python", "job.py")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "TASK 42" in output and f"WROTE {uri}" in output
+    # The job got the S3 endpoint and credentials from the head's environment.
+    bucket, key = storage.split_s3(uri)
+    assert _s3(local_stack).get_object(Bucket=bucket, Key=key)["Body"].read() == b"from-job"
+
+
+def test_job_without_or_with_wrong_token_is_refused(local_stack: LocalStack, tmp_path: Path) -> None:
+    (tmp_path / "job.py").write_text("print('must not run')\n")
+    env = _without_token(local_stack.client_env(), tmp_path)
+    done = _submit(env, tmp_path, "python", "job.py", wait=False)
+    assert done.returncode != 0
+    assert "Unauthorized" in done.stdout + done.stderr
+
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
+    done = _submit(env, tmp_path, "python", "job.py", wait=False)
+    assert done.returncode != 0
+    assert "Forbidden" in done.stdout + done.stderr
+
+
+def test_token_file_is_private_and_never_logged(local_stack: LocalStack) -> None:
+    token_file = Path(local_stack.token_path)
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = local_stack.read_token()
+    assert len(token) == 64 and token not in str(local_stack.env)
+    leaks = [
+        str(path) for path in Path(local_stack.state_dir).rglob("*")
+        if path.is_file() and path != token_file and not path.is_symlink()
+        and path.stat().st_size < 50_000_000 and token.encode() in path.read_bytes()
+    ]
+    assert leaks == []
+
+
+def test_mlflow_logs_through_server_into_s3_and_registers(local_stack: LocalStack, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    # The client holds no S3 credentials at all: artifacts go through the server's proxy.
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    client = MlflowClient(tracking_uri=local_stack.tracking_uri, registry_uri=local_stack.tracking_uri)
+    experiment_id = client.create_experiment(f"stack-test-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(experiment_id)
+    client.log_param(run.info.run_id, "lr", 0.001)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.txt").write_text("w")
+    client.log_artifacts(run.info.run_id, str(tmp_path / "model"), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+
+    keys = [o["Key"] for o in _s3(local_stack).list_objects_v2(
+        Bucket=local_stack.mlflow_bucket, Prefix="artifacts/").get("Contents", [])]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/model/weights.txt") for k in keys), keys
+
+    name = f"bpiml-stack-test-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(name, "champion", version.version)
+    assert client.get_model_version_by_alias(name, "champion").run_id == run.info.run_id
+
+
+@pytest.fixture()
+def s3_env(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> LocalStack:
+    """This process talks to the local S3 endpoint through AWS_ENDPOINT_URL."""
+    monkeypatch.setattr(storage, "_endpoint_override", None)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", local_stack.s3_endpoint)
+    for key, value in LOCAL_AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    return local_stack
+
+
+def test_storage_and_pyarrow_on_s3(s3_env: LocalStack) -> None:
+    bucket = f"store-{uuid.uuid4().hex[:8]}"
+    _s3(s3_env).create_bucket(Bucket=bucket)
+    uri = f"s3://{bucket}/prefix/a.bin"
+    assert not storage.exists(uri)
+    storage.write_bytes(uri, b"\x00\x01payload")
+    assert storage.exists(uri)
+    assert storage.read_bytes(uri) == b"\x00\x01payload"
+    storage.check_readable(uri)
+    storage.check_writable(f"s3://{bucket}/prefix")
+
+    fs, path = storage.pyarrow_fs(f"s3://{bucket}/arrow/b.txt")
+    with fs.open_output_stream(path) as out:
+        out.write(b"arrow")
+    assert storage.read_bytes(f"s3://{bucket}/arrow/b.txt") == b"arrow"
+    with fs.open_input_stream(fs.normalize_path(f"{bucket}/prefix/a.bin")) as inp:
+        assert inp.read() == b"\x00\x01payload"
+
+
+def test_checks_fail_fast_naming_a_missing_bucket(s3_env: LocalStack) -> None:
+    missing = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/store"
+    start = time.monotonic()
+    with pytest.raises((FileNotFoundError, PermissionError), match=missing):
+        storage.check_readable(f"{missing}/manifest.jsonl")
+    with pytest.raises(PermissionError, match=missing):
+        storage.check_writable(missing)
+    assert time.monotonic() - start < 20
+
+
+def test_env_points_at_loopback_only(local_stack: LocalStack) -> None:
+    for url in (local_stack.s3_endpoint, local_stack.tracking_uri, local_stack.ray_address):
+        assert url.startswith("http://127.0.0.1:"), url
+    assert local_stack.ray_gcs_address.startswith("127.0.0.1:")
+    assert os.path.isfile(local_stack.env["RAY_AUTH_TOKEN_PATH"])
