@@ -1,0 +1,231 @@
+"""Training: config checks, data/augmentation, and a real 2-worker Ray Train run with resume + MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bpiml import imageio
+from bpiml.train import TrainConfig, check_inputs
+from bpiml.train_data import Augment, MaskDataset, fill_boxes, load_samples
+from bpiml.train_loop import mask_loss, warmup_cosine
+
+
+def make_pseudo_store(root: Path, n_train: int = 16, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """Input store + pseudo-labeled store: textured background with one bright square per image.
+
+    The pseudo mask is the square (a perfect teacher), GT is the same square, boxes its bounds.
+    Returns the pseudo-labeled store root.
+    """
+    rng = np.random.default_rng(seed)
+    source = root / "input"
+    pseudo = root / "pseudo-store"
+    for folder in (source / "images", source / "masks", pseudo / "pseudo"):
+        folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n_train + n_val):
+        rid = f"img{i:03d}"
+        image = (rng.uniform(0, 90, (size, size, 3))).astype(np.uint8)
+        side = int(rng.integers(size // 4, size // 2))
+        y0, x0 = (int(v) for v in rng.integers(0, size - side, 2))
+        image[y0:y0 + side, x0:x0 + side] = rng.integers(180, 255, 3)
+        mask = np.zeros((size, size), dtype=bool)
+        mask[y0:y0 + side, x0:x0 + side] = True
+        (source / "images" / f"{rid}.png").write_bytes(imageio.encode_image(image, "png"))
+        (source / "masks" / f"{rid}.png").write_bytes(imageio.encode_mask_png(mask))
+        (pseudo / "pseudo" / f"{rid}.png").write_bytes(imageio.encode_mask_png(mask))
+        lines.append({
+            "id": rid, "image": f"images/{rid}.png", "boxes": [[x0, y0, x0 + side, y0 + side]],
+            "mask": f"masks/{rid}.png", "split": "train" if i < n_train else "val",
+            "source": str(source), "pseudo_mask": f"pseudo/{rid}.png", "teacher": "fake",
+            "teacher_version": "0", "mask_area": float(mask.mean()), "iou_gt": 1.0,
+        })
+    (pseudo / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (pseudo / "config.json").write_text(json.dumps({"teacher": "fake", "store": str(source)}))
+    return pseudo
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pseudo_store(tmp_path_factory.mktemp("train-store"))
+
+
+# --- config ----------------------------------------------------------------------------------
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="unknown TrainConfig key.*epoks"):
+        TrainConfig.from_dict({"epoks": 3})
+    with pytest.raises(ValueError, match="supervision"):
+        TrainConfig.from_dict({"supervision": "teacher"})
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig.from_dict({"epochs": 0})
+    with pytest.raises(ValueError, match="cpus_per_worker"):
+        TrainConfig.from_dict({"cpus_per_worker": 0})
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        TrainConfig.from_dict({"epochs": 2, "warmup_epochs": 5})
+    with pytest.raises(ValueError, match="train_split and val_split"):
+        TrainConfig.from_dict({"train_split": "val"})
+    with pytest.raises(ValueError, match="img_size"):
+        TrainConfig.from_dict({"model_img_size": 50})
+    with pytest.raises(ValueError, match="unknown TrainConfig key.*model_widht"):
+        TrainConfig.from_dict({"model": {"widht": 8}})
+    with pytest.raises(ValueError, match="run_name"):
+        TrainConfig.from_dict({"run_name": "a/b"})
+
+
+def test_config_nested_model_and_round_trip() -> None:
+    cfg = TrainConfig.from_dict({"model": {"width": 32, "memory_slots": 8, "use_gating": False}})
+    student = cfg.student_config()
+    assert (student.width, student.memory_slots, student.use_gating, student.img_size) == (32, 8, False, 224)
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_check_inputs_fails_fast(tmp_path: Path, store: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="jobs/pseudolabel.py"):
+        check_inputs(TrainConfig(storage_path=str(tmp_path / "runs")))  # embedded default, absent here
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        check_inputs(TrainConfig(store=str(tmp_path / "nowhere"), storage_path=str(tmp_path / "runs")))
+    with pytest.raises(ValueError, match="no train records with split 'test'"):
+        check_inputs(TrainConfig(store=str(store), storage_path=str(tmp_path / "runs"), train_split="test"))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="cannot write"):
+        check_inputs(TrainConfig(store=str(store), storage_path=str(blocker / "runs")))
+
+
+# --- data ------------------------------------------------------------------------------------
+def test_load_samples_by_supervision(store: Path) -> None:
+    pseudo = load_samples(str(store), "pseudo")
+    assert (len(pseudo.train), len(pseudo.val)) == (16, 4)
+    assert pseudo.train[0].target.endswith("pseudo-store/pseudo/img000.png")
+    assert pseudo.train[0].image.endswith("input/images/img000.png")
+    assert pseudo.val[0].gt.endswith("input/masks/img016.png")
+    assert pseudo.teacher["teacher"] == "fake"
+    assert load_samples(str(store), "gt").train[0].target.endswith("input/masks/img000.png")
+    assert load_samples(str(store), "box").train[0].target is None
+    assert len(load_samples(str(store), "pseudo", limit=5).train) == 5
+
+
+def test_fill_boxes_clips() -> None:
+    mask = fill_boxes((10, 20), [[2, 3, 5.5, 6], [15, -4, 40, 2]])
+    assert mask[3:6, 2:6].all() and mask[0:2, 15:20].all()
+    assert mask.sum() == 3 * 4 + 2 * 5
+
+
+def test_augment_keeps_mask_aligned() -> None:
+    image = np.zeros((64, 64, 3), np.uint8)
+    mask = np.zeros((64, 64), bool)
+    image[10:40, 5:30] = 255
+    mask[10:40, 5:30] = True
+    augment = Augment(scale_min=0.3, hflip=True, color=0.0, jpeg_prob=0.0)
+    for seed in range(10):
+        out, out_mask = augment(image, mask, np.random.default_rng(seed))
+        assert out.shape == (64, 64, 3) and out_mask.shape == (64, 64) and out_mask.dtype == bool
+        bright = out[..., 0] > 127
+        assert (bright != out_mask).mean() < 0.03  # mask follows the pixels through crop and flip
+
+
+def test_dataset_shapes_and_determinism(store: Path) -> None:
+    samples = load_samples(str(store), "box").train[:3]
+    ds = MaskDataset(samples, 32, Augment(jpeg_prob=1.0), cache=True, seed=1)
+    x, y = ds[1]
+    assert x.shape == (3, 32, 32) and y.shape == (1, 32, 32) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and set(torch.unique(y).tolist()) <= {0.0, 1.0}
+    assert torch.equal(ds[1][0], x)  # same (seed, epoch, index) -> same augmentation
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], x)
+
+
+def test_loss_and_schedule() -> None:
+    logits = torch.tensor([[[[10.0, -10.0]]]])
+    target = torch.tensor([[[[1.0, 0.0]]]])
+    assert float(mask_loss(logits, target, dice_weight=1.0)) < 1e-3
+    assert float(mask_loss(-logits, target, dice_weight=1.0)) > 5
+    f = warmup_cosine(total_steps=10, warmup_steps=2, min_ratio=0.1)
+    assert [round(f(s), 3) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert math.isclose(f(10), 0.1) and f(6) < f(4)
+
+
+# --- a real run ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(ray_local, store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The same run trained for 3 epochs, then rerun with epochs=5 (resumes)."""
+    from bpiml.train import run_training
+
+    root = tmp_path_factory.mktemp("train-runs")
+    cfg = TrainConfig(
+        store=str(store), storage_path=str(root / "runs"), run_name="tiny", epochs=3, batch_size=4, lr=2e-3,
+        warmup_epochs=0.5, num_workers=2, tracking_uri=f"sqlite:///{root}/mlflow.db", experiment="test-train",
+        registered_model="tiny-student", alias="champion", log_images=2,
+        model_width=32, model_memory_slots=16, model_img_size=64,
+    )
+    first = run_training(cfg)
+    # The rerun prunes checkpoints (best + latest are kept): read the first run's one now.
+    first_state = torch.load(Path(first.best_checkpoint) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    second = run_training(cfg.replace(epochs=5))
+    return cfg, first, first_state, second
+
+
+def test_training_loss_falls_and_checkpoints(runs) -> None:
+    cfg, first, state, _ = runs
+    losses = [row["loss"] for row in first.history]
+    assert len(losses) == 3 and first.start_epoch == 0
+    assert losses[-1] < losses[0]
+    assert all(math.isfinite(row["val_f1"]) and 0 <= row["val_f1"] <= 1 for row in first.history)
+    assert first.history[-1]["slots_used"] >= 1
+    assert {"model_config", "model_state", "optimizer_state", "scheduler_state", "epoch", "train_config"} <= set(state)
+    assert state["model_config"]["width"] == 32 and state["train_config"]["run_name"] == "tiny"
+    assert (Path(cfg.storage_path) / "tiny" / "train_config.json").exists()
+
+
+def test_rerun_resumes_from_latest_checkpoint(runs) -> None:
+    _, first, _, second = runs
+    assert second.start_epoch == 3
+    assert [row["epoch"] for row in second.history] == [0, 1, 2, 3, 4]
+    assert second.history[:3] == first.history
+    assert second.mlflow_run_id == first.mlflow_run_id
+    state = torch.load(Path(second.latest_checkpoint) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 4 and state["mlflow_run_id"] == first.mlflow_run_id
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(runs) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _, _, _, second = runs
+    client = MlflowClient(second.tracking_uri)
+    run = client.get_run(second.mlflow_run_id)
+    assert run.data.params["memory_bank_size"] == "16x32"
+    assert run.data.params["teacher"] == "fake"
+    assert run.data.params["model.alpha"] == "0.5"
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == [0, 1, 2, 3, 4]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "overlays"} <= artifacts
+
+
+def test_registered_model_loads_by_alias_and_predicts_any_size(runs) -> None:
+    import mlflow
+    import mlflow.pytorch
+
+    _, _, _, second = runs
+    assert second.registered_model_uri == "models:/tiny-student@champion"
+    mlflow.set_tracking_uri(second.tracking_uri)
+    model = mlflow.pytorch.load_model(second.registered_model_uri)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, 77, 53))
+    assert logits.shape == (1, 1, 77, 53) and torch.isfinite(logits).all()
