@@ -83,8 +83,12 @@ class LocalStack:
         }
 
     def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """`base` (default: this process's environment) updated with `env`."""
-        return {**(os.environ if base is None else base), **self.env}
+        """`base` (default: this process's environment) updated with `env`.
+
+        `RAY_AUTH_TOKEN` is dropped: it would take precedence over this stack's token file.
+        """
+        env = {k: v for k, v in (os.environ if base is None else base).items() if k != "RAY_AUTH_TOKEN"}
+        return {**env, **self.env}
 
     def read_token(self) -> str:
         return Path(self.token_path).read_text().strip()

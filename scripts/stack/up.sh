@@ -26,6 +26,7 @@ ENV_FILE="$STACK_DIR/env.sh"
 export BPIML_STACK_DIR='$STACK_DIR'
 export RAY_ADDRESS='$RAY_DASHBOARD'
 export RAY_API_SERVER_ADDRESS='$RAY_DASHBOARD'
+unset RAY_AUTH_TOKEN  # it would take precedence over RAY_AUTH_TOKEN_PATH
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH='$STACK_DIR/ray_auth_token'
 export MLFLOW_TRACKING_URI='$TRACKING_URI'
