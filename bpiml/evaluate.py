@@ -235,7 +235,7 @@ def aggregate(rows: list[dict[str, Any]], set_names: list[str], groups: dict[str
             per_set[name] = metrics.summarize(selected, threshold)
             table.append({"kind": "set", "name": name, "degradation": deg, **per_set[name]})
         for kind, name, members in [("average", "average", set_names)] + [("group", g, m) for g, m in groups.items()]:
-            summary: dict[str, Any] = {k: float(sum(per_set[m][k] for m in members)) for k in COUNT_KEYS}
+            summary: dict[str, Any] = {k: int(sum(per_set[m][k] for m in members)) for k in COUNT_KEYS}
             summary.update({k: _nanmean([per_set[m][k] for m in members]) for k in METRIC_KEYS})
             table.append({"kind": kind, "name": name, "degradation": deg, **summary})
     return table

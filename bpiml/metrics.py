@@ -207,7 +207,7 @@ class MeanAccumulator:
         return dict(self._n)
 
 
-def summarize(rows: Iterable[Mapping[str, object]], threshold: float = THRESHOLD) -> dict[str, float]:
+def summarize(rows: Iterable[Mapping[str, object]], threshold: float = THRESHOLD) -> dict[str, float | int]:
     """Dataset summary of `image_row` outputs: pixel means over manipulated images, image metrics.
 
     Image-level AUC / balanced accuracy are reported only when authentic images exist
@@ -221,10 +221,10 @@ def summarize(rows: Iterable[Mapping[str, object]], threshold: float = THRESHOLD
     labels = [bool(r.get("manipulated")) for r in rows]
     scores = [float(r.get("score", 0.0)) for r in rows]  # type: ignore[arg-type]
     n_auth = labels.count(False)
-    out = {
-        "n_images": float(len(rows)),
-        "n_manipulated": float(len(rows) - n_auth),
-        "n_authentic": float(n_auth),
+    out: dict[str, float | int] = {
+        "n_images": len(rows),
+        "n_manipulated": len(rows) - n_auth,
+        "n_authentic": n_auth,
         "pixel_f1": acc.mean("f1"),
         "pixel_iou": acc.mean("iou"),
         "pixel_auc": acc.mean("auc"),
