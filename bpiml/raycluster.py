@@ -1,7 +1,7 @@
 """Starting or joining Ray the same way from every job.
 
-`python jobs/x.py` joins the cluster named by RAY_ADDRESS (set by `ray job submit`) or a running
-local head, and otherwise starts a local Ray. The S3/MLflow environment a job runs with is passed
+`python jobs/x.py` joins the cluster named by RAY_ADDRESS (set by `ray job submit`, or by
+`source .bpiml/stack/env.sh` for the local head) and otherwise starts a local Ray. The S3/MLflow environment a job runs with is passed
 to Ray's workers through `runtime_env`, because workers do not inherit the driver's shell.
 """
 
@@ -35,7 +35,7 @@ def worker_env() -> dict[str, str]:
 
 
 def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
-    """Join RAY_ADDRESS / a running local head, else start a local Ray; idempotent."""
+    """Join the cluster at RAY_ADDRESS (set by `ray job submit`), else start a local Ray; idempotent."""
     import ray
 
     if ray.is_initialized():
@@ -43,16 +43,13 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     env = worker_env()
     runtime_env = {"env_vars": env} if env else None
     address = os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":
         logger.info("joining Ray at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **kwargs)
+        ray.init(address=address, runtime_env=runtime_env, **kwargs)
         return
-    try:
-        ray.init(address="auto", runtime_env=runtime_env, **kwargs)
-        logger.info("joined the running local Ray cluster")
-    except (ConnectionError, RuntimeError):
-        logger.info("starting a local Ray (num_cpus=%s)", num_cpus or "all")
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
+    # No "auto" discovery: a stale /tmp/ray/ray_current_cluster makes ray.init hang for minutes.
+    logger.info("starting a local Ray (num_cpus=%s); set RAY_ADDRESS to join a running cluster", num_cpus or "all")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
 
 
 def available_gpus() -> float:

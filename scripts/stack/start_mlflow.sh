@@ -9,6 +9,8 @@
 # server's HTTP proxy and never need S3 credentials; only this server holds them. (With
 # `--default-artifact-root s3://...` every client would write to S3 itself.)
 #
+# BPIML_MLFLOW_ARTIFACTS=<local folder> keeps artifacts on local disk instead (the embedded default
+# of scripts/demo.sh: no S3 at all).
 # S3 endpoint: BPIML_S3_ENDPOINT, else the local endpoint of start_s3.sh in the same state dir.
 # Credentials: the AWS_* variables in the environment, else the fake local ones (local S3 only).
 # The bucket is created when missing. Prints the tracking URI.
@@ -21,7 +23,12 @@ if alive mlflow; then
 fi
 
 BUCKET="${BPIML_MLFLOW_BUCKET:-bpiml-mlflow}"
-if [[ -n "${BPIML_S3_ENDPOINT:-}" ]]; then
+LOCAL_ARTIFACTS="${BPIML_MLFLOW_ARTIFACTS:-}"
+if [[ -n "$LOCAL_ARTIFACTS" ]]; then
+    [[ "$LOCAL_ARTIFACTS" == s3://* ]] && die "mlflow: BPIML_MLFLOW_ARTIFACTS is for a local folder; for S3 set BPIML_MLFLOW_BUCKET"
+    mkdir -p "$LOCAL_ARTIFACTS"
+    DESTINATION="$(cd "$LOCAL_ARTIFACTS" && pwd)"
+elif [[ -n "${BPIML_S3_ENDPOINT:-}" ]]; then
     S3_ENDPOINT="$BPIML_S3_ENDPOINT"
 elif alive s3; then
     S3_ENDPOINT="http://$HOST:$(cat "$STACK_DIR/s3.port")"
@@ -30,11 +37,13 @@ elif alive s3; then
 else
     die "mlflow: no S3 endpoint: start scripts/stack/start_s3.sh first or set BPIML_S3_ENDPOINT"
 fi
-export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-$LOCAL_AWS_REGION}"
-export MLFLOW_S3_ENDPOINT_URL="$S3_ENDPOINT" AWS_ENDPOINT_URL_S3="$S3_ENDPOINT"
 # Without this the server starts a pool of job-runner processes (~15 processes, ~3 GB).
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 
+if [[ -z "$LOCAL_ARTIFACTS" ]]; then
+DESTINATION="s3://$BUCKET/artifacts"
+export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-$LOCAL_AWS_REGION}"
+export MLFLOW_S3_ENDPOINT_URL="$S3_ENDPOINT" AWS_ENDPOINT_URL_S3="$S3_ENDPOINT"
 "$PY" - "$S3_ENDPOINT" "$BUCKET" <<'PYEOF' || die "mlflow: cannot create or reach bucket $BUCKET at $S3_ENDPOINT"
 import sys, boto3, botocore.exceptions
 endpoint, bucket = sys.argv[1], sys.argv[2]
@@ -45,6 +54,7 @@ except botocore.exceptions.ClientError:
     s3.create_bucket(Bucket=bucket)
     print(f"[stack] mlflow: created bucket s3://{bucket}", file=sys.stderr)
 PYEOF
+fi
 
 PORT="${BPIML_MLFLOW_PORT:-$(free_port)}"
 port_busy "$PORT" && die "mlflow: port $PORT on $HOST is already in use (set BPIML_MLFLOW_PORT)"
@@ -52,10 +62,10 @@ port_busy "$PORT" && die "mlflow: port $PORT on $HOST is already in use (set BPI
 start=$SECONDS
 start_group mlflow "$VENV/bin/mlflow" server \
     --backend-store-uri "sqlite:///$STACK_DIR/mlflow.db" \
-    --serve-artifacts --artifacts-destination "s3://$BUCKET/artifacts" \
+    --serve-artifacts --artifacts-destination "$DESTINATION" \
     --host "$HOST" --port "$PORT" --workers 1 \
     --allowed-hosts "localhost,localhost:$PORT,$HOST,$HOST:$PORT"
 echo "$PORT" > "$STACK_DIR/mlflow.port"
 wait_http "http://$HOST:$PORT/health" 180 mlflow
-log "mlflow: up in $((SECONDS - start))s (pid $(cat "$STACK_DIR/mlflow.pid"), artifacts s3://$BUCKET/artifacts, log $STACK_DIR/mlflow.log)"
+log "mlflow: up in $((SECONDS - start))s (pid $(cat "$STACK_DIR/mlflow.pid"), artifacts $DESTINATION, log $STACK_DIR/mlflow.log)"
 echo "http://$HOST:$PORT"
