@@ -43,6 +43,11 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     env = worker_env()
     runtime_env = {"env_vars": env} if env else None
     address = os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("http"):
+        raise ValueError(
+            f"RAY_ADDRESS={address} is a Jobs API (dashboard) address: submit with `ray job submit`, "
+            "or set RAY_ADDRESS to the head's GCS address (host:port) to run this script against it"
+        )
     if address and address != "local":
         logger.info("joining Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, **kwargs)

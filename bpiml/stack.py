@@ -71,7 +71,7 @@ class LocalStack:
         The token itself is not in it, only its file (`RAY_AUTH_TOKEN_PATH`).
         """
         return {
-            "RAY_ADDRESS": self.ray_address,
+            "RAY_ADDRESS": self.ray_gcs_address,  # ray.init joins it; `ray job submit` uses the next one
             "RAY_API_SERVER_ADDRESS": self.ray_address,
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": self.token_path,

@@ -24,7 +24,7 @@ ENV_FILE="$STACK_DIR/env.sh"
 # Written by scripts/stack/up.sh: clients of the local bpiml stack. Holds only the fake
 # credentials of the local S3 endpoint; the Ray token stays in its own file (RAY_AUTH_TOKEN_PATH).
 export BPIML_STACK_DIR='$STACK_DIR'
-export RAY_ADDRESS='$RAY_DASHBOARD'
+export RAY_ADDRESS='$(cat "$STACK_DIR/ray.gcs")'
 export RAY_API_SERVER_ADDRESS='$RAY_DASHBOARD'
 unset RAY_AUTH_TOKEN  # it would take precedence over RAY_AUTH_TOKEN_PATH
 export RAY_AUTH_MODE=token
