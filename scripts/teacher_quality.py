@@ -28,25 +28,25 @@ from bpiml.teachers.grabcut import GrabCutConfig, GrabCutTeacher
 GRABCUT_VARIANTS: dict[str, dict] = {
     "default": {},
     "plain-rect": dict(context=0.0, min_context=10_000, max_side=0, min_fraction=0.0, fill_holes=False,
-                       min_component=0.0),  # whole image as context, no cleaning: plain GC_INIT_WITH_RECT
-    "no-fallback": dict(min_fraction=0.0),
-    "no-cleaning": dict(fill_holes=False, min_component=0.0),
-    "context-0.25": dict(context=0.25),
+                       min_component=0.0, hull=False, dilate=0.0),  # plain GC_INIT_WITH_RECT, no cleaning
+    "crop-only": dict(min_fraction=0.0, fill_holes=False, min_component=0.0, hull=False, dilate=0.0),
+    "no-hull-no-dilate": dict(hull=False, dilate=0.0),
+    "no-hull": dict(hull=False),
+    "no-dilate": dict(dilate=0.0),
+    "dilate-0.05": dict(dilate=0.05),
+    "dilate-0.15": dict(dilate=0.15),
+    "dilate-0.2": dict(dilate=0.2),
+    "fallback-0.05": dict(min_fraction=0.05),
+    "fallback-0.25": dict(min_fraction=0.25),
+    "context-0.5": dict(context=0.5),
     "context-1.0": dict(context=1.0),
+    "iters-5": dict(iterations=5),
     "iters-10": dict(iterations=10),
-    "side-512": dict(max_side=512),
+    "side-192": dict(max_side=192),
+    "side-384": dict(max_side=384),
     "lab": dict(color_space="lab"),
     "blur-5": dict(blur=5),
     "core-0.3": dict(core=0.3),
-    "fallback-0.3": dict(min_fraction=0.3),
-    "fallback-0.4": dict(min_fraction=0.4),
-    "hull": dict(hull=True),
-    "dilate-0.05": dict(dilate=0.05),
-    "hull-dilate-0.05": dict(hull=True, dilate=0.05),
-    "hull-dilate-0.1": dict(hull=True, dilate=0.1),
-    "hull-fb-0.3": dict(hull=True, min_fraction=0.3),
-    "hull-dilate-0.15": dict(hull=True, dilate=0.15),
-    "hull-dilate-0.2": dict(hull=True, dilate=0.2),
 }
 
 
@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="dataset folder holding index.json")
     parser.add_argument("--limit", type=int, default=0, help="first N forged images only (0 = all)")
     parser.add_argument("--offset", type=int, default=0, help="skip the first N forged images")
+    parser.add_argument("--stride", type=int, default=1, help="every N-th forged image (2 with offset 0/1 = halves)")
     parser.add_argument("--variants", default="default", help="comma-separated GrabCut variant names, or 'all'")
     return parser.parse_args(argv)
 
@@ -80,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     if not os.path.exists(index_path):
         raise FileNotFoundError(f"no index.json in {args.data}")
     pairs = [(im, m) for im, m in json.load(open(index_path)) if m != "Negative"]
-    pairs = pairs[args.offset:]
+    pairs = pairs[args.offset::args.stride]
     if args.limit:
         pairs = pairs[: args.limit]
     names = list(GRABCUT_VARIANTS) if args.variants == "all" else args.variants.split(",")

@@ -226,3 +226,32 @@ def test_sam_rejects_files_that_are_not_checkpoints(tmp_path) -> None:
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(ValueError, match="not a SAM checkpoint"):
         build_teacher("sam", checkpoint=str(other), variant="tiny")
+
+
+def test_sam_loads_from_s3_like_a_local_file(tmp_path, monkeypatch, tiny_checkpoint: str) -> None:
+    """Same weights, same version from an s3:// URI (real S3 API: moto server) as from a local path."""
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    from bpiml import storage
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL_S3": url, "BPIML_CACHE": str(tmp_path / "cache")}.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="weights")
+        uri = save_tiny_sam_checkpoint("s3://weights/sam/tiny.pt", seed=0)
+        remote = build_teacher("sam", checkpoint=uri, variant="tiny")
+        local = build_teacher("sam", checkpoint=tiny_checkpoint, variant="tiny")
+        assert remote.version == local.version
+        image, boxes = _images()[0], _boxes()[0]
+        np.testing.assert_array_equal(remote.predict([image], [boxes])[0], local.predict([image], [boxes])[0])
+        with pytest.raises(FileNotFoundError, match="s3://weights/sam/missing.pt"):
+            build_teacher("sam", checkpoint="s3://weights/sam/missing.pt", variant="tiny")
+    finally:
+        storage.set_s3_endpoint(None)
+        server.stop()

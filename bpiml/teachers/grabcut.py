@@ -25,8 +25,8 @@ COLOR_SPACES = ("rgb", "lab", "hsv")
 
 @dataclass
 class GrabCutConfig(BaseConfig):
-    iterations: int = field(5, "GrabCut EM iterations per box")
-    context: float = field(0.5, "context margin around the box, as a fraction of its longer side (definite background)")
+    iterations: int = field(3, "GrabCut EM iterations per box")
+    context: float = field(0.25, "context margin around the box, as a fraction of its longer side (definite background)")
     min_context: int = field(12, "smallest context margin, pixels")
     max_side: int = field(256, "crops are downscaled so their longer side is at most this (0 = full resolution)")
     color_space: str = field("rgb", "colour space GrabCut models: rgb | lab | hsv")
@@ -36,8 +36,8 @@ class GrabCutConfig(BaseConfig):
     max_fraction: float = field(1.0, "fall back to the filled box when GrabCut keeps more of the box than this")
     fill_holes: bool = field(True, "fill holes inside the kept foreground")
     min_component: float = field(0.05, "drop components smaller than this fraction of the largest one")
-    hull: bool = field(False, "replace each kept component by its convex hull")
-    dilate: float = field(0.0, "grow the kept foreground by this fraction of the box's shorter side")
+    hull: bool = field(True, "replace each kept component by its convex hull")
+    dilate: float = field(0.1, "grow the kept foreground by this fraction of its equivalent-disc radius")
     min_box_side: int = field(8, "boxes with a side below this many pixels are used as filled boxes")
 
     def validate(self) -> None:
@@ -160,7 +160,7 @@ class GrabCutTeacher:
             fg = _drop_small_components(fg, cfg.min_component)
         if cfg.hull and fg.any():
             fg = _convex_hulls(fg)
-        radius = int(round(cfg.dilate * min(by1 - by0, bx1 - bx0)))
+        radius = int(round(cfg.dilate * np.sqrt(fg.sum() / np.pi)))
         if radius > 0:
             fg = _dilate(fg, radius) & inside
         fraction = fg.sum() / inside.sum()

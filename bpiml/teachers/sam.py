@@ -66,7 +66,8 @@ def _guess_variant(state: dict[str, torch.Tensor]) -> str:
     weight = state.get("image_encoder.patch_embed.proj.weight")
     if weight is None:
         return "not a SAM checkpoint: no image_encoder.patch_embed.proj.weight"
-    return f"its encoder width {weight.shape[0]} suggests {_WIDTH_TO_VARIANT.get(weight.shape[0], 'an unknown variant')}"
+    guess = _WIDTH_TO_VARIANT.get(weight.shape[0], "an unknown variant")
+    return f"its encoder width {weight.shape[0]} suggests {guess}"
 
 
 def load_sam(checkpoint: str, variant: str) -> tuple[Sam, str]:
@@ -179,10 +180,12 @@ class SamTeacher:
     ) -> torch.Tensor:
         """One `1 x 256 x h x w` embedding + `Nx4` boxes -> `H x W` bool union mask (on the device)."""
         union = torch.zeros(original_size, dtype=torch.bool, device=self.device)
-        prompts = torch.as_tensor(self.transform.apply_boxes(boxes, original_size), dtype=torch.float32, device=self.device)
+        prompts = self.transform.apply_boxes(boxes, original_size)  # ResizeLongestSide frame
+        prompts = torch.as_tensor(prompts, dtype=torch.float32, device=self.device)
         dense_pe = self.sam.prompt_encoder.get_dense_pe()
         for start in range(0, prompts.shape[0], MAX_PROMPTS_PER_PASS):
-            sparse, dense = self.sam.prompt_encoder(points=None, boxes=prompts[start:start + MAX_PROMPTS_PER_PASS], masks=None)
+            chunk = prompts[start:start + MAX_PROMPTS_PER_PASS]
+            sparse, dense = self.sam.prompt_encoder(points=None, boxes=chunk, masks=None)
             low_res, _ = self.sam.mask_decoder(
                 image_embeddings=embedding,
                 image_pe=dense_pe,
