@@ -25,7 +25,7 @@ from typing import Any, Self
 
 from bpiml import storage, tracking
 from bpiml.config import BaseConfig, check_choice, check_range, field
-from bpiml.train_data import SUPERVISIONS, StoreSamples, load_samples, sample_to_dict
+from bpiml.train_data import SUPERVISIONS, StoreSamples, absolute, load_samples, sample_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class TrainConfig(BaseConfig):
     store: str = field(DEFAULT_STORE, "pseudo-labeled store root (local folder or s3://bucket/prefix)")
     storage_path: str = field(DEFAULT_STORAGE_PATH, "where runs keep checkpoints (local folder or s3://)")
     run_name: str = field("", "run name; rerunning with the same name + storage path resumes; '' = student-<time>")
-    epochs: int = field(10, "total epochs (a resumed run continues up to this number)")
+    epochs: int = field(5, "total epochs (a resumed run continues up to this number)")
     batch_size: int = field(8, "images per worker per step")
     lr: float = field(5e-4, "peak AdamW learning rate")
     weight_decay: float = field(0.05, "AdamW weight decay (not applied to norms and biases)")
@@ -175,6 +175,10 @@ def check_inputs(config: TrainConfig) -> StoreSamples:
             f"store {config.store}: no train records with split {config.train_split!r} usable for "
             f"supervision {config.supervision!r} (skipped: {skipped})"
         )
+    first = samples.train[0]  # a wrong `source` root shows here, before any worker starts
+    for uri in (first.image, first.target):
+        if uri is not None:
+            storage.check_readable(uri)
     if samples.skipped:
         logger.warning("left out of training: %s", samples.skipped)
     if not samples.val:
@@ -210,10 +214,6 @@ def _check_cpus(config: TrainConfig) -> None:
         )
 
 
-def _absolute(uri: str) -> str:
-    return uri if storage.is_s3(uri) else os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
-
-
 def _read_run_state(run_dir: str) -> dict[str, Any]:
     uri = storage.join(run_dir, RUN_STATE_FILE)
     if not storage.exists(uri):
@@ -242,8 +242,8 @@ def run_training(config: TrainConfig) -> TrainResult:
     use_gpu = resolve_use_gpu(config.use_gpu)
     _check_cpus(config)
     run_name = config.run_name or time.strftime("student-%Y%m%d-%H%M%S")
-    storage_path = _absolute(config.storage_path)
-    resolved = config.replace(run_name=run_name, storage_path=storage_path, store=_absolute(config.store),
+    storage_path = absolute(config.storage_path)
+    resolved = config.replace(run_name=run_name, storage_path=storage_path, store=absolute(config.store),
                               use_gpu=use_gpu)
     run_dir = storage.join(storage_path, run_name)
 
@@ -251,8 +251,8 @@ def run_training(config: TrainConfig) -> TrainResult:
     previous = _read_run_state(run_dir)
     run_id = tracking.start_or_resume_run(tracking_uri, config.experiment, previous.get("mlflow_run_id"), run_name,
                                           tags={"bpiml.job": "train", "bpiml.run_dir": run_dir})
-    storage.write_bytes(storage.join(run_dir, RUN_STATE_FILE), json.dumps(
-        {"mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": config.experiment}, indent=2).encode())
+    run_state = {**previous, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": config.experiment}
+    _write_run_state(run_dir, run_state)
     resolved.save(storage.join(run_dir, "train_config.json"))
     params = {
         **resolved.to_dict(),
@@ -303,7 +303,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     except BaseException:
         tracking.end_run(tracking_uri, run_id, status="FAILED")
         raise
-    return _finish(resolved, result, run_dir, tracking_uri, run_id)
+    return _finish(resolved, result, run_dir, tracking_uri, run_id, run_state)
 
 
 def _load_checkpoint(checkpoint: Any) -> dict[str, Any]:
@@ -325,7 +325,12 @@ def _checkpoint_uri(checkpoint: Any) -> str | None:
     return f"s3://{checkpoint.path}" if getattr(checkpoint.filesystem, "type_name", "") == "s3" else checkpoint.path
 
 
-def _finish(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str, run_id: str) -> TrainResult:
+def _write_run_state(run_dir: str, state: dict[str, Any]) -> None:
+    storage.write_bytes(storage.join(run_dir, RUN_STATE_FILE), (json.dumps(state, indent=2) + "\n").encode())
+
+
+def _finish(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str, run_id: str,
+            run_state: dict[str, Any]) -> TrainResult:
     from bpiml.model.student import StudentConfig, build_student
 
     best_pairs = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None]
@@ -341,20 +346,27 @@ def _finish(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str, r
     start_epoch = int(returned.get("start_epoch", len(history)))
 
     state = _load_checkpoint(best)
-    model = build_student(StudentConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model_state"])
-    model.eval()
     best_numbers = {k: float(v) for k, v in best_metrics.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tracking.log_metrics(tracking_uri, run_id, {f"best_{k}": v for k, v in best_numbers.items()}, step=int(state["epoch"]))
     model_uri, version = None, None
-    if config.registered_model:
+    registered = run_state.get("registered") or {}
+    key = {"checkpoint": _checkpoint_uri(best), "registered_model": config.registered_model, "alias": config.alias}
+    if config.registered_model and all(registered.get(k) == v for k, v in key.items()):
+        model_uri, version = registered["model_uri"], registered["version"]  # a rerun that trained nothing new
+        logger.info("best checkpoint unchanged: %s (version %s) stays registered", model_uri, version)
+    elif config.registered_model:
+        model = build_student(StudentConfig.from_dict(state["model_config"]))
+        model.load_state_dict(state["model_state"])
+        model.eval()
+        val_f1 = best_numbers.get("val_f1", math.nan)
         model_uri, version = tracking.log_and_register_model(
             model, tracking_uri, run_id, config.registered_model, config.alias,
-            metadata={"epoch": int(state["epoch"]), "val_f1": best_numbers.get("val_f1", math.nan),
+            metadata={"epoch": int(state["epoch"]), "val_f1": val_f1 if math.isfinite(val_f1) else None,
                       "model_config": state["model_config"], "checkpoint": _checkpoint_uri(best)},
         )
         logger.info("registered %s (version %s) from epoch %d", model_uri, version, int(state["epoch"]))
+        _write_run_state(run_dir, {**run_state, "registered": {**key, "model_uri": model_uri, "version": version}})
     tracking.end_run(tracking_uri, run_id, status="FINISHED")
     return TrainResult(
         run_name=config.run_name,

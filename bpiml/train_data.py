@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -49,12 +50,21 @@ class StoreSamples:
     teacher: dict[str, str]  # teacher name/version of the pseudo masks (may be empty)
 
 
+def absolute(uri: str) -> str:
+    """s3:// URIs as they are; local paths made absolute (Ray workers run in other folders)."""
+    if storage.is_s3(uri):
+        return uri
+    return os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
 def _source_root(store: str, source: Any, where: str) -> str:
+    """The input store of a record: `source` (relative local paths are taken from the working
+    directory, like the pseudo-labeling job that wrote them); the store itself when absent."""
     if source is None:
         return store
     if not isinstance(source, str) or not source:
         raise ValueError(f"{where}: 'source' must name the input store, got {source!r}")
-    return source
+    return absolute(source)
 
 
 def _teacher_info(store: str, records: list[manifest.Record]) -> dict[str, str]:
@@ -87,7 +97,7 @@ def load_samples(store: str, supervision: str = "pseudo", train_split: str = "tr
     """
     if supervision not in SUPERVISIONS:
         raise ValueError(f"supervision must be one of {list(SUPERVISIONS)}, got {supervision!r}")
-    store = manifest.store_root(store)
+    store = absolute(manifest.store_root(store))
     records = manifest.read_manifest(store)
     where = manifest.manifest_uri(store)
     train: list[Sample] = []
@@ -251,6 +261,7 @@ class MaskDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self.unreadable: set[int] = set()  # indices whose files failed to load (logged once each)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -268,8 +279,23 @@ class MaskDataset(torch.utils.data.Dataset):
         return item
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, target, _ = self.decoded(index)
+        image, target = self._first_readable(index)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, target = self.augment(image, target, rng)
         return to_tensors(image, target)
+
+    def _first_readable(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item `index`, or the next readable one when its files are missing or corrupt: one bad
+        file costs one warning, not the run. Raises when no item can be read."""
+        for step in range(len(self.samples)):
+            i = (index + step) % len(self.samples)
+            if i in self.unreadable:
+                continue
+            try:
+                image, target, _ = self.decoded(i)
+                return image, target
+            except (FileNotFoundError, imageio.DecodeError, ValueError) as err:
+                self.unreadable.add(i)
+                logger.warning("skipping training image %r: %s", self.samples[i].id, err)
+        raise RuntimeError(f"none of the {len(self.samples)} training images could be read; see the warnings above")
