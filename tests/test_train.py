@@ -84,7 +84,8 @@ def test_config_nested_model_and_round_trip() -> None:
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
-def test_check_inputs_fails_fast(tmp_path: Path, store: Path) -> None:
+def test_check_inputs_fails_fast(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the embedded default store is relative to the working directory
     with pytest.raises(FileNotFoundError, match="jobs/pseudolabel.py"):
         check_inputs(TrainConfig(storage_path=str(tmp_path / "runs")))  # embedded default, absent here
     with pytest.raises(FileNotFoundError, match="nowhere"):
