@@ -280,6 +280,8 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
 
     if cfg.s3_endpoint:
         storage.set_s3_endpoint(cfg.s3_endpoint)
+    # Local paths become absolute: Ray workers and the training job run in other folders.
+    cfg = cfg.replace(store=storage.absolute(cfg.store), out=storage.absolute(cfg.out))
     manifest = check_inputs(cfg)
     if cfg.resolved_teacher == "grabcut" and cfg.teacher == "auto":
         logger.warning("=" * 78)

@@ -76,6 +76,11 @@ def resolve_in_store(root: str, relative: str) -> str:
     return join(root, posixpath.normpath("/".join(parts)))
 
 
+def absolute(uri: str) -> str:
+    """s3:// URIs as they are; local paths made absolute (workers run in other folders)."""
+    return uri if is_s3(uri) else os.path.abspath(_local(uri))
+
+
 def relative_to(root: str, uri: str) -> str:
     """Inverse of `join`: the path of `uri` below `root` (posix separators)."""
     if is_s3(root):
