@@ -20,7 +20,8 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   exit 1
 fi
 
-stamp=.venv/.bpiml-installed$([ $dev = 1 ] && echo -dev)
+stamp=.venv/.bpiml-installed
+[ $dev = 1 ] && stamp=$stamp-dev
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ]; then
   echo "setup.sh: .venv is up to date"
 else
