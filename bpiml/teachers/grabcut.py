@@ -2,9 +2,28 @@
 
 Per box: a crop of the box plus a context margin is taken (downscaled so its longer side is at
 most `max_side`, for speed); GrabCut starts with the box interior as probable foreground and the
-context outside the box as definite background, and runs `iterations` rounds. The result is
-cleaned (holes filled, small components dropped) and, when it is degenerate (almost nothing or
-almost the whole box), replaced by the filled box. The image mask is the union over boxes.
+context outside the box as definite background, and runs `iterations` rounds (k-means seeded, so
+the same box gives the same mask). The foreground is cleaned (holes filled, specks dropped),
+replaced by its convex hull and grown by a fraction of its own size; when it keeps too little of
+the box the filled box is used instead. The image mask is the union over boxes.
+
+Measured with `scripts/teacher_quality.py` on CVIP copy-move forgeries (462 images, 923 tight
+boxes from the GT components). The hull/growth idea came from runs on the first 210 images; the
+values were then chosen on the even-indexed half, so the odd half is only partly held out:
+
+| teacher                                          | mean IoU all | odd half      |
+| ------------------------------------------------ | ------------ | ------------- |
+| filled box                                       | 0.609        | 0.610         |
+| plain GrabCut (GC_INIT_WITH_RECT, full image)    |              | 0.506         |
+| GrabCut on a context crop, no cleaning/fallback  | 0.542        |               |
+| + fallback, holes, specks (no hull, no growth)   | 0.598        |               |
+| + convex hull                                    | 0.668        |               |
+| default (+ growth 0.1 of the equivalent radius)  | 0.742        | 0.742         |
+
+The hull and the growth do most of the work because copy-move ground truth marks the copied
+patch, which is a smooth region larger than the object GrabCut finds. On object-tight ground
+truth the growth costs accuracy (a disc in a loose box: IoU 0.99 with `dilate=0`, 0.82 with the
+default); set `dilate=0` for such data. A growth of 0.15 scored 0.752 on CVIP but was not taken.
 """
 
 from __future__ import annotations
@@ -109,6 +128,20 @@ class GrabCutTeacher:
             return cv2.cvtColor(crop, cv2.COLOR_RGB2HSV)
         return np.ascontiguousarray(crop)
 
+    def _refine(self, fg: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        """Clean GrabCut's foreground: fill holes, drop specks, convex hulls, grow; stays in the box."""
+        cfg = self.config
+        if cfg.fill_holes:
+            fg = _fill_holes(fg) & inside
+        if cfg.min_component > 0:
+            fg = _drop_small_components(fg, cfg.min_component)
+        if cfg.hull and fg.any():
+            fg = _convex_hulls(fg)  # the hull of a shape inside the box stays inside it
+        radius = int(round(cfg.dilate * np.sqrt(fg.sum() / np.pi)))
+        if radius > 0:
+            fg = _dilate(fg, radius) & inside
+        return fg
+
     def segment_box(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """The `HxW` bool mask of one box (only pixels inside the box can be set)."""
         cfg = self.config
@@ -153,16 +186,7 @@ class GrabCutTeacher:
             self.fallbacks += 1
             mask[y0:y1, x0:x1] = True
             return mask
-        fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)) & inside
-        if cfg.fill_holes:
-            fg = _fill_holes(fg) & inside
-        if cfg.min_component > 0:
-            fg = _drop_small_components(fg, cfg.min_component)
-        if cfg.hull and fg.any():
-            fg = _convex_hulls(fg)
-        radius = int(round(cfg.dilate * np.sqrt(fg.sum() / np.pi)))
-        if radius > 0:
-            fg = _dilate(fg, radius) & inside
+        fg = self._refine(((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)) & inside, inside)
         fraction = fg.sum() / inside.sum()
         if not cfg.min_fraction <= fraction <= cfg.max_fraction:
             self.fallbacks += 1

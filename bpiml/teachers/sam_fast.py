@@ -91,7 +91,10 @@ def preprocess_on_device(
     height, width = image.shape[:2]
     scale = img_size / max(height, width)
     new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(pixel_mean.device, non_blocking=True)
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:  # e.g. Arrow-backed batches; torch.from_numpy wants a writable array
+        image = image.copy()
+    x = torch.from_numpy(image).to(pixel_mean.device, non_blocking=True)
     x = x.permute(2, 0, 1)[None].float()
     if (new_h, new_w) != (height, width):
         x = F.interpolate(x, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
