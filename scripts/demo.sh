@@ -6,7 +6,7 @@
 #   3. through `ray job submit`: make the sample store, pseudo-label it, train the student,
 #      register it in the MLflow model registry
 #   4. print where to look. The services keep running for the MLflow UI: scripts/stack/down.sh stops them.
-# Settings: BPIML_EPOCHS (default 5), BPIML_TEACHER (auto: GrabCut unless BPIML_SAM_CHECKPOINT is set),
+# Settings: BPIML_EPOCHS (default 10), BPIML_SAMPLE_IMAGES (default 48), BPIML_TEACHER (auto: GrabCut unless BPIML_SAM_CHECKPOINT is set),
 # BPIML_SAM_CHECKPOINT, BPIML_MLFLOW_PORT (default: a free port), BPIML_RAY_NUM_CPUS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,10 +33,10 @@ submit() {
   .venv/bin/ray job submit --working-dir . --submission-id "bpiml-$1-$run_name" -- "${@:2}"
 }
 # Paths are absolute: a submitted job runs in a copy of the working directory.
-submit sample bpiml make-sample --out "$data/sample"
+submit sample bpiml make-sample --out "$data/sample" --n "${BPIML_SAMPLE_IMAGES:-48}"
 submit pseudolabel python jobs/pseudolabel.py --store "$data/sample" --out "$data/sample-pseudo" "${teacher_args[@]}"
 submit train python jobs/train.py --store "$data/sample-pseudo" --storage-path "$data/runs" --run-name "$run_name" \
-  --epochs "${BPIML_EPOCHS:-5}" --experiment bpiml-demo --registered-model bpiml-student --alias champion
+  --epochs "${BPIML_EPOCHS:-10}" --experiment bpiml-demo --registered-model bpiml-student --alias champion
 
 cat <<MSG
 
