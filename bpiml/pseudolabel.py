@@ -86,15 +86,15 @@ def _empty_image() -> np.ndarray:
 
 
 def decode_rows(batch: dict[str, np.ndarray], store: str) -> dict[str, Any]:
-    """Manifest lines -> decoded images, clean boxes and GT masks; bad rows become rejects."""
+    """Manifest lines -> decoded images and clean boxes; bad rows become rejects."""
     from bpiml.boxes import sanitize_boxes
-    from bpiml.imageio import DecodeError, decode_image, decode_mask
-    from bpiml.manifest import Record, image_uri, mask_uri
+    from bpiml.imageio import DecodeError, decode_image
+    from bpiml.manifest import Record, image_uri
 
-    out: dict[str, list[Any]] = {k: [] for k in ("id", "record", "image", "boxes", "gt", "status", "reason", "notes")}
+    out: dict[str, list[Any]] = {k: [] for k in ("id", "record", "image", "boxes", "status", "reason", "notes")}
     for line in batch["text"]:
         status, reason, notes = "ok", "", []
-        image, boxes, gt = _empty_image(), np.zeros((0, 4), np.float32), np.zeros((0, 0), np.uint8)
+        image, boxes = _empty_image(), np.zeros((0, 4), np.float32)
         rec_id, record = "", {}
         try:
             raw = json.loads(line)
@@ -106,17 +106,6 @@ def decode_rows(batch: dict[str, np.ndarray], store: str) -> dict[str, Any]:
             notes = notes + box_notes
             if rec.boxes and len(boxes) == 0:
                 status, reason = "rejected", "every box is degenerate or outside the image"
-                image = _empty_image()
-            gt_uri = mask_uri(store, rec)
-            if gt_uri and status == "ok":
-                try:
-                    gt_mask = decode_mask(storage.read_bytes(gt_uri), rec.mask or "")
-                    if gt_mask.shape == image.shape[:2]:
-                        gt = gt_mask.astype(np.uint8)
-                    else:
-                        notes.append(f"ground-truth mask size {gt_mask.shape} differs from image {image.shape[:2]}: IoU skipped")
-                except (FileNotFoundError, DecodeError) as err:
-                    notes.append(f"ground-truth mask unreadable: {err}")
         except json.JSONDecodeError as err:
             status, reason = "rejected", f"manifest line is not JSON: {err}"
         except FileNotFoundError as err:
@@ -133,7 +122,6 @@ def decode_rows(batch: dict[str, np.ndarray], store: str) -> dict[str, Any]:
         out["record"].append(json.dumps(record or {"raw": str(line)[:500]}))
         out["image"].append(image)
         out["boxes"].append(np.asarray(boxes, np.float32).reshape(-1, 4))
-        out["gt"].append(gt)
         out["status"].append(status)
         out["reason"].append(reason)
         out["notes"].append(json.dumps(notes))
@@ -142,7 +130,11 @@ def decode_rows(batch: dict[str, np.ndarray], store: str) -> dict[str, Any]:
 
 # --- stage 2: the teacher actors -------------------------------------------------------------
 class TeacherLabeler:
-    """One frozen teacher per actor; labels a batch, writes the masks, returns records only."""
+    """One frozen teacher per actor (loaded once); a batch of images in, their masks out.
+
+    Nothing else happens here, so the accelerator is not kept waiting by decoding, PNG encoding
+    or writes: those run in CPU tasks before and after this stage.
+    """
 
     def __init__(self, config: dict[str, Any]):
         from bpiml.teachers import build_teacher
@@ -160,47 +152,65 @@ class TeacherLabeler:
             compile=self.cfg.compile,
             batch_size=self.cfg.batch_size,
         )
-        # Mask writes overlap the next teacher call instead of blocking it.
-        self.writer = ThreadPoolExecutor(max_workers=4)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        from bpiml.imageio import encode_mask_png
-
-        ok = [i for i, s in enumerate(batch["status"]) if s == "ok"]
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["status"])
+        ok = [i for i in range(n) if batch["status"][i] == "ok"]
         masks = self.teacher.predict([batch["image"][i] for i in ok], [batch["boxes"][i] for i in ok]) if ok else []
         by_row = dict(zip(ok, masks))
-        results: dict[str, list[Any]] = {"id": [], "status": [], "reason": [], "record": [], "notes": []}
-        writes = []
-        for i in range(len(batch["status"])):
-            record = json.loads(batch["record"][i])
-            status, reason = str(batch["status"][i]), str(batch["reason"][i])
-            if i in by_row:
-                mask = by_row[i]
-                rel = f"pseudo/{_safe_name(record['id'])}.png"
-                data = encode_mask_png(mask)
-                writes.append((i, self.writer.submit(storage.write_bytes, storage.join(self.cfg.out, rel), data)))
-                gt = batch["gt"][i]
-                record.update(
-                    source=self.cfg.store,
-                    pseudo_mask=rel,
-                    teacher=self.teacher.name,
-                    teacher_version=self.teacher.version,
-                    mask_area=float(mask.mean()),
-                    iou_gt=_iou(mask, gt.astype(bool)) if gt.size else None,
-                    notes=json.loads(batch["notes"][i]),
-                )
-            results["id"].append(str(batch["id"][i]))
-            results["status"].append(status)
-            results["reason"].append(reason)
-            results["record"].append(record)
-            results["notes"].append(str(batch["notes"][i]))
-        for i, future in writes:
+        return {
+            "id": list(batch["id"]),
+            "record": list(batch["record"]),
+            "status": list(batch["status"]),
+            "reason": list(batch["reason"]),
+            "notes": list(batch["notes"]),
+            "mask": [by_row[i].astype(np.uint8) if i in by_row else np.zeros((1, 1), np.uint8) for i in range(n)],
+            "teacher": [self.teacher.name] * n,
+            "teacher_version": [self.teacher.version] * n,
+        }
+
+
+# --- stage 3: write masks, compare with ground truth (CPU tasks) ------------------------------
+def write_masks(batch: dict[str, np.ndarray], store: str, out: str) -> dict[str, list[Any]]:
+    """Encode and write each mask as PNG, score it against the GT mask if any, emit the output record."""
+    from bpiml.imageio import DecodeError, decode_mask, encode_mask_png
+    from bpiml.manifest import Record, mask_uri
+
+    n = len(batch["status"])
+    records = [json.loads(r) for r in batch["record"]]
+    status = [str(s) for s in batch["status"]]
+    reason = [str(r) for r in batch["reason"]]
+    jobs = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:  # object-store writes are latency-bound
+        for i in range(n):
+            if status[i] == "ok":
+                rel = f"pseudo/{_safe_name(records[i]['id'])}.png"
+                data = encode_mask_png(batch["mask"][i].astype(bool))
+                jobs[i] = (rel, pool.submit(storage.write_bytes, storage.join(out, rel), data))
+        for i, (rel, future) in jobs.items():
             try:
                 future.result()
             except OSError as err:
-                results["status"][i], results["reason"][i] = "rejected", f"mask write failed: {err}"
-        results["record"] = [json.dumps(r) for r in results["record"]]
-        return results
+                status[i], reason[i] = "rejected", f"mask write failed: {err}"
+                continue
+            mask = batch["mask"][i].astype(bool)
+            notes = json.loads(batch["notes"][i])
+            iou = None
+            gt_uri = mask_uri(store, Record.from_dict(records[i]))
+            if gt_uri:
+                try:
+                    gt = decode_mask(storage.read_bytes(gt_uri), records[i].get("mask") or "")
+                    if gt.shape == mask.shape:
+                        iou = _iou(mask, gt)
+                    else:
+                        notes.append(f"ground-truth mask size {gt.shape} differs from image {mask.shape}: IoU skipped")
+                except (FileNotFoundError, DecodeError) as err:
+                    notes.append(f"ground-truth mask unreadable: {err}")
+            records[i].update(source=store, pseudo_mask=rel, teacher=str(batch["teacher"][i]),
+                              teacher_version=str(batch["teacher_version"][i]), mask_area=float(mask.mean()),
+                              iou_gt=iou, notes=notes)
+    return {"id": [str(x) for x in batch["id"]], "status": status, "reason": reason,
+            "record": [json.dumps(r) for r in records], "notes": [str(x) for x in batch["notes"]]}
 
 
 def _safe_name(record_id: str) -> str:
@@ -317,7 +327,11 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
         check_gpus(cfg.gpus_per_actor, cfg.num_actors, "pseudo-labeling")
         ds = ray.data.from_items([{"text": ln} for ln in todo])
         ds = ds.repartition(target_num_rows_per_block=cfg.rows_per_block)
-        ds = ds.map_batches(decode_rows, fn_kwargs={"store": cfg.store}, batch_size=cfg.rows_per_block, num_cpus=0.5)
+        # Decode and write run as CPU tasks before and after the teacher actors. Their CPU share differs
+        # from the actors' so Ray Data does not fuse decoding into the (GPU) actor process.
+        decode_cpus = 0.25 if cfg.cpus_per_actor != 0.25 else 0.3
+        ds = ds.map_batches(decode_rows, fn_kwargs={"store": cfg.store}, batch_size=cfg.rows_per_block,
+                            num_cpus=decode_cpus)
         remote_args: dict[str, Any] = {"num_cpus": cfg.cpus_per_actor}
         if cfg.gpus_per_actor > 0:
             remote_args["num_gpus"] = cfg.gpus_per_actor
@@ -328,6 +342,8 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
             compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
             **remote_args,
         )
+        ds = ds.map_batches(write_masks, fn_kwargs={"store": cfg.store, "out": cfg.out},
+                            batch_size=cfg.rows_per_block, num_cpus=0.25)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for rid, status, reason, record, notes in zip(
                 batch["id"], batch["status"], batch["reason"], batch["record"], batch["notes"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from bpiml.imageio import decode_mask
-from bpiml.pseudolabel import PseudoLabelConfig, decode_rows, run_pseudolabel
+from bpiml.pseudolabel import PseudoLabelConfig, TeacherLabeler, decode_rows, run_pseudolabel, write_masks
 
 ray = pytest.importorskip("ray")
 
@@ -95,15 +95,24 @@ def _outputs(out: Path) -> tuple[list[dict], list[dict]]:
     return manifest, rejects
 
 
-def test_decode_rows_called_directly_on_a_batch(tmp_path):
+def test_batch_steps_called_directly_on_a_batch(tmp_path):
     make_store(tmp_path, n_good=2)
     lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
-    batch = decode_rows({"text": np.array(lines, dtype=object)}, store=str(tmp_path))
-    status = dict(zip(batch["id"], batch["status"]))
+    decoded = decode_rows({"text": np.array(lines, dtype=object)}, store=str(tmp_path))
+    status = dict(zip(decoded["id"], decoded["status"]))
     assert status["good0"] == "ok" and status["gray"] == "ok"
     assert status["missing"] == status["corrupt"] == status["truncated"] == status["zero_size"] == "rejected"
-    assert batch["image"][0].shape == (48, 64, 3)
-    assert batch["gt"][0].shape == (48, 64)
+    assert decoded["image"][0].shape == (48, 64, 3)
+
+    labeler = TeacherLabeler(PseudoLabelConfig(store=str(tmp_path), out=str(tmp_path / "out"), teacher="box").to_dict())
+    labeled = labeler(decoded)
+    assert labeled["mask"][0].shape == (48, 64) and labeled["mask"][0].sum() == 20 * 28
+
+    written = write_masks(labeled, store=str(tmp_path), out=str(tmp_path / "out"))
+    good0 = json.loads(written["record"][0])
+    assert good0["pseudo_mask"] == "pseudo/good0.png" and (tmp_path / "out" / "pseudo" / "good0.png").exists()
+    assert good0["iou_gt"] == 1.0  # the box is exactly the GT rectangle
+    assert good0["teacher"] == "box" and good0["mask_area"] == pytest.approx(20 * 28 / (48 * 64))
 
 
 def test_tiny_sam_pipeline_bad_inputs_and_resume(tmp_path):
