@@ -100,6 +100,20 @@ class BaseConfig:
                                     default=default, help=f"{help_text} (default: {default})")
 
     @classmethod
+    def from_cli(cls, args: argparse.Namespace, defaults: argparse.Namespace,
+                 smoke_test: dict[str, Any] | None = None) -> Self:
+        """The config of a job's command line: `--config FILE` values, overridden by the flags given
+        explicitly (those that differ from their defaults), then `smoke_test` values with `--smoke-test`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in vars(args).items() if k in names}
+        if getattr(args, "config", None):
+            explicit = {k: v for k, v in values.items() if v != getattr(defaults, k, None)}
+            values = {**cls.load(args.config).to_dict(), **explicit}
+        if smoke_test and getattr(args, "smoke_test", False):
+            values.update(smoke_test)
+        return cls.from_dict(values)
+
+    @classmethod
     def from_args(cls, namespace: argparse.Namespace) -> Self:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in vars(namespace).items() if k in names}

@@ -32,14 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    values = {k: v for k, v in vars(args).items() if k not in ("config", "smoke_test")}
-    if args.config:
-        defaults = vars(parse_args([]))
-        base = PredictConfig.load(args.config).to_dict()
-        values = {**base, **{k: v for k, v in values.items() if v != defaults.get(k)}}
-    if args.smoke_test:
-        values["limit"] = min(values.get("limit") or 4, 4)
-    print(json.dumps(run_predict(PredictConfig.from_dict(values)), indent=2))
+    config = PredictConfig.from_cli(args, parse_args([]), smoke_test={"limit": 4})
+    print(json.dumps(run_predict(config), indent=2))
     return 0
 
 

@@ -40,14 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    values = {k: v for k, v in vars(args).items() if k not in ("config", "smoke_test")}
-    if args.config:
-        defaults = vars(parse_args([]))
-        base = TrainConfig.load(args.config).to_dict()
-        values = {**base, **{k: v for k, v in values.items() if v != defaults.get(k)}}
-    if args.smoke_test:
-        values.update(SMOKE_TEST)
-    result = run_training(TrainConfig.from_dict(values))
+    config = TrainConfig.from_cli(args, parse_args([]), smoke_test=SMOKE_TEST)
+    result = run_training(config)
     print(json.dumps({
         "run_dir": result.run_dir,
         "start_epoch": result.start_epoch,

@@ -1,0 +1,58 @@
+"""Config helpers: strict loading, round trips, secrets never written, CLI precedence."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import pytest
+
+from bpiml.config import BaseConfig, check_range, field
+
+
+@dataclasses.dataclass
+class Example(BaseConfig):
+    name: str = field("a", "a name")
+    count: int = field(2, "how many")
+    ratio: float = field(0.5, "a fraction")
+    flag: bool = field(False, "a switch")
+    aws_secret_access_key: str | None = field(None, "never saved")
+
+    def validate(self) -> None:
+        check_range("count", self.count, 1)
+        check_range("ratio", self.ratio, 0, 1)
+
+
+def test_unknown_keys_and_out_of_range_values_name_the_key():
+    with pytest.raises(ValueError, match="unknown Example key.*cuont"):
+        Example.from_dict({"cuont": 3})
+    with pytest.raises(ValueError, match=r"count must be in \[1, inf\], got 0"):
+        Example.from_dict({"count": 0})
+    with pytest.raises(ValueError, match="ratio"):
+        Example().replace(ratio=1.5)
+
+
+def test_round_trip_json_and_yaml_without_secrets(tmp_path):
+    config = Example(name="b", count=3, aws_secret_access_key="s3cr3t")
+    config.save(str(tmp_path / "c.json"))
+    saved = (tmp_path / "c.json").read_text()
+    assert "s3cr3t" not in saved and "aws_secret_access_key" not in saved
+    assert Example.load(str(tmp_path / "c.json")) == dataclasses.replace(config, aws_secret_access_key=None)
+    (tmp_path / "c.yaml").write_text("name: y\ncount: 7\n")
+    assert Example.load(str(tmp_path / "c.yaml")) == Example(name="y", count=7)
+    (tmp_path / "bad.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="bad.json"):
+        Example.load(str(tmp_path / "bad.json"))
+
+
+def test_cli_flags_override_the_config_file_and_smoke_test_last(tmp_path):
+    parser = argparse.ArgumentParser()
+    Example.add_arguments(parser)
+    parser.add_argument("--config")
+    parser.add_argument("--smoke-test", action="store_true")
+    (tmp_path / "c.json").write_text(json.dumps({"name": "from-file", "count": 5, "ratio": 0.25}))
+    args = parser.parse_args(["--config", str(tmp_path / "c.json"), "--count", "9", "--flag", "--smoke-test"])
+    config = Example.from_cli(args, parser.parse_args([]), smoke_test={"ratio": 0.1})
+    assert config == Example(name="from-file", count=9, ratio=0.1, flag=True)
+    assert Example.from_cli(parser.parse_args(["--no-flag"]), parser.parse_args([])) == Example()
