@@ -120,10 +120,10 @@ def load_samples(store: str, supervision: str = "pseudo", train_split: str = "tr
                 continue
             target: str | None = storage.resolve_in_store(store, pseudo)
         elif supervision == "gt":
-            if gt is None:
+            if gt is None and rec.boxes:
                 skipped["no GT mask"] = skipped.get("no GT mask", 0) + 1
                 continue
-            target = gt
+            target = gt  # an authentic image (no boxes, no mask) trains on an empty mask
         else:
             target = None
         train.append(Sample(rec.id, image, rec.boxes, target, gt))

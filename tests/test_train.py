@@ -249,3 +249,18 @@ def test_two_workers_on_the_pseudo_labeled_sample_store(ray_local, tmp_path: Pat
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < losses[0], losses
     assert result.best_checkpoint and result.registered_model_uri == "models:/sample-student@champion"
+
+
+def test_gt_supervision_keeps_authentic_images_as_empty_targets(store: Path, tmp_path: Path) -> None:
+    lines = (store / "manifest.jsonl").read_text().splitlines()
+    extra = dict(json.loads(lines[0]), id="authentic", boxes=[], mask=None)
+    no_mask = dict(json.loads(lines[1]), id="forged-without-mask", mask=None)
+    copy = tmp_path / "store"
+    copy.mkdir()
+    (copy / "manifest.jsonl").write_text("\n".join(lines + [json.dumps(extra), json.dumps(no_mask)]) + "\n")
+    (copy / "pseudo").symlink_to(store / "pseudo")
+    samples = load_samples(str(copy), "gt")
+    authentic = next(s for s in samples.train if s.id == "authentic")
+    assert authentic.target is None and authentic.boxes == []  # trains on an empty mask
+    assert all(s.id != "forged-without-mask" for s in samples.train)
+    assert samples.skipped == {"no GT mask": 1}
