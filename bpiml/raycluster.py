@@ -54,7 +54,9 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         return
     # No "auto" discovery: a stale /tmp/ray/ray_current_cluster makes ray.init hang for minutes.
     logger.info("starting a local Ray (num_cpus=%s); set RAY_ADDRESS to join a running cluster", num_cpus or "all")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
+    # The dashboard (127.0.0.1 only) serves the State API that Ray Train's placement-group cleaner polls.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             runtime_env=runtime_env, **kwargs)
 
 
 def available_gpus() -> float:
