@@ -198,7 +198,7 @@ def log_and_register_model(model: Any, tracking_uri: str, run_id: str, registere
             serialization_format="pickle",
             registered_model_name=registered_model or None,
             metadata=dict(metadata or {}),
-        pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(),
         )
     if not registered_model:
         return info.model_uri, ""
