@@ -87,6 +87,7 @@ def _setup_logging(rank: int) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+        root.propagate = False  # Ray's own root handler would print every line a second time
 
 
 # --- validation ---------------------------------------------------------------------------
