@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import threading
 
 from bpiml import storage
 
@@ -53,6 +54,7 @@ class Placer:
             raise ValueError("link=True needs a local output store and local data; use copy=True for s3://")
         self.out, self.data_root, self.copy, self.link = out_store, data_root, copy, link
         self._linked = False
+        self._link_lock = threading.Lock()  # import workers place files from several threads
 
     def check(self, sources: list[str]) -> None:
         """Fail before any work when some source is outside the store and neither copy nor link is on."""
@@ -86,16 +88,17 @@ class Placer:
         raise ValueError(f"{src!r} is outside the store {self.out!r}")  # check() prevents this
 
     def _ensure_link(self) -> None:
-        if self._linked:
-            return
-        target = os.path.realpath(self.data_root.removeprefix("file://"))
-        link = os.path.join(self.out.removeprefix("file://"), LINK_NAME)
-        if os.path.islink(link):
-            if os.path.realpath(link) != target:
-                raise ValueError(f"{link} already links to {os.path.realpath(link)}, not {target}")
-        elif os.path.exists(link):
-            raise ValueError(f"{link} exists and is not a symlink; cannot link the data folder there")
-        else:
-            os.makedirs(os.path.dirname(link), exist_ok=True)
-            os.symlink(target, link)
-        self._linked = True
+        with self._link_lock:
+            if self._linked:
+                return
+            target = os.path.realpath(self.data_root.removeprefix("file://"))
+            link = os.path.join(self.out.removeprefix("file://"), LINK_NAME)
+            if os.path.islink(link):
+                if os.path.realpath(link) != target:
+                    raise ValueError(f"{link} already links to {os.path.realpath(link)}, not {target}")
+            elif os.path.exists(link):
+                raise ValueError(f"{link} exists and is not a symlink; cannot link the data folder there")
+            else:
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                os.symlink(target, link)
+            self._linked = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def worker_env() -> dict[str, str]:
 
 def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     """Join the cluster at RAY_ADDRESS (set by `ray job submit`), else start a local Ray; idempotent."""
+    _keep_loopback(os.environ.get("RAY_ADDRESS", ""))
     import ray
 
     if ray.is_initialized():
@@ -57,6 +59,25 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     # The dashboard (127.0.0.1 only) serves the State API that Ray Train's placement-group cleaner polls.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              runtime_env=runtime_env, **kwargs)
+
+
+def prepare_process_env() -> None:
+    """Call first thing in a job's main(), before anything imports ray.
+
+    A head on 127.0.0.1 (the local stack) is reachable only if this process does not swap
+    127.0.0.1 for the machine's routable address, which Ray on Linux does unless told not to;
+    Ray reads that switch when it is imported.
+    """
+    _keep_loopback(os.environ.get("RAY_ADDRESS", ""))
+
+
+def _keep_loopback(address: str) -> None:
+    host = address.rsplit(":", 1)[0] if address else ""
+    if host in ("127.0.0.1", "localhost"):
+        if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+            logger.warning("joining %s from a process that imported ray before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
+                           "was set; if the connection hangs, export it before starting", address)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def available_gpus() -> float:

@@ -74,6 +74,7 @@ class LocalStack:
             "RAY_ADDRESS": self.ray_gcs_address,  # ray.init joins it; `ray job submit` uses the next one
             "RAY_API_SERVER_ADDRESS": self.ray_address,
             "RAY_AUTH_MODE": "token",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # clients keep 127.0.0.1 like the head
             "RAY_AUTH_TOKEN_PATH": self.token_path,
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "AWS_ENDPOINT_URL": self.s3_endpoint,

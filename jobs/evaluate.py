@@ -20,6 +20,7 @@ except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bpiml.evaluate import EvalConfig, build_parser, print_result, run_evaluation
+from bpiml.raycluster import prepare_process_env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare_process_env()
     config = EvalConfig.from_cli(args, parse_args([]), smoke_test={"limit": 4})
     print_result(run_evaluation(config))
     return 0

@@ -20,6 +20,7 @@ except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bpiml.predict import PredictConfig, run_predict
+from bpiml.raycluster import prepare_process_env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare_process_env()
     config = PredictConfig.from_cli(args, parse_args([]), smoke_test={"limit": 4})
     print(json.dumps(run_predict(config), indent=2))
     return 0

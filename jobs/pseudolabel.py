@@ -18,6 +18,7 @@ except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bpiml.pseudolabel import DEFAULT_STORE, PseudoLabelConfig, run_pseudolabel
+from bpiml.raycluster import prepare_process_env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare_process_env()
     config = PseudoLabelConfig.from_cli(args, parse_args([]), smoke_test={"limit": 4})
     if config.store == DEFAULT_STORE and not Path(DEFAULT_STORE, "manifest.jsonl").exists():
         from bpiml.sample import make_sample_store

@@ -21,6 +21,7 @@ dashboard="$(scripts/stack/start_ray.sh)"
 
 # Clients of the head: its address and token file (the token itself is never printed).
 export RAY_ADDRESS="$(cat "$BPIML_STACK_DIR/ray.gcs")" RAY_API_SERVER_ADDRESS="$dashboard" RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$BPIML_STACK_DIR/ray_auth_token"
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # clients stay on 127.0.0.1 like the head
 unset RAY_AUTH_TOKEN
 data="$root/.bpiml"
 run_name="demo-$(date +%Y%m%d-%H%M%S)"

@@ -28,6 +28,7 @@ export RAY_ADDRESS='$(cat "$STACK_DIR/ray.gcs")'
 export RAY_API_SERVER_ADDRESS='$RAY_DASHBOARD'
 unset RAY_AUTH_TOKEN  # it would take precedence over RAY_AUTH_TOKEN_PATH
 export RAY_AUTH_MODE=token
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # keep this client on 127.0.0.1 like the head
 export RAY_AUTH_TOKEN_PATH='$STACK_DIR/ray_auth_token'
 export MLFLOW_TRACKING_URI='$TRACKING_URI'
 export AWS_ENDPOINT_URL='$S3_ENDPOINT'
