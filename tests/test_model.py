@@ -22,17 +22,11 @@ B, D = 2, 16
 CHANNELS, STRIDES = [64, 128, 160, 320], [4, 8, 16, 32]
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def fake_features(size: int = 64) -> list[torch.Tensor]:
     return [torch.randn(B, c, size // s, size // s) for c, s in zip(CHANNELS, STRIDES)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contend on shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

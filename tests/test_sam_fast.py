@@ -12,12 +12,7 @@ from bpiml.teachers.sam_fast import FastAttention, decomposed_rel_pos_bias, enab
 from bpiml.teachers.tiny_sam import build_tiny_sam, save_tiny_sam_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

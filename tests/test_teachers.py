@@ -12,13 +12,7 @@ from bpiml.teachers.grabcut import GrabCutConfig, GrabCutTeacher
 from bpiml.teachers.tiny_sam import save_tiny_sam_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU threads oversubscribe it badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,16 @@
+"""Shared fixtures. Modules opt in, e.g. `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on shared CI cores threads oversubscribe badly."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
