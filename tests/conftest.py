@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from stack_fixtures import local_stack  # noqa: F401  (the real local services, started on first use)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """pytest fixtures for the real local services (S3 endpoint, MLflow server, Ray head with token auth).
 
-Use from a test module or a conftest:
+Using it:
 
-    from stack_fixtures import local_stack  # noqa: F401  (tests/ is on sys.path under pytest)
+    tests/conftest.py imports it, so every test module can request `local_stack`.
 
 `local_stack` is session-scoped: one stack for the whole run, started with
 `scripts/stack/*.sh` in a short temporary state dir on free ports, and stopped (only the process

@@ -18,7 +18,6 @@ import pytest
 
 from bpiml import storage
 from bpiml.stack import LOCAL_AWS_ENV, LocalStack
-from stack_fixtures import local_stack  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +39,7 @@ def _keys(client, prefix: str) -> list[str]:
 
 
 @pytest.fixture()
-def s3(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
+def s3(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(storage, "_endpoint_override", None)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", local_stack.s3_endpoint)
@@ -52,7 +51,7 @@ def s3(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
     return client
 
 
-def test_pseudolabel_train_register_predict_through_ray_job_submit(local_stack: LocalStack, s3) -> None:  # noqa: F811
+def test_pseudolabel_train_register_predict_through_ray_job_submit(local_stack: LocalStack, s3) -> None:
     from bpiml.manifest import read_manifest
     from bpiml.sample import make_sample_store
     from bpiml.teachers.tiny_sam import save_tiny_sam_checkpoint

@@ -16,7 +16,6 @@ import pytest
 
 from bpiml import storage
 from bpiml.stack import LOCAL_AWS_ENV, LocalStack
-from stack_fixtures import local_stack  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.e2e
 
