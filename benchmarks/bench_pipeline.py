@@ -24,11 +24,11 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bpiml import storage
-from bpiml.boxes import sanitize_boxes
-from bpiml.imageio import decode_image
-from bpiml.manifest import image_uri, read_manifest
-from bpiml.pseudolabel import PseudoLabelConfig, run_pseudolabel
+from bpiml.data import storage
+from bpiml.data.boxes import sanitize_boxes
+from bpiml.data.imageio import decode_image
+from bpiml.data.manifest import image_uri, read_manifest
+from bpiml.pseudolabel.job import PseudoLabelConfig, run_pseudolabel
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
 
 def teacher_alone(args: argparse.Namespace, store: str, checkpoint: str | None) -> tuple[float, int]:
     """images/s of the bare teacher on pre-decoded images (decode not timed), same batch size."""
-    from bpiml.teachers import build_teacher
+    from bpiml.pseudolabel.teachers import build_teacher
 
     records = read_manifest(store)[: args.limit] if args.limit else read_manifest(store)
     images, boxes = [], []
@@ -73,14 +73,14 @@ def main(args: argparse.Namespace) -> None:
     tmp = tempfile.mkdtemp(prefix="bpiml-bench-")
     store = args.store
     if not store:
-        from bpiml.sample import make_sample_store
+        from bpiml.data.sample import make_sample_store
 
         store = make_sample_store(str(Path(tmp, "store")), n_images=args.n_images, seed=0)
     checkpoint = args.checkpoint
     if args.teacher == "sam" and not checkpoint:
         if args.variant != "tiny":
             sys.exit("--checkpoint is required for SAM variants other than tiny")
-        from bpiml.teachers.tiny_sam import save_tiny_sam_checkpoint
+        from bpiml.pseudolabel.teachers.tiny_sam import save_tiny_sam_checkpoint
 
         checkpoint = save_tiny_sam_checkpoint(str(Path(tmp, "tiny_sam.pth")))
 

@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 
-from bpiml.teachers.box import BoxTeacher
-from bpiml.teachers.grabcut import GrabCutTeacher
-from bpiml.teachers.sam import SamTeacher, build_sam_architecture, load_sam
+from bpiml.pseudolabel.teachers.box import BoxTeacher
+from bpiml.pseudolabel.teachers.grabcut import GrabCutTeacher
+from bpiml.pseudolabel.teachers.sam import SamTeacher, build_sam_architecture, load_sam
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -12,14 +12,14 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: ("module:function", one-line help)
-    "import-imdl": ("bpiml.importers:cli_import_imdl", "IMDL-BenCo list JSON -> store manifest with boxes derived from masks"),
-    "import-coco": ("bpiml.importers:cli_import_coco", "COCO detection JSON -> store manifest"),
-    "make-sample": ("bpiml.sample:cli_make_sample", "write the synthetic sample store (the embedded default)"),
+    "import-imdl": ("bpiml.data.importers.imdl:cli_import_imdl", "IMDL-BenCo list JSON -> store manifest with boxes derived from masks"),
+    "import-coco": ("bpiml.data.importers.imdl:cli_import_coco", "COCO detection JSON -> store manifest"),
+    "make-sample": ("bpiml.data.sample:cli_make_sample", "write the synthetic sample store (the embedded default)"),
     "model-info": ("bpiml.model.info:cli_model_info", "parameters and FLOPs of the student and its ablations"),
-    "predict": ("bpiml.predict:cli_predict", "predict a mask for one image with a registered model or checkpoint"),
-    "evaluate": ("bpiml.evaluate:cli_evaluate", "evaluate a model on test lists; tables to stdout and MLflow"),
-    "audit": ("bpiml.audit:cli_audit", "pseudo-mask quality audit of a pseudo-labeled store against GT"),
-    "report": ("bpiml.report:cli_report", "HTML/PNG visual report"),
+    "predict": ("bpiml.evaluation.predict:cli_predict", "predict a mask for one image with a registered model or checkpoint"),
+    "evaluate": ("bpiml.evaluation.evaluate:cli_evaluate", "evaluate a model on test lists; tables to stdout and MLflow"),
+    "audit": ("bpiml.evaluation.audit:cli_audit", "pseudo-mask quality audit of a pseudo-labeled store against GT"),
+    "report": ("bpiml.evaluation.report:cli_report", "HTML/PNG visual report"),
 }
 
 

@@ -41,7 +41,7 @@ class BaseConfig:
     @classmethod
     def load(cls, path: str) -> Self:
         """Load a JSON (or YAML) file, local or s3://."""
-        from bpiml import storage
+        from bpiml.data import storage
 
         text = storage.read_bytes(path).decode()
         if path.endswith((".yaml", ".yml")):
@@ -64,7 +64,7 @@ class BaseConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
 
     def save(self, uri: str) -> None:
-        from bpiml import storage
+        from bpiml.data import storage
 
         storage.write_bytes(uri, (self.to_json() + "\n").encode())
 

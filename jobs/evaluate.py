@@ -19,8 +19,8 @@ try:
 except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bpiml.evaluate import EvalConfig, build_parser, print_result, run_evaluation
-from bpiml.raycluster import prepare_process_env
+from bpiml.evaluation.evaluate import EvalConfig, build_parser, print_result, run_evaluation
+from bpiml.runtime.raycluster import prepare_process_env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

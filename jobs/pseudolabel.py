@@ -17,8 +17,8 @@ try:
 except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bpiml.pseudolabel import DEFAULT_STORE, PseudoLabelConfig, run_pseudolabel
-from bpiml.raycluster import prepare_process_env
+from bpiml.pseudolabel.job import DEFAULT_STORE, PseudoLabelConfig, run_pseudolabel
+from bpiml.runtime.raycluster import prepare_process_env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     prepare_process_env()
     config = PseudoLabelConfig.from_cli(args, parse_args([]), smoke_test={"limit": 4})
     if config.store == DEFAULT_STORE and not Path(DEFAULT_STORE, "manifest.jsonl").exists():
-        from bpiml.sample import make_sample_store
+        from bpiml.data.sample import make_sample_store
 
         logging.getLogger("bpiml").info("embedded default: writing the sample store to %s", DEFAULT_STORE)
         make_sample_store(DEFAULT_STORE)

@@ -25,8 +25,8 @@ try:
 except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bpiml.train import TrainConfig, run_training
-from bpiml.raycluster import prepare_process_env
+from bpiml.train.job import TrainConfig, run_training
+from bpiml.runtime.raycluster import prepare_process_env
 
 SMOKE_TEST = {"epochs": 1, "limit": 8, "batch_size": 4, "log_images": 2}
 

@@ -11,7 +11,7 @@
 
 Every step skips what an earlier call finished: the import and the pseudo masks are reused, a
 finished run (marker `<work>/runs/<run>/experiment_done.json`) is not retrained, an interrupted
-one resumes from its latest checkpoint (bpiml.train: same run name + storage path), and an
+one resumes from its latest checkpoint (bpiml.train.job: same run name + storage path), and an
 evaluation of the same checkpoint is read back. Runs are logged to MLflow at
 `sqlite:///<work>/mlflow.db` (evaluation metrics go into the training run).
 `--quick` is a smoke test of the script itself: a few images, 1 epoch, tiny inputs, in `<work>/quick`.
@@ -91,8 +91,8 @@ QUICK_PER_SPLIT = {("train", True): 16, ("train", False): 4, ("val", True): 8, (
 
 def import_store(data: str, work: Path, quick: bool) -> str:
     """`<work>/store` from the index (scene split); `--quick` keeps a few records of each kind."""
-    from bpiml.importers import import_imdl
-    from bpiml.manifest import read_manifest, write_manifest
+    from bpiml.data.importers.imdl import import_imdl
+    from bpiml.data.manifest import read_manifest, write_manifest
 
     store = work / "store"
     if not (store / "manifest.jsonl").exists():
@@ -121,7 +121,7 @@ def import_store(data: str, work: Path, quick: bool) -> str:
 # --- 2. pseudo-labels ---------------------------------------------------------------------------
 def pseudo_label(store: str, work: Path) -> dict[str, dict[str, Any]]:
     """teacher -> summary.json of `<work>/pseudo-<teacher>` (already-labeled images are skipped)."""
-    from bpiml.pseudolabel import PseudoLabelConfig, run_pseudolabel
+    from bpiml.pseudolabel.job import PseudoLabelConfig, run_pseudolabel
 
     out = {}
     for teacher in TEACHERS:
@@ -134,7 +134,7 @@ def pseudo_label(store: str, work: Path) -> dict[str, dict[str, Any]]:
 
 # --- 3. training ----------------------------------------------------------------------------------
 def train_config(spec: RunSpec, args: argparse.Namespace, work: Path) -> Any:
-    from bpiml.train import TrainConfig
+    from bpiml.train.job import TrainConfig
 
     return TrainConfig(
         store=str(work / f"pseudo-{spec.teacher}"), storage_path=str(work / "runs"),
@@ -157,7 +157,7 @@ def experiment_name(args: argparse.Namespace) -> str:
 
 def train(spec: RunSpec, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Train (or resume, or skip when finished) one run; returns its done-marker content."""
-    from bpiml.train import run_training
+    from bpiml.train.job import run_training
 
     config = train_config(spec, args, work)
     done_path = work / "runs" / config.run_name / DONE_FILE
@@ -188,7 +188,7 @@ def train(spec: RunSpec, args: argparse.Namespace, work: Path) -> dict[str, Any]
 # --- 4. evaluation ------------------------------------------------------------------------------
 def evaluate(spec: RunSpec, done: dict[str, Any], store: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """The best checkpoint on the held-out val scenes; returns the `cvip_val` table row."""
-    from bpiml.evaluate import EvalConfig, run_evaluation
+    from bpiml.evaluation.evaluate import EvalConfig, run_evaluation
 
     out = work / "eval" / done["run_name"]
     results = out / "results.json"
@@ -261,7 +261,7 @@ def start_ray(num_cpus: int | None) -> None:
     """Local Ray (or RAY_ADDRESS); one retry, because a loaded machine can time out raylet startup."""
     import ray
 
-    from bpiml.raycluster import init_ray
+    from bpiml.runtime.raycluster import init_ray
 
     try:
         init_ray(num_cpus=num_cpus)

@@ -21,8 +21,8 @@ import time
 import cv2
 import numpy as np
 
-from bpiml.teachers.box import BoxTeacher
-from bpiml.teachers.grabcut import GrabCutConfig, GrabCutTeacher
+from bpiml.pseudolabel.teachers.box import BoxTeacher
+from bpiml.pseudolabel.teachers.grabcut import GrabCutConfig, GrabCutTeacher
 
 # name -> GrabCutConfig overrides tried while tuning (the default is the chosen one)
 GRABCUT_VARIANTS: dict[str, dict] = {
@@ -52,7 +52,7 @@ GRABCUT_VARIANTS: dict[str, dict] = {
 
 def boxes_from_gt(mask: np.ndarray) -> np.ndarray:
     try:
-        from bpiml.boxes import boxes_from_mask
+        from bpiml.data.boxes import boxes_from_mask
     except ImportError:
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         boxes = [[x, y, x + w, y + h] for x, y, w, h, area in stats[1:count] if area >= 16]

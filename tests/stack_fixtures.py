@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from bpiml.stack import LocalStack, StackConfig, start_local_stack, stop_local_stack
+from bpiml.runtime.stack import LocalStack, StackConfig, start_local_stack, stop_local_stack
 
 
 def _missing_requirement() -> str | None:

@@ -16,8 +16,8 @@ import boto3
 import numpy as np
 import pytest
 
-from bpiml import storage
-from bpiml.stack import LOCAL_AWS_ENV, LocalStack
+from bpiml.data import storage
+from bpiml.runtime.stack import LOCAL_AWS_ENV, LocalStack
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +52,9 @@ def s3(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_pseudolabel_train_register_predict_through_ray_job_submit(local_stack: LocalStack, s3) -> None:
-    from bpiml.manifest import read_manifest
-    from bpiml.sample import make_sample_store
-    from bpiml.teachers.tiny_sam import save_tiny_sam_checkpoint
+    from bpiml.data.manifest import read_manifest
+    from bpiml.data.sample import make_sample_store
+    from bpiml.pseudolabel.teachers.tiny_sam import save_tiny_sam_checkpoint
 
     store, pseudo = f"s3://{BUCKET}/store", f"s3://{BUCKET}/pseudo"
     make_sample_store(store, n_images=8, seed=1, size=128)
@@ -89,7 +89,7 @@ def test_pseudolabel_train_register_predict_through_ray_job_submit(local_stack: 
     assert any(k.startswith("artifacts/") for k in _keys_all(s3, local_stack.mlflow_bucket))
 
     model = mlflow.pytorch.load_model("models:/e2e-student@champion", map_location="cpu")
-    from bpiml.predict import predict_probs
+    from bpiml.evaluation.predict import predict_probs
 
     probs = predict_probs(model, np.zeros((37, 53, 3), np.uint8))
     assert probs.shape == (37, 53)

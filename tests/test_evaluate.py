@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bpiml import degrade, evaluate, imageio, manifest, predict
+from bpiml.data import degrade, imageio, manifest
+from bpiml.evaluation import evaluate, predict
 from bpiml.model.student import StudentConfig, build_student
 
 
@@ -218,7 +219,8 @@ def test_batch_prediction_job_on_ray(data, local_ray, tmp_path):
 
 def test_mlflow_registered_model_results_and_report(data, tmp_path):
     """One sqlite tracking store: load models:/name@alias, log the results table and the report."""
-    from bpiml import report, tracking
+    from bpiml.evaluation import report
+    from bpiml.runtime import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     model = predict.load_model(str(data["ckpt"]))

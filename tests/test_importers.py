@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from bpiml.imageio import encode_image, encode_mask_png
-from bpiml.importers import cli_import_coco, cli_import_imdl, import_coco, import_imdl, unique_ids
-from bpiml.manifest import image_uri, mask_uri, read_manifest
-from bpiml.splits import assign_splits, scene_key
+from bpiml.data.imageio import encode_image, encode_mask_png
+from bpiml.data.importers.imdl import cli_import_coco, cli_import_imdl, import_coco, import_imdl, unique_ids
+from bpiml.data.manifest import image_uri, mask_uri, read_manifest
+from bpiml.data.splits import assign_splits, scene_key
 
 
 def _img(path, w=40, h=30):

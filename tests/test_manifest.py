@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bpiml.manifest import (
+from bpiml.data.manifest import (
     MANIFEST_NAME,
     Record,
     image_uri,

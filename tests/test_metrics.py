@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bpiml import metrics
+from bpiml.evaluation import metrics
 
 
 def _mask(rows):

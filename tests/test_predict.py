@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bpiml import imageio, predict
+from bpiml.data import imageio
+from bpiml.evaluation import predict
 from bpiml.model.student import StudentConfig, build_student
 
 IMG_SIZE = 64  # small input keeps CPU tests fast

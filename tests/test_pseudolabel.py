@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bpiml.imageio import decode_mask
-from bpiml.pseudolabel import PseudoLabelConfig, TeacherLabeler, decode_rows, run_pseudolabel, write_masks
+from bpiml.data.imageio import decode_mask
+from bpiml.pseudolabel.job import PseudoLabelConfig, TeacherLabeler, decode_rows, run_pseudolabel, write_masks
 
 ray = pytest.importorskip("ray")
 
@@ -116,7 +116,7 @@ def test_batch_steps_called_directly_on_a_batch(tmp_path):
 
 
 def test_tiny_sam_pipeline_bad_inputs_and_resume(tmp_path):
-    from bpiml.teachers.tiny_sam import save_tiny_sam_checkpoint
+    from bpiml.pseudolabel.teachers.tiny_sam import save_tiny_sam_checkpoint
 
     store, out = tmp_path / "store", tmp_path / "out"
     expected = make_store(store)

@@ -10,7 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from bpiml import audit, imageio, manifest, report
+from bpiml.evaluation import audit, report
+from bpiml.data import imageio, manifest
 
 H, W = 32, 40
 
@@ -80,14 +81,14 @@ def test_svg_chart_and_table():
 
 
 def _fake_evaluation(eval_dir, src):
-    """An evaluation output as `bpiml.evaluate` writes it, for 4 images of the input store."""
+    """An evaluation output as `bpiml.evaluation.evaluate` writes it, for 4 images of the input store."""
     (eval_dir / "preds" / "s").mkdir(parents=True)
     rows = []
     for i in range(4):
         pred = np.zeros((H, W), bool)
         pred[5:15, 5 : 15 + 2 * i] = True
         (eval_dir / "preds" / "s" / f"im{i}.png").write_bytes(imageio.encode_mask_png(pred))
-        from bpiml import metrics
+        from bpiml.evaluation import metrics
 
         rows.append({"set": "s", "degradation": "none", "id": f"im{i}", "image": str(src / "images" / f"im{i}.png"),
                      "mask": str(src / "masks" / f"im{i}.png"), "manipulated": True, "score": 0.9,

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 
-from bpiml.imageio import load_image, load_mask
-from bpiml.manifest import image_uri, mask_uri, read_manifest
-from bpiml.sample import cli_make_sample, make_sample_store
+from bpiml.data.imageio import load_image, load_mask
+from bpiml.data.manifest import image_uri, mask_uri, read_manifest
+from bpiml.data.sample import cli_make_sample, make_sample_store
 
 
 def _files(root):
@@ -61,7 +61,7 @@ def test_s3_store_round_trip(tmp_path, monkeypatch):
     moto_server = __import__("pytest").importorskip("moto.server")
     import boto3
 
-    from bpiml import storage
+    from bpiml.data import storage
 
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -1,5 +1,5 @@
 """End to end against the real local services: Ray Jobs with token auth, MLflow with S3 artifacts,
-bpiml.storage on an S3 API endpoint."""
+bpiml.data.storage on an S3 API endpoint."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from bpiml import storage
-from bpiml.stack import LOCAL_AWS_ENV, LocalStack
+from bpiml.data import storage
+from bpiml.runtime.stack import LOCAL_AWS_ENV, LocalStack
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 JOB = """
 import ray
-from bpiml import storage
+from bpiml.data import storage
 
 ray.init()
 

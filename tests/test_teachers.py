@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bpiml.teachers import TEACHERS, build_teacher
-from bpiml.teachers.base import Teacher, box_pixels, check_inputs
-from bpiml.teachers.grabcut import GrabCutConfig, GrabCutTeacher
-from bpiml.teachers.tiny_sam import save_tiny_sam_checkpoint
+from bpiml.pseudolabel.teachers import TEACHERS, build_teacher
+from bpiml.pseudolabel.teachers.base import Teacher, box_pixels, check_inputs
+from bpiml.pseudolabel.teachers.grabcut import GrabCutConfig, GrabCutTeacher
+from bpiml.pseudolabel.teachers.tiny_sam import save_tiny_sam_checkpoint
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -227,7 +227,7 @@ def test_sam_loads_from_s3_like_a_local_file(tmp_path, monkeypatch, tiny_checkpo
     moto_server = pytest.importorskip("moto.server")
     import boto3
 
-    from bpiml import storage
+    from bpiml.data import storage
 
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

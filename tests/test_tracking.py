@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bpiml import tracking
+from bpiml.runtime import tracking
 
 
 @pytest.fixture()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bpiml import imageio
-from bpiml.train import TrainConfig, check_inputs
-from bpiml.train_data import Augment, MaskDataset, fill_boxes, load_samples
-from bpiml.train_loop import mask_loss, warmup_cosine
+from bpiml.data import imageio
+from bpiml.train.job import TrainConfig, check_inputs
+from bpiml.train.data import Augment, MaskDataset, fill_boxes, load_samples
+from bpiml.train.loop import mask_loss, warmup_cosine
 
 
 def make_pseudo_store(root: Path, n_train: int = 16, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
@@ -164,7 +164,7 @@ def ray_local():
 @pytest.fixture(scope="module")
 def runs(ray_local, store: Path, tmp_path_factory: pytest.TempPathFactory):
     """The same run trained for 3 epochs, then rerun with epochs=5 (resumes)."""
-    from bpiml.train import run_training
+    from bpiml.train.job import run_training
 
     root = tmp_path_factory.mktemp("train-runs")
     cfg = TrainConfig(
@@ -234,9 +234,9 @@ def test_registered_model_loads_by_alias_and_predicts_any_size(runs) -> None:
 
 def test_two_workers_on_the_pseudo_labeled_sample_store(ray_local, tmp_path: Path) -> None:
     """The real chain: sample store -> pseudo-labeling job (GrabCut) -> 2-worker training whose loss falls."""
-    from bpiml.pseudolabel import PseudoLabelConfig, run_pseudolabel
-    from bpiml.sample import make_sample_store
-    from bpiml.train import run_training
+    from bpiml.pseudolabel.job import PseudoLabelConfig, run_pseudolabel
+    from bpiml.data.sample import make_sample_store
+    from bpiml.train.job import run_training
 
     store = make_sample_store(str(tmp_path / "sample"), n_images=12, seed=0, size=96)
     run_pseudolabel(PseudoLabelConfig(store=store, out=str(tmp_path / "pseudo"), teacher="grabcut", num_actors=1))

@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from bpiml import storage
+from bpiml.data import storage
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bpiml import storage
+from bpiml.data import storage
 from bpiml.config import BaseConfig, check_range, field
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def load_model(uri: str, tracking_uri: str = "") -> Any:
         import mlflow
         import mlflow.pytorch
 
-        from bpiml.tracking import resolve_tracking_uri
+        from bpiml.runtime.tracking import resolve_tracking_uri
 
         resolved = resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(resolved)
@@ -99,7 +99,7 @@ def check_model(uri: str, tracking_uri: str = "") -> str:
     if not is_mlflow_uri(uri):
         _checkpoint_file(uri)
         return ""
-    from bpiml.tracking import resolve_tracking_uri
+    from bpiml.runtime.tracking import resolve_tracking_uri
 
     resolved = resolve_tracking_uri(tracking_uri)
     if uri.startswith("models:/"):
@@ -201,7 +201,7 @@ def safe_name(record_id: str) -> str:
 
 # --- one-image CLI ---------------------------------------------------------------------------
 def cli_predict(argv: list[str] | None = None) -> int:
-    from bpiml import imageio
+    from bpiml.data import imageio
 
     parser = argparse.ArgumentParser(prog="bpiml predict", description="Predict a manipulation mask for one image.")
     parser.add_argument("--model", required=True, help="models:/<name>@<alias>, runs:/..., or a checkpoint path/URI")
@@ -277,7 +277,7 @@ class Predictor:
         self.out, self.threshold, self.overlays = out, threshold, overlays
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from bpiml import imageio
+        from bpiml.data import imageio
 
         ids = [str(i) for i in batch["id"]]
         uris = [str(u) for u in batch["image"]]
@@ -336,8 +336,8 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
     """Batch prediction over a store; returns a summary (also written as `summary.json`)."""
     import ray
 
-    from bpiml import manifest
-    from bpiml.raycluster import check_gpus, init_ray
+    from bpiml.data import manifest
+    from bpiml.runtime.raycluster import check_gpus, init_ray
 
     config.validate()
     records = manifest.read_manifest(config.store)

@@ -97,7 +97,7 @@ class LocalStack:
 
 def scripts_dir() -> Path:
     """`scripts/stack/` of the source checkout this package runs from."""
-    path = Path(__file__).resolve().parent.parent / "scripts" / "stack"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "stack"
     if not (path / "up.sh").is_file():
         raise FileNotFoundError(f"stack scripts not found at {path} (needs a source checkout of bpiml)")
     return path

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from bpiml import storage
+from bpiml.data import storage
 
 logger = logging.getLogger(__name__)
 

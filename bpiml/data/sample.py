@@ -21,11 +21,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from bpiml import storage
-from bpiml.boxes import boxes_from_mask, pad_boxes
+from bpiml.data import storage
+from bpiml.data.boxes import boxes_from_mask, pad_boxes
 from bpiml.config import BaseConfig, check_range, field
-from bpiml.imageio import encode_image, encode_mask_png
-from bpiml.manifest import Record, write_manifest
+from bpiml.data.imageio import encode_image, encode_mask_png
+from bpiml.data.manifest import Record, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bpiml import metrics as iml_metrics
-from bpiml import tracking
-from bpiml.train import CHECKPOINT_FILE, HISTORY_FILE, TrainConfig
-from bpiml.train_data import Augment, MaskDataset, sample_from_dict, to_tensors
+from bpiml.evaluation import metrics as iml_metrics
+from bpiml.runtime import tracking
+from bpiml.train.job import CHECKPOINT_FILE, HISTORY_FILE, TrainConfig
+from bpiml.train.data import Augment, MaskDataset, sample_from_dict, to_tensors
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bpiml import storage
+from bpiml.data import storage
 from bpiml.config import BaseConfig, check_choice, check_range, field
 
 logger = logging.getLogger(__name__)
@@ -87,9 +87,9 @@ def _empty_image() -> np.ndarray:
 
 def decode_rows(batch: dict[str, np.ndarray], store: str) -> dict[str, Any]:
     """Manifest lines -> decoded images and clean boxes; bad rows become rejects."""
-    from bpiml.boxes import sanitize_boxes
-    from bpiml.imageio import DecodeError, decode_image
-    from bpiml.manifest import Record, image_uri
+    from bpiml.data.boxes import sanitize_boxes
+    from bpiml.data.imageio import DecodeError, decode_image
+    from bpiml.data.manifest import Record, image_uri
 
     out: dict[str, list[Any]] = {k: [] for k in ("id", "record", "image", "boxes", "status", "reason", "notes")}
     for line in batch["text"]:
@@ -137,7 +137,7 @@ class TeacherLabeler:
     """
 
     def __init__(self, config: dict[str, Any]):
-        from bpiml.teachers import build_teacher
+        from bpiml.pseudolabel.teachers import build_teacher
 
         self.cfg = PseudoLabelConfig.from_dict(config)
         if self.cfg.s3_endpoint:
@@ -173,8 +173,8 @@ class TeacherLabeler:
 # --- stage 3: write masks, compare with ground truth (CPU tasks) ------------------------------
 def write_masks(batch: dict[str, np.ndarray], store: str, out: str) -> dict[str, list[Any]]:
     """Encode and write each mask as PNG, score it against the GT mask if any, emit the output record."""
-    from bpiml.imageio import DecodeError, decode_mask, encode_mask_png
-    from bpiml.manifest import Record, mask_uri
+    from bpiml.data.imageio import DecodeError, decode_mask, encode_mask_png
+    from bpiml.data.manifest import Record, mask_uri
 
     n = len(batch["status"])
     records = [json.loads(r) for r in batch["record"]]
@@ -272,7 +272,7 @@ def _line_id(line: str) -> str | None:
 
 def check_inputs(cfg: PseudoLabelConfig) -> str:
     """Fail fast (before any cluster work) on a missing store, unwritable output or missing weights."""
-    from bpiml.manifest import manifest_uri
+    from bpiml.data.manifest import manifest_uri
 
     manifest = manifest_uri(cfg.store)
     storage.check_readable(manifest)
@@ -286,7 +286,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     """Label every image of `cfg.store` into `cfg.out`; returns the summary (also saved as summary.json)."""
     import ray
 
-    from bpiml.raycluster import check_gpus, init_ray
+    from bpiml.runtime.raycluster import check_gpus, init_ray
 
     if cfg.s3_endpoint:
         storage.set_s3_endpoint(cfg.s3_endpoint)
@@ -369,7 +369,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
 def _finish(cfg: PseudoLabelConfig, lines: list[str], input_ids: list[str | None], counts: dict[str, int],
             elapsed: float) -> dict[str, Any]:
     """Merge the parts into the final manifest and rejects table, check the reject rate, write the summary."""
-    from bpiml.manifest import write_manifest
+    from bpiml.data.manifest import write_manifest
 
     done = {r["id"]: r for r in _read_parts(cfg.out, "records") if r.get("id")}
     wanted = [rid for rid in input_ids if rid is not None]

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from bpiml import degrade, metrics, storage
+from bpiml.data import degrade, storage
+from bpiml.evaluation import metrics
 from bpiml.config import BaseConfig, check_range, field
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def load_test_set(uri: str, split: str | None = "test") -> list[dict[str, str]]:
             items.append({"id": image, "image": _resolve_listed(folder, image),
                           "mask": "" if mask == NEGATIVE else _resolve_listed(folder, mask)})
         return items
-    from bpiml import manifest
+    from bpiml.data import manifest
 
     records = manifest.read_manifest(uri)
     if split:
@@ -165,7 +166,7 @@ class Evaluator:
                  model: Any | None = None, tracking_uri: str = "") -> None:
         import torch
 
-        from bpiml.predict import load_model
+        from bpiml.evaluation.predict import load_model
 
         self.model = model if model is not None else load_model(model_uri, tracking_uri)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -173,7 +174,7 @@ class Evaluator:
         self.threshold, self.out, self.save_masks = threshold, out, save_masks and bool(out)
 
     def _load(self, image_uri: str, mask_uri: str, degradation: str) -> tuple[np.ndarray, np.ndarray | None]:
-        from bpiml import imageio
+        from bpiml.data import imageio
 
         image = imageio.load_image(image_uri)[0]
         gt = imageio.load_mask(mask_uri) if mask_uri else None
@@ -182,8 +183,8 @@ class Evaluator:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import cv2
 
-        from bpiml import imageio
-        from bpiml.predict import predict_batch, safe_name
+        from bpiml.data import imageio
+        from bpiml.evaluation.predict import predict_batch, safe_name
 
         n = len(batch["id"])
         loaded: list[tuple[np.ndarray, np.ndarray | None] | None] = []
@@ -284,7 +285,7 @@ def log_to_mlflow(config: EvalConfig, table: list[dict[str, Any]], files: dict[s
     if not config.mlflow or not (config.tracking_uri or config.mlflow_run_id or config.experiment
                                  or os.environ.get("MLFLOW_TRACKING_URI")):
         return None
-    from bpiml import tracking
+    from bpiml.runtime import tracking
 
     uri = tracking.resolve_tracking_uri(config.tracking_uri)
     run_id = config.mlflow_run_id or tracking.start_or_resume_run(
@@ -308,8 +309,8 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     """Evaluate; returns {"table": rows, "out": folder, "mlflow_run_id": id or None, ...}."""
     import ray
 
-    from bpiml.predict import check_model, map_kwargs
-    from bpiml.raycluster import check_gpus, init_ray
+    from bpiml.evaluation.predict import check_model, map_kwargs
+    from bpiml.runtime.raycluster import check_gpus, init_ray
 
     config.validate()
     sets = parse_datasets(config.datasets)

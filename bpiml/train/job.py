@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-from bpiml import storage, tracking
+from bpiml.data import storage
+from bpiml.runtime import tracking
 from bpiml.config import BaseConfig, check_choice, check_range, field
-from bpiml.train_data import SUPERVISIONS, StoreSamples, absolute, load_samples, sample_to_dict
+from bpiml.train.data import SUPERVISIONS, StoreSamples, absolute, load_samples, sample_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def resolve_use_gpu(requested: bool | None) -> bool:
     """GPU only when asked and available; auto (None) = CUDA here and GPUs in the Ray cluster."""
     import torch
 
-    from bpiml import raycluster
+    from bpiml.runtime import raycluster
 
     if requested is None:
         return bool(torch.cuda.is_available() and raycluster.available_gpus() >= 1)
@@ -235,8 +236,8 @@ def run_training(config: TrainConfig) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from bpiml import raycluster
-    from bpiml.train_loop import train_loop_per_worker
+    from bpiml.runtime import raycluster
+    from bpiml.train.loop import train_loop_per_worker
 
     raycluster.init_ray()
     use_gpu = resolve_use_gpu(config.use_gpu)

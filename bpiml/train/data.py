@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bpiml import imageio, manifest, storage
+from bpiml.data import imageio, manifest, storage
 
 logger = logging.getLogger(__name__)
 

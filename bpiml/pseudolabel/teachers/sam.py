@@ -24,11 +24,11 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from bpiml import storage
+from bpiml.data import storage
 from bpiml.config import check_choice, check_range
-from bpiml.teachers import sam_fast
-from bpiml.teachers.base import check_inputs
-from bpiml.teachers.tiny_sam import build_tiny_sam
+from bpiml.pseudolabel.teachers import sam_fast
+from bpiml.pseudolabel.teachers.base import check_inputs
+from bpiml.pseudolabel.teachers.tiny_sam import build_tiny_sam
 
 logger = logging.getLogger(__name__)
 

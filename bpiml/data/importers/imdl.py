@@ -26,13 +26,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bpiml import storage
-from bpiml.boxes import boxes_from_mask, jitter_boxes, pad_boxes, sanitize_boxes
+from bpiml.data import storage
+from bpiml.data.boxes import boxes_from_mask, jitter_boxes, pad_boxes, sanitize_boxes
 from bpiml.config import BaseConfig, check_choice, check_range, field
-from bpiml.imageio import DecodeError, decode_mask, image_size
-from bpiml.manifest import SPLITS, Record, write_manifest
-from bpiml.placement import Placer, parent, resolve_source
-from bpiml.splits import CVIP_SCENE_PATTERN, assign_splits, scene_key
+from bpiml.data.imageio import DecodeError, decode_mask, image_size
+from bpiml.data.manifest import SPLITS, Record, write_manifest
+from bpiml.data.importers.placement import Placer, parent, resolve_source
+from bpiml.data.splits import CVIP_SCENE_PATTERN, assign_splits, scene_key
 
 logger = logging.getLogger(__name__)
 

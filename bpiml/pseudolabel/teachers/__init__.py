@@ -7,7 +7,7 @@
   SAM checkpoint is given.
 - "box": the filled boxes (`box.py`), the ablation baseline.
 
-Modules are imported lazily, so `import bpiml.teachers` does not import torch or OpenCV.
+Modules are imported lazily, so `import bpiml.pseudolabel.teachers` does not import torch or OpenCV.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import importlib
 import logging
 from typing import Any, Callable
 
-from bpiml.teachers.base import Teacher
+from bpiml.pseudolabel.teachers.base import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ __all__ = ["TEACHERS", "Teacher", "build_teacher"]
 
 def _build_sam(*, checkpoint: str | None, variant: str, device: str, fast: bool | None, compile: bool,  # noqa: A002
                **options: Any) -> Teacher:
-    from bpiml.teachers.sam import build_sam_teacher
+    from bpiml.pseudolabel.teachers.sam import build_sam_teacher
 
     return build_sam_teacher(checkpoint=checkpoint, variant=variant, device=device, fast=fast, compile=compile, **options)
 
@@ -46,8 +46,8 @@ def _model_free(module: str, func: str) -> Callable[..., Teacher]:
 # name -> build function taking (checkpoint, variant, device, fast, compile, **options)
 TEACHERS: dict[str, Callable[..., Teacher]] = {
     "sam": _build_sam,
-    "grabcut": _model_free("bpiml.teachers.grabcut", "build_grabcut_teacher"),
-    "box": _model_free("bpiml.teachers.box", "build_box_teacher"),
+    "grabcut": _model_free("bpiml.pseudolabel.teachers.grabcut", "build_grabcut_teacher"),
+    "box": _model_free("bpiml.pseudolabel.teachers.box", "build_box_teacher"),
 }
 
 

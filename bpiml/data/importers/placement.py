@@ -12,7 +12,7 @@ import os
 import posixpath
 import threading
 
-from bpiml import storage
+from bpiml.data import storage
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bpiml.teachers.base import box_pixels, check_inputs
+from bpiml.pseudolabel.teachers.base import box_pixels, check_inputs
 
 
 class BoxTeacher:

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from bpiml.config import BaseConfig, check_choice, check_range, field
-from bpiml.teachers.base import box_pixels, check_inputs, params_hash
+from bpiml.pseudolabel.teachers.base import box_pixels, check_inputs, params_hash
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bpiml import metrics, storage
+from bpiml.evaluation import metrics
+from bpiml.data import storage
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _boxes_panel(image: np.ndarray, boxes: Sequence[Sequence[float]] | None) -> 
 def _mask_panel(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
     import cv2
 
-    from bpiml.predict import overlay
+    from bpiml.evaluation.predict import overlay
 
     if mask is None:
         return None
@@ -196,8 +197,8 @@ def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequ
     (HxW masks or probabilities) and "f1" (else computed); sorted worst first, at most `max_samples`.
     tables: name -> rows (dicts). curves: name -> list of numbers, or name -> {series: list}.
     """
-    from bpiml import imageio
-    from bpiml.predict import safe_name
+    from bpiml.data import imageio
+    from bpiml.evaluation.predict import safe_name
 
     files: dict[str, bytes] = {}
     scored = [(sample_score(s), i, s) for i, s in enumerate(samples)]
@@ -239,7 +240,7 @@ def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequ
 
 def log_report_to_mlflow(files: Mapping[str, bytes], run_id: str, artifact_path: str = "report",
                          tracking_uri: str = "") -> None:
-    from bpiml import tracking
+    from bpiml.runtime import tracking
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in files.items():
@@ -257,7 +258,7 @@ def _norm(uri: str) -> str:
 
 def pseudo_index(store: str) -> dict[str, dict[str, Any]]:
     """Resolved image URI -> {"boxes", "pseudo_mask" URI, "teacher", "gt"} of a pseudo-labeled store."""
-    from bpiml import manifest
+    from bpiml.data import manifest
 
     root = manifest.store_root(store)
     index = {}
@@ -277,9 +278,9 @@ def load_samples(eval_dir: str | None, store: str | None, set_name: str | None =
 
     Only the `limit` worst rows (by the evaluation's F1) are read from disk. With only a store, its
     records become samples without prediction: the `limit` worst by pseudo-vs-GT IoU when
-    `audit_rows` (from `bpiml.audit`) are given, else the first `limit`.
+    `audit_rows` (from `bpiml.evaluation.audit`) are given, else the first `limit`.
     """
-    from bpiml import imageio
+    from bpiml.data import imageio
 
     pseudo = pseudo_index(store) if store else {}
     if eval_dir:
@@ -312,7 +313,7 @@ def load_samples(eval_dir: str | None, store: str | None, set_name: str | None =
 
 def mlflow_curves(run_id: str, keys: Sequence[str] | None = None, tracking_uri: str = "") -> dict[str, list[float]]:
     """Metric histories (more than one point) of an MLflow run, all its metrics or `keys`, by step."""
-    from bpiml import tracking
+    from bpiml.runtime import tracking
 
     client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
     names = list(keys) if keys else sorted(client.get_run(run_id).data.metrics)
@@ -325,7 +326,7 @@ def mlflow_curves(run_id: str, keys: Sequence[str] | None = None, tracking_uri: 
 
 
 def cli_report(argv: list[str] | None = None) -> int:
-    from bpiml.audit import audit_pseudo_labels
+    from bpiml.evaluation.audit import audit_pseudo_labels
 
     parser = argparse.ArgumentParser(prog="bpiml report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval", dest="eval_dir", default=None, help="evaluation output folder (per_image.jsonl, preds/)")

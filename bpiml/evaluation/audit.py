@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from bpiml import metrics, storage
+from bpiml.evaluation import metrics
+from bpiml.data import storage
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def _resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def audit_record(store: str, record: Any, tolerance: float = 2.0) -> dict[str, Any]:
     """One record -> {"id", "teacher", "iou", "boundary_f1", ...}; raises on unreadable files."""
-    from bpiml import imageio, manifest
+    from bpiml.data import imageio, manifest
 
     extra = record.extra
     source = extra.get("source") or manifest.store_root(store)
@@ -76,7 +77,7 @@ def summarize_rows(rows: list[dict[str, Any]], worst_k: int = 10) -> dict[str, A
 
 def audit_pseudo_labels(store: str, tolerance: float = 2.0, worst_k: int = 10, workers: int = 8) -> dict[str, Any]:
     """Audit a pseudo-labeled store; returns {"teachers": {name: summary}, "all": summary, counts, "rows"}."""
-    from bpiml import manifest
+    from bpiml.data import manifest
 
     records = manifest.read_manifest(store)
     usable = [r for r in records if r.mask and r.extra.get("pseudo_mask")]

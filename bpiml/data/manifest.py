@@ -15,7 +15,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from bpiml import storage
+from bpiml.data import storage
 
 logger = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ def build_tiny_sam(seed: int = 0) -> Sam:
 
 def save_tiny_sam_checkpoint(path_or_uri: str, seed: int = 0) -> str:
     """Write a tiny SAM state_dict (torch.save format) to a local path or s3:// URI; returns it."""
-    from bpiml import storage
+    from bpiml.data import storage
 
     buffer = io.BytesIO()
     torch.save(build_tiny_sam(seed).state_dict(), buffer)

@@ -1,0 +1,1 @@
+"""Stage 1, data: stores and manifests, image I/O, boxes, importers, splits, the sample store, degradations."""

@@ -1,0 +1,1 @@
+"""Getting data in: IMDL-BenCo lists and COCO detection files -> store manifests."""

@@ -1,0 +1,1 @@
+"""Stage 5, evaluation: metrics, inference, batch prediction, evaluation, audit and reports."""

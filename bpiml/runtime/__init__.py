@@ -1,0 +1,1 @@
+"""Plumbing shared by the jobs: joining Ray, MLflow tracking, the local service stack."""
