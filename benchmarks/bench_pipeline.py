@@ -28,7 +28,8 @@ from bpiml.data import storage
 from bpiml.data.boxes import sanitize_boxes
 from bpiml.data.imageio import decode_image
 from bpiml.data.manifest import image_uri, read_manifest
-from bpiml.pseudolabel.job import PseudoLabelConfig, run_pseudolabel
+from bpiml.pseudolabel.config import PseudoLabelConfig
+from bpiml.pseudolabel.job import run_pseudolabel
 
 
 def parse_args() -> argparse.Namespace:

@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     print(header)
     for variant in args.variant:
         if args.checkpoint:
-            sam, sha = load_sam(args.checkpoint, variant)
+            sam, sha, variant = load_sam(args.checkpoint, variant)
         else:
             sam, sha = build_sam_architecture(variant), "random"
         common = dict(variant=variant, weights_id=sha, device=args.device, batch_size=args.batch_size)

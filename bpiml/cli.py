@@ -12,8 +12,8 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: ("module:function", one-line help)
-    "import-imdl": ("bpiml.data.importers.imdl:cli_import_imdl", "IMDL-BenCo list JSON -> store manifest with boxes derived from masks"),
-    "import-coco": ("bpiml.data.importers.imdl:cli_import_coco", "COCO detection JSON -> store manifest"),
+    "import-imdl": ("bpiml.data.importers.cli:cli_import_imdl", "IMDL-BenCo list JSON -> store manifest with boxes derived from masks"),
+    "import-coco": ("bpiml.data.importers.cli:cli_import_coco", "COCO detection JSON -> store manifest"),
     "make-sample": ("bpiml.data.sample:cli_make_sample", "write the synthetic sample store (the embedded default)"),
     "model-info": ("bpiml.model.info:cli_model_info", "parameters and FLOPs of the student and its ablations"),
     "predict": ("bpiml.evaluation.predict:cli_predict", "predict a mask for one image with a registered model or checkpoint"),

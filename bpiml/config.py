@@ -2,7 +2,14 @@
 
 Every config in bpiml is a dataclass deriving from `BaseConfig`. Loading from a dict rejects
 unknown keys by name; `validate()` raises `ValueError` naming the key, the expected and the
-actual value. Fields whose name looks like a secret are never written out.
+actual value. A field may itself be a `BaseConfig` (`TrainConfig.model` is a `StudentConfig`):
+it loads from a nested mapping and gets flags with its name as prefix (`--model-width`).
+Fields whose name looks like a secret are never written out.
+
+Command lines: `add_arguments` adds one flag per field whose default is *suppressed*, so the
+parsed namespace holds exactly the flags the user gave. `from_cli` then layers the dataclass
+defaults, the `--config` file, the explicit flags and the smoke-test values, in that order: a flag
+given explicitly always wins, even when it repeats its default.
 """
 
 from __future__ import annotations
@@ -10,8 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import types
 import typing
 from typing import Any, Self
+
+import yaml
+
+from bpiml.data import storage
 
 _SECRET_WORDS = ("secret", "password", "token", "credential", "access_key")
 
@@ -22,18 +34,56 @@ def is_secret_key(key: str) -> bool:
     return any(word in lowered for word in _SECRET_WORDS)
 
 
+def _field_type(cls: type, name: str) -> Any:
+    """The field's type with `X | None` unwrapped to `X`."""
+    kind = typing.get_type_hints(cls)[name]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return kind
+
+
+def _nested_cls(cls: type, name: str) -> type[BaseConfig] | None:
+    kind = _field_type(cls, name)
+    return kind if isinstance(kind, type) and issubclass(kind, BaseConfig) else None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _help(f: dataclasses.Field, default: Any) -> str:
+    text = f.metadata.get("help", "")
+    return text if "default" in text.lower() else f"{text} (default: {default})"
+
+
 @dataclasses.dataclass
 class BaseConfig:
-    """Base for all configs. Subclasses add fields with a one-line comment each."""
+    """Base for all configs. Subclasses add fields with a one-line help each (see `field`)."""
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
+        if not isinstance(values, dict):
+            raise ValueError(f"{cls.__name__}: expected a mapping of keys, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
                 f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
             )
+        values = dict(values)
+        for name in known & set(values):
+            nested = _nested_cls(cls, name)
+            if nested is not None and isinstance(values[name], dict):
+                values[name] = nested.from_dict(values[name])
+            elif nested is not None and not isinstance(values[name], nested):
+                raise ValueError(f"{cls.__name__}.{name} must be a mapping of {nested.__name__} keys, "
+                                 f"got {type(values[name]).__name__}")
         config = cls(**values)
         config.validate()
         return config
@@ -41,31 +91,26 @@ class BaseConfig:
     @classmethod
     def load(cls, path: str) -> Self:
         """Load a JSON (or YAML) file, local or s3://."""
-        from bpiml.data import storage
-
         text = storage.read_bytes(path).decode()
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
+        values = (yaml.safe_load(text) or {}) if path.endswith((".yaml", ".yml")) else json.loads(text)
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
         return cls.from_dict(values)
 
     def validate(self) -> None:
-        """Override to check ranges; raise ValueError naming the key."""
+        """Override to check ranges; raise ValueError naming the key. Nested configs validate too."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, BaseConfig):
+                value.validate()
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if not is_secret_key(k)}
+        return _drop_secrets(dataclasses.asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
 
     def save(self, uri: str) -> None:
-        from bpiml.data import storage
-
         storage.write_bytes(uri, (self.to_json() + "\n").encode())
 
     def replace(self, **changes: Any) -> Self:
@@ -75,55 +120,76 @@ class BaseConfig:
 
     # --- command line -------------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add one `--flag` per field (`snake_case` -> `--snake-case`), help from field metadata."""
-        hints = typing.get_type_hints(cls)
+    def add_arguments(cls, parser: argparse.ArgumentParser | Any, prefix: str = "") -> None:
+        """One `--flag` per field (`snake_case` -> `--snake-case`), nested configs as `--<name>-<field>`.
+
+        Defaults are suppressed (the namespace holds only what was given) and shown in the help.
+        """
         for f in dataclasses.fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            help_text = f.metadata.get("help", "")
-            kind = hints[f.name]
-            default = f.default if f.default is not dataclasses.MISSING else None
-            if default is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = f.default_factory()  # type: ignore[misc]
-            origin = typing.get_origin(kind)
-            args = [a for a in typing.get_args(kind) if a is not type(None)]
-            base = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args else kind
-            if base is bool:
-                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                    help=f"{help_text} (default: {default})")
-            elif typing.get_origin(base) in (list, tuple):
-                item = typing.get_args(base)[0] if typing.get_args(base) else str
-                parser.add_argument(flag, dest=f.name, nargs="*", type=item, default=default,
-                                    help=f"{help_text} (default: {default})")
+            nested = _nested_cls(cls, f.name)
+            if nested is not None:
+                nested.add_arguments(parser, prefix=f"{prefix}{f.name}.")
+                continue
+            dest = prefix + f.name
+            flag = "--" + dest.replace(".", "-").replace("_", "-")
+            default = _default(f)
+            kind = _field_type(cls, f.name)
+            common = {"dest": dest, "default": argparse.SUPPRESS, "help": _help(f, default)}
+            if kind is bool:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+            elif typing.get_origin(kind) in (list, tuple):
+                item = (typing.get_args(kind) or (str,))[0]
+                parser.add_argument(flag, nargs="*", type=item, **common)
             else:
-                parser.add_argument(flag, dest=f.name, type=base if base in (int, float, str) else str,
-                                    default=default, help=f"{help_text} (default: {default})")
+                parser.add_argument(flag, type=kind if kind in (int, float, str) else str, **common)
 
     @classmethod
-    def from_cli(cls, args: argparse.Namespace, defaults: argparse.Namespace,
-                 smoke_test: dict[str, Any] | None = None) -> Self:
-        """The config of a job's command line: `--config FILE` values, overridden by the flags given
-        explicitly (those that differ from their defaults), then `smoke_test` values with `--smoke-test`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in vars(args).items() if k in names}
+    def explicit_values(cls, namespace: argparse.Namespace) -> dict[str, Any]:
+        """The fields given on the command line, nested ones as nested dicts."""
+        values: dict[str, Any] = {}
+        for key, value in vars(namespace).items():
+            head, _, rest = key.partition(".")
+            if head not in {f.name for f in dataclasses.fields(cls)}:
+                continue
+            if rest:
+                values.setdefault(head, {})[rest] = value
+            else:
+                values[head] = value
+        return values
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace, smoke_test: dict[str, Any] | None = None) -> Self:
+        """The config of a job's command line: defaults < `--config FILE` < explicit flags < smoke test."""
+        values: dict[str, Any] = {}
         if getattr(args, "config", None):
-            explicit = {k: v for k, v in values.items() if v != getattr(defaults, k, None)}
-            values = {**cls.load(args.config).to_dict(), **explicit}
+            values = cls.load(args.config).to_dict()
+        values = _merge(values, cls.explicit_values(args))
         if smoke_test and getattr(args, "smoke_test", False):
-            values.update(smoke_test)
+            values = _merge(values, smoke_test)
         return cls.from_dict(values)
 
     @classmethod
     def from_args(cls, namespace: argparse.Namespace) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in vars(namespace).items() if k in names}
-        return cls.from_dict(values)
+        return cls.from_dict(cls.explicit_values(namespace))
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _drop_secrets(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_secrets(v) if isinstance(v, dict) else v for k, v in values.items() if not is_secret_key(k)}
 
 
 def field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field with a one-line help text used for CLI flags and docs."""
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    if isinstance(default, BaseConfig):
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
 
 

@@ -19,8 +19,11 @@ try:
 except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bpiml.evaluation.evaluate import EvalConfig, build_parser, print_result, run_evaluation
-from bpiml.runtime.raycluster import prepare_process_env
+from bpiml.runtime.loopback import keep_loopback
+
+keep_loopback()  # before anything imports ray
+
+from bpiml.evaluation.evaluate import EvalConfig, build_parser, print_result, run_evaluation  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,8 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    prepare_process_env()
-    config = EvalConfig.from_cli(args, parse_args([]), smoke_test={"limit": 4})
+    config = EvalConfig.from_cli(args, smoke_test={"limit": 4})
     print_result(run_evaluation(config))
     return 0
 

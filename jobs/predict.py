@@ -19,8 +19,11 @@ try:
 except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bpiml.evaluation.predict import PredictConfig, run_predict
-from bpiml.runtime.raycluster import prepare_process_env
+from bpiml.runtime.loopback import keep_loopback
+
+keep_loopback()  # before anything imports ray
+
+from bpiml.evaluation.predict import PredictConfig, run_predict  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,8 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    prepare_process_env()
-    config = PredictConfig.from_cli(args, parse_args([]), smoke_test={"limit": 4})
+    config = PredictConfig.from_cli(args, smoke_test={"limit": 4})
     print(json.dumps(run_predict(config), indent=2))
     return 0
 

@@ -2,7 +2,7 @@
 
     python jobs/pseudolabel.py                                  # embedded default: the sample store
     ray job submit --working-dir . -- python jobs/pseudolabel.py --store s3://b/store --out s3://b/pseudo \\
-        --checkpoint s3://b/weights/sam_vit_h_4b8939.pth --variant vit_h --num-actors 8 --gpus-per-actor 1
+        --checkpoint vit_h --num-actors 8 --gpus-per-actor 1
 """
 
 from __future__ import annotations
@@ -17,25 +17,29 @@ try:
 except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bpiml.pseudolabel.job import DEFAULT_STORE, PseudoLabelConfig, run_pseudolabel
-from bpiml.runtime.raycluster import prepare_process_env
+from bpiml.runtime.loopback import keep_loopback
+
+keep_loopback()  # before anything imports ray
+
+from bpiml.data.sample import make_sample_store  # noqa: E402
+from bpiml.pseudolabel.config import DEFAULT_STORE, PseudoLabelConfig  # noqa: E402
+from bpiml.pseudolabel.job import run_pseudolabel  # noqa: E402
+
+SMOKE_TEST = {"limit": 4}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     PseudoLabelConfig.add_arguments(parser)
     parser.add_argument("--config", help="JSON/YAML config file; flags given explicitly override it")
-    parser.add_argument("--smoke-test", action="store_true", help="label at most 4 images")
+    parser.add_argument("--smoke-test", action="store_true", help=f"a quick run: {SMOKE_TEST}")
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    prepare_process_env()
-    config = PseudoLabelConfig.from_cli(args, parse_args([]), smoke_test={"limit": 4})
+    config = PseudoLabelConfig.from_cli(args, smoke_test=SMOKE_TEST)
     if config.store == DEFAULT_STORE and not Path(DEFAULT_STORE, "manifest.jsonl").exists():
-        from bpiml.data.sample import make_sample_store
-
         logging.getLogger("bpiml").info("embedded default: writing the sample store to %s", DEFAULT_STORE)
         make_sample_store(DEFAULT_STORE)
     run_pseudolabel(config)

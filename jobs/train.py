@@ -25,8 +25,11 @@ try:
 except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bpiml.train.job import TrainConfig, run_training
-from bpiml.runtime.raycluster import prepare_process_env
+from bpiml.runtime.loopback import keep_loopback
+
+keep_loopback()  # before anything imports ray
+
+from bpiml.train.job import TrainConfig, run_training  # noqa: E402
 
 SMOKE_TEST = {"epochs": 1, "limit": 8, "batch_size": 4, "log_images": 2}
 
@@ -41,8 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    prepare_process_env()
-    config = TrainConfig.from_cli(args, parse_args([]), smoke_test=SMOKE_TEST)
+    config = TrainConfig.from_cli(args, smoke_test=SMOKE_TEST)
     result = run_training(config)
     print(json.dumps({
         "run_dir": result.run_dir,

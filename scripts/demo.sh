@@ -37,16 +37,16 @@ submit() {
 submit sample bpiml make-sample --out "$data/sample" --n "${BPIML_SAMPLE_IMAGES:-48}"
 submit pseudolabel python jobs/pseudolabel.py --store "$data/sample" --out "$data/sample-pseudo" "${teacher_args[@]}"
 submit train python jobs/train.py --store "$data/sample-pseudo" --storage-path "$data/runs" --run-name "$run_name" \
-  --epochs "${BPIML_EPOCHS:-10}" --experiment bpiml-demo --registered-model bpiml-student --alias champion
+  --epochs "${BPIML_EPOCHS:-10}" --experiment bpiml-demo --register bpiml-student@champion
 
 cat <<MSG
 
 bpiml demo finished.
   MLflow UI            $tracking_uri   (experiment bpiml-demo; Models -> bpiml-student)
   registered model     models:/bpiml-student@champion
-                       (MLFLOW_TRACKING_URI=$tracking_uri; mlflow.pytorch.load_model("models:/bpiml-student@champion"))
+                       (MLFLOW_TRACKING_URI=$tracking_uri; bpiml.evaluation.inference.load_model("models:/bpiml-student@champion"))
   sample store         $data/sample
-  pseudo masks         $data/sample-pseudo   (manifest.jsonl, pseudo/, rejects.jsonl, summary.json)
+  pseudo masks         $data/sample-pseudo   (manifest/ shards, pseudo/, rejects/, summary.json)
   checkpoints          $data/runs/$run_name
   Ray dashboard        $dashboard   (token: $BPIML_STACK_DIR/ray_auth_token)
   predict one image    MLFLOW_TRACKING_URI=$tracking_uri .venv/bin/bpiml predict --model models:/bpiml-student@champion \\

@@ -121,7 +121,8 @@ def import_store(data: str, work: Path, quick: bool) -> str:
 # --- 2. pseudo-labels ---------------------------------------------------------------------------
 def pseudo_label(store: str, work: Path) -> dict[str, dict[str, Any]]:
     """teacher -> summary.json of `<work>/pseudo-<teacher>` (already-labeled images are skipped)."""
-    from bpiml.pseudolabel.job import PseudoLabelConfig, run_pseudolabel
+    from bpiml.pseudolabel.config import PseudoLabelConfig
+    from bpiml.pseudolabel.job import run_pseudolabel
 
     out = {}
     for teacher in TEACHERS:
@@ -134,15 +135,16 @@ def pseudo_label(store: str, work: Path) -> dict[str, dict[str, Any]]:
 
 # --- 3. training ----------------------------------------------------------------------------------
 def train_config(spec: RunSpec, args: argparse.Namespace, work: Path) -> Any:
-    from bpiml.train.job import TrainConfig
+    from bpiml.model.student import StudentConfig
+    from bpiml.train.config import TrainConfig
 
     return TrainConfig(
         store=str(work / f"pseudo-{spec.teacher}"), storage_path=str(work / "runs"),
         run_name=f"{spec.name}-{args.img_size}px", epochs=args.epochs, batch_size=args.batch_size,
         num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, supervision=spec.supervision,
-        model_use_memory=spec.use_memory, model_use_gating=spec.use_gating, model_img_size=args.img_size,
-        tracking_uri=tracking_uri(work), experiment=experiment_name(args),
-        registered_model=f"cvip-{spec.name}" if args.register else "", alias="", seed=0,
+        model=StudentConfig(use_memory=spec.use_memory, use_gating=spec.use_gating, img_size=args.img_size),
+        tracking_uri=tracking_uri(work), experiment=experiment_name(args), dice_weight=0.5,
+        register=f"cvip-{spec.name}" if args.register else "", seed=0,
         log_images=2 if args.quick else 4, warmup_epochs=min(1.0, float(args.epochs)),
     )
 

@@ -53,6 +53,39 @@ def test_cli_flags_override_the_config_file_and_smoke_test_last(tmp_path):
     parser.add_argument("--smoke-test", action="store_true")
     (tmp_path / "c.json").write_text(json.dumps({"name": "from-file", "count": 5, "ratio": 0.25}))
     args = parser.parse_args(["--config", str(tmp_path / "c.json"), "--count", "9", "--flag", "--smoke-test"])
-    config = Example.from_cli(args, parser.parse_args([]), smoke_test={"ratio": 0.1})
+    config = Example.from_cli(args, smoke_test={"ratio": 0.1})
     assert config == Example(name="from-file", count=9, ratio=0.1, flag=True)
-    assert Example.from_cli(parser.parse_args(["--no-flag"]), parser.parse_args([])) == Example()
+    assert Example.from_cli(parser.parse_args(["--no-flag"])) == Example()
+
+
+def test_a_flag_given_explicitly_wins_even_when_it_repeats_its_default(tmp_path):
+    parser = argparse.ArgumentParser()
+    Example.add_arguments(parser)
+    parser.add_argument("--config")
+    (tmp_path / "c.yaml").write_text("count: 7\nflag: true\n")
+    # 2 and --no-flag are the defaults: before, such flags were mistaken for "not given" and the file won
+    args = parser.parse_args(["--config", str(tmp_path / "c.yaml"), "--count", "2", "--no-flag"])
+    assert Example.from_cli(args) == Example(count=2, flag=False)
+    assert Example.from_cli(parser.parse_args(["--config", str(tmp_path / "c.yaml")])) == Example(count=7, flag=True)
+
+
+@dataclasses.dataclass
+class Outer(BaseConfig):
+    epochs: int = field(5, "epochs")
+    inner: Example = field(Example(), "a nested config")
+
+
+def test_nested_configs_load_round_trip_and_get_prefixed_flags(tmp_path):
+    outer = Outer.from_dict({"inner": {"count": 4}})
+    assert outer.inner == Example(count=4) and Outer.from_dict(json.loads(outer.to_json())) == outer
+    with pytest.raises(ValueError, match="unknown Example key.*cuont"):
+        Outer.from_dict({"inner": {"cuont": 4}})
+    with pytest.raises(ValueError, match="count must be in"):
+        Outer.from_dict({"inner": {"count": 0}})
+    parser = argparse.ArgumentParser()
+    Outer.add_arguments(parser)
+    parser.add_argument("--config")
+    (tmp_path / "c.json").write_text(json.dumps({"inner": {"name": "file", "count": 3}}))
+    args = parser.parse_args(["--config", str(tmp_path / "c.json"), "--inner-count", "8", "--epochs", "5"])
+    assert Outer.from_cli(args) == Outer(epochs=5, inner=Example(name="file", count=8))
+    assert "--inner-ratio" in parser.format_help() and "(default: 0.5)" in parser.format_help()

@@ -7,7 +7,6 @@ store, the pseudo masks, the training checkpoints and the predictions all live i
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from bpiml.data import storage
+from bpiml.data.naming import file_stem
 from bpiml.runtime.stack import LOCAL_AWS_ENV, LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -64,15 +64,15 @@ def test_pseudolabel_train_register_predict_through_ray_job_submit(local_stack: 
                   "--teacher", "sam", "--checkpoint", weights, "--variant", "tiny", "--num-actors", "1")
     assert "pseudo-labeling summary" in out
     records = read_manifest(store)
+    labeled = read_manifest(pseudo)  # the sharded manifest of the pseudo store
+    assert sorted(r.id for r in labeled) == sorted(r.id for r in records)
     masks = set(_keys(s3, "pseudo/pseudo/"))
-    assert masks == {f"pseudo/pseudo/{r.id}.png" for r in records}  # every image, nothing else
-    labeled = [json.loads(x) for x in storage.read_bytes(f"{pseudo}/manifest.jsonl").decode().splitlines()]
-    assert sorted(r["id"] for r in labeled) == sorted(r.id for r in records)
+    assert masks == {f"pseudo/{r.extra['pseudo_mask']}" for r in labeled}  # every image, nothing else
 
     _submit(local_stack, "python", "jobs/train.py", "--store", pseudo, "--storage-path", f"s3://{BUCKET}/runs",
             "--run-name", "e2e", "--epochs", "2", "--num-workers", "2", "--cpus-per-worker", "0.5",
             "--batch-size", "4", "--model-width", "32", "--model-memory-slots", "16", "--log-images", "1",
-            "--experiment", "e2e", "--registered-model", "e2e-student", "--alias", "champion")
+            "--experiment", "e2e", "--register", "e2e-student@champion")
     assert _keys(s3, "runs/e2e/"), "no checkpoint written to S3"
 
     import mlflow
@@ -88,16 +88,16 @@ def test_pseudolabel_train_register_predict_through_ray_job_submit(local_stack: 
     # The server keeps artifacts in S3.
     assert any(k.startswith("artifacts/") for k in _keys_all(s3, local_stack.mlflow_bucket))
 
-    model = mlflow.pytorch.load_model("models:/e2e-student@champion", map_location="cpu")
-    from bpiml.evaluation.predict import predict_probs
+    from bpiml.evaluation.inference import load_model, predict_probs
 
+    model = load_model("models:/e2e-student@champion", local_stack.tracking_uri)
     probs = predict_probs(model, np.zeros((37, 53, 3), np.uint8))
     assert probs.shape == (37, 53)
 
     _submit(local_stack, "python", "jobs/predict.py", "--model", "models:/e2e-student@champion",
             "--store", store, "--out", f"s3://{BUCKET}/pred", "--num-workers", "1")
     predicted = _keys(s3, "pred/masks/")
-    assert sorted(predicted) == sorted(f"pred/masks/{r.id}.png" for r in records)
+    assert sorted(predicted) == sorted(f"pred/masks/{file_stem(r.id)}.png" for r in records)
 
 
 def _keys_all(client, bucket: str) -> list[str]:

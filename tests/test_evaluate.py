@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from bpiml.data import degrade, imageio, manifest
-from bpiml.evaluation import evaluate, predict
+from bpiml.data.rejects import RejectRateError
+from bpiml.evaluation import evaluate, inference, predict, tables
 from bpiml.model.student import StudentConfig, build_student
 
 
@@ -155,16 +156,16 @@ def test_aggregate_and_table_text():
         {"set": "b", "degradation": "none", "manipulated": True, "score": 0.4, "f1": 0.5, "iou": 0.25, "auc": 0.5, "error": ""},
         {"set": "b", "degradation": "none", "manipulated": True, "score": 0.4, "f1": 0.0, "iou": 0.0, "auc": 0.5, "error": "x"},
     ]
-    table = evaluate.aggregate(rows, ["a", "b"], {"g": ["b"]}, ["none"])
+    table = tables.aggregate(rows, ["a", "b"], {"g": ["b"]}, ["none"])
     by = {r["name"]: r for r in table}
     assert by["a"]["pixel_f1"] == 1.0 and by["a"]["image_auc"] == 1.0 and by["a"]["image_bacc"] == 1.0
     assert by["b"]["n_images"] == 1 and math.isnan(by["b"]["image_auc"])  # failed row left out, no authentic
     assert by["average"]["pixel_f1"] == pytest.approx(0.75) and by["average"]["image_auc"] == 1.0
     assert by["g"]["pixel_iou"] == pytest.approx(0.25) and by["g"]["kind"] == "group"
-    text = evaluate.format_table(table)
+    text = tables.format_table(table)
     assert "[average]" in text and "pix_F1" in text and "-" in text.splitlines()[-1]
-    assert evaluate.table_csv(table).splitlines()[0].startswith("kind,name,degradation,n_images")
-    assert evaluate.metric_name(by["a"] | {"degradation": "jpeg:70"}, "pixel_f1") == "eval/a/jpeg_70/pixel_f1"
+    assert tables.table_csv(table).splitlines()[0].startswith("kind,name,degradation,n_images")
+    assert tables.metric_name(by["a"] | {"degradation": "jpeg:70"}, "pixel_f1") == "eval/a/jpeg_70/pixel_f1"
 
 
 def test_evaluation_job_on_ray(data, local_ray, tmp_path, capsys):
@@ -184,7 +185,7 @@ def test_evaluation_job_on_ray(data, local_ray, tmp_path, capsys):
     for r in table:
         assert r["n_images"] == {"set_a": 4, "set_b": 4, "in_dist": 4}.get(r["name"], 8)
         assert r["n_authentic"] == r["n_images"] / 4
-        for key in evaluate.METRIC_KEYS:
+        for key in tables.METRIC_KEYS:
             assert r[key] is not None and 0.0 <= r[key] <= 1.0, (r["name"], key, r[key])
     by = {(r["name"], r["degradation"]): r for r in table}
     assert by[("in_dist", "none")]["pixel_f1"] == pytest.approx(by[("set_a", "none")]["pixel_f1"])
@@ -204,8 +205,12 @@ def test_batch_prediction_job_on_ray(data, local_ray, tmp_path):
                             + [{"id": "bad", "image": "Tp/missing.png", "boxes": [], "split": "test"}],
                             str(store / "manifest.jsonl"))
     out = tmp_path / "pred_out"
-    summary = predict.run_predict(predict.PredictConfig(
-        model=str(data["ckpt"]), store=str(store), out=str(out), num_workers=1, num_cpus_per_worker=0.5))
+    config = predict.PredictConfig(model=str(data["ckpt"]), store=str(store), out=str(tmp_path / "strict"),
+                                   num_workers=1, num_cpus_per_worker=0.5)
+    with pytest.raises(RejectRateError, match="1 of 4"):  # 25% rejected > the default 5%: fails, after writing
+        predict.run_predict(config)
+    assert len((tmp_path / "strict" / "predictions.jsonl").read_text().splitlines()) == 3
+    summary = predict.run_predict(config.replace(out=str(out), max_reject_rate=0.5))
     assert summary["predicted"] == 3 and summary["rejected"] == 1
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["im0", "im1", "im2"]
@@ -223,27 +228,30 @@ def test_mlflow_registered_model_results_and_report(data, tmp_path):
     from bpiml.runtime import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    model = predict.load_model(str(data["ckpt"]))
-    run_id = tracking.start_or_resume_run(uri, "bpiml-test", run_name="train")
-    model_uri, _ = tracking.log_and_register_model(model, uri, run_id, "bpiml-test-student", "champion")
-    assert predict.check_model(model_uri, uri) == uri
-    with pytest.raises(FileNotFoundError, match="not found"):
-        predict.check_model("models:/no-such-model@champion", uri)
-    loaded = predict.load_model(model_uri, tracking_uri=uri)
-    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
-    np.testing.assert_allclose(predict.predict_probs(loaded, image), predict.predict_probs(model, image), atol=1e-5)
+    from bpiml.model import checkpoint
 
-    table = evaluate.aggregate(
+    model = inference.load_model(str(data["ckpt"]))
+    run_id = tracking.start_or_resume_run(uri, "bpiml-test", run_name="train")
+    folder = checkpoint.export(model, tmp_path / "export")
+    model_uri, _ = tracking.register_model_folder(uri, run_id, str(folder), "bpiml-test-student", "champion")
+    assert inference.check_model(model_uri, uri) == uri
+    with pytest.raises(FileNotFoundError, match="not found"):
+        inference.check_model("models:/no-such-model@champion", uri)
+    loaded = inference.load_model(model_uri, tracking_uri=uri)
+    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    np.testing.assert_allclose(inference.predict_probs(loaded, image), inference.predict_probs(model, image), atol=1e-5)
+
+    table = tables.aggregate(
         [{"set": "a", "degradation": "jpeg:70", "manipulated": True, "score": 0.9, "f1": 0.5, "iou": 0.25,
           "auc": 0.75, "error": ""}], ["a"], {}, ["jpeg:70"])
     config = evaluate.EvalConfig(model=model_uri, datasets=["a=x.json"], out=str(tmp_path), tracking_uri=uri,
                                  experiment="bpiml-eval-test")
-    eval_run = evaluate.log_to_mlflow(config, table, {"results.txt": evaluate.format_table(table)})
+    eval_run = tables.log_to_mlflow(config, table, {"results.txt": tables.format_table(table)}, ["a"])
     client = tracking.client(uri)
     logged = client.get_run(eval_run).data.metrics
     assert logged["eval/a/jpeg_70/pixel_f1"] == 0.5 and logged["eval/average/jpeg_70/pixel_iou"] == 0.25
     assert [f.path for f in client.list_artifacts(eval_run, "evaluation")] == ["evaluation/results.txt"]
-    assert evaluate.log_to_mlflow(config.replace(tracking_uri="", experiment=None, mlflow=False), table, {}) is None
+    assert tables.log_to_mlflow(config.replace(tracking_uri="", experiment=None, mlflow=False), table, {}, ["a"]) is None
 
     samples = [{"id": "s", "image": image, "pred": np.zeros((30, 50), bool), "gt": np.ones((30, 50), bool)}]
     report.build_report(samples, {}, {}, str(tmp_path / "report"), mlflow_run_id=eval_run, tracking_uri=uri)

@@ -62,11 +62,11 @@ def test_image_level_metrics():
     scores = [0.9, 0.6, 0.4, 0.2, 0.7]
     labels = [True, True, True, False, False]
     # TPR = 2/3 (0.4 missed), TNR = 1/2 (0.7 false alarm) -> bacc = 7/12
-    out = metrics.image_metrics(scores, labels)
+    out = metrics.detection_metrics(scores, labels)
     assert out["image_bacc"] == pytest.approx(7 / 12)
     # AUC pairs: pos {0.9,0.6,0.4} vs neg {0.2,0.7}: 0.9:2, 0.6:1, 0.4:1 -> 4/6
     assert out["image_auc"] == pytest.approx(4 / 6)
-    assert math.isnan(metrics.image_metrics([0.1, 0.2], [True, True])["image_auc"])
+    assert math.isnan(metrics.detection_metrics([0.1, 0.2], [True, True])["image_auc"])
 
 
 def test_image_row_and_summary_exclude_authentic_from_pixel_means():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bpiml.data import imageio
-from bpiml.evaluation import predict
+from bpiml.data.naming import file_stem
+from bpiml.evaluation import inference, predict, visual
 from bpiml.model.student import StudentConfig, build_student
 
 IMG_SIZE = 64  # small input keeps CPU tests fast
@@ -32,56 +33,56 @@ def _image(h, w, seed=0):
 
 @pytest.mark.parametrize("shape", [(37, 53), (64, 64), (5, 300), (130, 71)])
 def test_predict_probs_any_size(student, shape):
-    probs = predict.predict_probs(student, _image(*shape))
+    probs = inference.predict_probs(student, _image(*shape))
     assert probs.shape == shape and probs.dtype == np.float32
     assert 0.0 <= probs.min() and probs.max() <= 1.0
 
 
 def test_predict_batch_matches_single(student):
     images = [_image(40, 50, 1), _image(70, 30, 2)]
-    batch = predict.predict_batch(student, images)
+    batch = inference.predict_batch(student, images)
     assert [p.shape for p in batch] == [(40, 50), (70, 30)]
-    np.testing.assert_allclose(batch[1], predict.predict_probs(student, images[1]), atol=1e-5)
-    assert predict.predict_batch(student, []) == []
+    np.testing.assert_allclose(batch[1], inference.predict_probs(student, images[1]), atol=1e-5)
+    assert inference.predict_batch(student, []) == []
 
 
 def test_bad_image_is_an_error(student):
     with pytest.raises(ValueError, match="HxWx3 uint8"):
-        predict.predict_probs(student, np.zeros((10, 10), np.uint8))
+        inference.predict_probs(student, np.zeros((10, 10), np.uint8))
 
 
 def test_load_model_from_checkpoint_file_and_folder(student, checkpoint):
     image = _image(48, 48, 3)
-    expected = predict.predict_probs(student, image)
+    expected = inference.predict_probs(student, image)
     for uri in (str(checkpoint), str(checkpoint.parent)):
-        model = predict.load_model(uri)
+        model = inference.load_model(uri)
         assert not model.training and model.config.img_size == IMG_SIZE
-        np.testing.assert_allclose(predict.predict_probs(model, image), expected, atol=1e-5)
+        np.testing.assert_allclose(inference.predict_probs(model, image), expected, atol=1e-5)
 
 
 def test_load_model_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        predict.load_model(str(tmp_path / "missing"))
+        inference.load_model(str(tmp_path / "missing"))
     bad = tmp_path / "bad.pt"
     torch.save({"state": {}}, bad)
     with pytest.raises(ValueError, match="model_config"):
-        predict.load_model(str(bad))
+        inference.load_model(str(bad))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="not a readable torch checkpoint"):
-        predict.load_model(str(junk))
+        inference.load_model(str(junk))
 
 
 def test_overlay_tints_mask_and_keeps_the_rest():
     image = np.full((20, 30, 3), 100, np.uint8)
     mask = np.zeros((20, 30), bool)
     mask[5:15, 10:20] = True
-    out = predict.overlay(image, mask)
+    out = visual.overlay(image, mask)
     assert out.shape == image.shape and out.dtype == np.uint8
     assert out[10, 15, 0] > 150 and out[10, 15, 1] < 100  # tinted red inside
     assert (out[0, 0] == 100).all()  # untouched far away
     with pytest.raises(ValueError, match="mask shape"):
-        predict.overlay(image, np.zeros((5, 5), bool))
+        visual.overlay(image, np.zeros((5, 5), bool))
 
 
 def test_cli_predict(checkpoint, tmp_path, capsys):
@@ -105,9 +106,9 @@ def test_predictor_batch_step_on_a_dict(student, tmp_path):
     step = predict.Predictor("", str(tmp_path / "out"), model=student)
     rows = step({"id": np.array(["x/a b", "bad"]), "image": np.array([str(good), str(broken)])})
     assert list(rows["error"][:1]) == [""] and rows["error"][1]
-    assert rows["pred_mask"][0] == "masks/x_a_b.png" and (rows["height"][0], rows["width"][0]) == (33, 44)
-    assert imageio.load_mask(str(tmp_path / "out" / "masks" / "x_a_b.png")).shape == (33, 44)
-    assert (tmp_path / "out" / "overlays" / "x_a_b.jpg").exists()
+    assert rows["pred_mask"][0] == f"masks/{file_stem('x/a b')}.png" and (rows["height"][0], rows["width"][0]) == (33, 44)
+    assert imageio.load_mask(str(tmp_path / "out" / rows["pred_mask"][0])).shape == (33, 44)
+    assert (tmp_path / "out" / "overlays" / f"{file_stem('x/a b')}.jpg").exists()
 
 
 def test_predict_config_rejects_bad_values():

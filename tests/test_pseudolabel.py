@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 
 from bpiml.data.imageio import decode_mask
-from bpiml.pseudolabel.job import PseudoLabelConfig, TeacherLabeler, decode_rows, run_pseudolabel, write_masks
+from bpiml.data.manifest import read_manifest
+from bpiml.data.naming import file_stem
+from bpiml.pseudolabel.config import PseudoLabelConfig
+from bpiml.pseudolabel.job import run_pseudolabel
+from bpiml.pseudolabel.labeler import TeacherLabeler
+from bpiml.pseudolabel.stages import decode_rows, parse_lines, write_masks
+from bpiml.pseudolabel.store import read_rejects
 
 ray = pytest.importorskip("ray")
 
@@ -90,15 +96,14 @@ def make_store(root: Path, n_good: int = 5) -> dict[str, list]:
 
 
 def _outputs(out: Path) -> tuple[list[dict], list[dict]]:
-    manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
-    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
-    return manifest, rejects
+    return [r.to_dict() for r in read_manifest(str(out))], read_rejects(str(out))
 
 
 def test_batch_steps_called_directly_on_a_batch(tmp_path):
     make_store(tmp_path, n_good=2)
     lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
-    decoded = decode_rows({"text": np.array(lines, dtype=object)}, store=str(tmp_path))
+    parsed = parse_lines({"text": np.array(lines, dtype=object)}, identity="box-v1")
+    decoded = decode_rows(parsed, store=str(tmp_path))
     status = dict(zip(decoded["id"], decoded["status"]))
     assert status["good0"] == "ok" and status["gray"] == "ok"
     assert status["missing"] == status["corrupt"] == status["truncated"] == status["zero_size"] == "rejected"
@@ -109,8 +114,8 @@ def test_batch_steps_called_directly_on_a_batch(tmp_path):
     assert labeled["mask"][0].shape == (48, 64) and labeled["mask"][0].sum() == 20 * 28
 
     written = write_masks(labeled, store=str(tmp_path), out=str(tmp_path / "out"))
-    good0 = json.loads(written["record"][0])
-    assert good0["pseudo_mask"] == "pseudo/good0.png" and (tmp_path / "out" / "pseudo" / "good0.png").exists()
+    good0 = json.loads(written["line"][0])
+    assert good0["pseudo_mask"].startswith(f"pseudo/{file_stem('good0')}.") and (tmp_path / "out" / good0["pseudo_mask"]).exists()
     assert good0["iou_gt"] == 1.0  # the box is exactly the GT rectangle
     assert good0["teacher"] == "box" and good0["mask_area"] == pytest.approx(20 * 28 / (48 * 64))
 

@@ -10,8 +10,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from bpiml.evaluation import audit, report
 from bpiml.data import imageio, manifest
+from bpiml.data.naming import file_stem
+from bpiml.evaluation import audit, report, report_html, visual
 
 H, W = 32, 40
 
@@ -73,10 +74,10 @@ def test_audit_without_gt_is_an_error(tmp_path):
 
 
 def test_svg_chart_and_table():
-    svg = report.svg_chart({"train": [1.0, 0.5, 0.25], "val": [1.2, 0.9, float("nan"), 0.8]}, "loss")
+    svg = report_html.svg_chart({"train": [1.0, 0.5, 0.25], "val": [1.2, 0.9, float("nan"), 0.8]}, "loss")
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "loss" in svg
-    assert "no data" in report.svg_chart({"x": []}, "empty")
-    table = report.html_table([{"name": "a<b", "f1": 0.5, "auc": math.nan}])
+    assert "no data" in report_html.svg_chart({"x": []}, "empty")
+    table = report_html.html_table([{"name": "a<b", "f1": 0.5, "auc": math.nan}])
     assert "a&lt;b" in table and "0.5000" in table and "<td>-</td>" in table
 
 
@@ -111,10 +112,11 @@ def test_build_report_orders_worst_first(tmp_path):
     page = open(index).read()
     order = [page.index(f'alt="{name}"') for name in ("bad", "good", "authentic")]
     assert order == sorted(order)
-    assert sorted(os.listdir(tmp_path / "r" / "samples")) == ["000_bad.png", "001_good.png", "002_authentic.png"]
+    assert sorted(os.listdir(tmp_path / "r" / "samples")) == [f"000_{file_stem('bad')}.png", f"001_{file_stem('good')}.png",
+                                                               f"002_{file_stem('authentic')}.png"]
     grid_png = imageio.load_image(str(tmp_path / "r" / "grid.png"))[0]
-    strip = imageio.load_image(str(tmp_path / "r" / "samples" / "000_bad.png"))[0]
-    assert strip.shape[0] == report.PANEL_HEIGHT + report.LABEL_HEIGHT and grid_png.shape[0] > 3 * strip.shape[0]
+    strip = imageio.load_image(str(tmp_path / "r" / "samples" / f"000_{file_stem('bad')}.png"))[0]
+    assert strip.shape[0] == visual.PANEL_HEIGHT + visual.LABEL_HEIGHT and grid_png.shape[0] > 3 * strip.shape[0]
 
 
 def _chromium():

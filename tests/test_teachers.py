@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bpiml.pseudolabel.teachers import TEACHERS, build_teacher
-from bpiml.pseudolabel.teachers.base import Teacher, box_pixels, check_inputs
+from bpiml.data.boxes import box_pixels
+from bpiml.pseudolabel.teachers.base import Teacher, validate_batch
 from bpiml.pseudolabel.teachers.grabcut import GrabCutConfig, GrabCutTeacher
 from bpiml.pseudolabel.teachers.tiny_sam import save_tiny_sam_checkpoint
 
@@ -66,16 +67,16 @@ def test_registry_rejects_unknown_names_and_options() -> None:
 def test_check_inputs_rejects_bad_calls() -> None:
     image = np.zeros((10, 10, 3), np.uint8)
     with pytest.raises(ValueError, match="1 images but 2 box arrays"):
-        check_inputs([image], [np.zeros((0, 4)), np.zeros((0, 4))])
+        validate_batch([image], [np.zeros((0, 4)), np.zeros((0, 4))])
     with pytest.raises(ValueError, match=r"images\[0\].*uint8"):
-        check_inputs([image.astype(np.float32)], [np.zeros((0, 4))])
+        validate_batch([image.astype(np.float32)], [np.zeros((0, 4))])
     with pytest.raises(ValueError, match=r"boxes\[0\].*Nx4"):
-        check_inputs([image], [np.zeros((2, 3))])
+        validate_batch([image], [np.zeros((2, 3))])
     # empty lists and object arrays of per-box arrays (as Ray Data hands them over) are accepted
-    assert check_inputs([image], [[]])[0].shape == (0, 4)
+    assert validate_batch([image], [[]])[0].shape == (0, 4)
     ragged = np.empty(2, dtype=object)
     ragged[0], ragged[1] = np.array([0, 0, 2, 2]), np.array([1, 1, 3, 3])
-    assert check_inputs([image], [ragged])[0].shape == (2, 4)
+    assert validate_batch([image], [ragged])[0].shape == (2, 4)
 
 
 def test_box_pixels_covers_touched_pixels() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bpiml.data.naming import file_stem
+from bpiml.evaluation import visual
 from bpiml.runtime import tracking
 
 
@@ -28,7 +30,7 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_artifact_location_beside_sqlite(tmp_path: Path) -> None:
     loc = tracking.artifact_location(f"sqlite:///{tmp_path}/db/mlflow.db", "my exp/1")
-    assert loc == (tmp_path / "db" / "mlartifacts" / "my_exp_1").as_uri()
+    assert loc == (tmp_path / "db" / "mlartifacts" / file_stem("my exp/1")).as_uri()
     assert tracking.artifact_location("http://server:5000", "x") is None
 
 
@@ -42,12 +44,12 @@ def test_overlay_strip() -> None:
     target = np.zeros((4, 5), bool)
     target[1, 2] = True
     prob = np.full((4, 5), 0.5, np.float32)
-    strip = tracking.overlay_strip(image, target, prob)
+    strip = visual.overlay_strip(image, target, prob)
     assert strip.shape == (4, 15, 3) and strip.dtype == np.uint8
     assert strip[1, 5 + 2].tolist() == [255, 255, 255] and strip[0, 5].tolist() == [0, 0, 0]
     assert strip[0, 10].tolist() == [128, 128, 128]
     with pytest.raises(ValueError, match="mask 0 has shape"):
-        tracking.overlay_strip(image, np.zeros((3, 5)))
+        visual.overlay_strip(image, np.zeros((3, 5)))
 
 
 def test_run_resume_params_and_metrics(uri: str) -> None:
@@ -70,24 +72,26 @@ def test_run_resume_params_and_metrics(uri: str) -> None:
 
     tracking.log_overlays(uri, run_id, [("a/b", np.zeros((4, 8, 3), np.uint8))], "overlays/epoch_000")
     files = [a.path for a in tracking.client(uri).list_artifacts(run_id, "overlays/epoch_000")]
-    assert files == ["overlays/epoch_000/a_b.png"]
+    assert files == [f"overlays/epoch_000/{file_stem('a/b')}.png"]
     tracking.end_run(uri, run_id)
     assert tracking.client(uri).get_run(run_id).info.status == "FINISHED"
 
 
-def test_log_and_register_model_with_alias(uri: str) -> None:
-    import mlflow
-    import mlflow.pytorch
+def test_register_an_exported_student_with_alias(uri: str, tmp_path) -> None:
     import torch
 
-    model = torch.nn.Conv2d(3, 1, 1)
+    from bpiml.evaluation.inference import load_model
+    from bpiml.model import checkpoint
+    from bpiml.model.student import StudentConfig, build_student
+
+    model = build_student(StudentConfig(width=16, memory_slots=4, img_size=64)).eval()
+    folder = checkpoint.export(model, tmp_path / "export", {"epoch": 1})
     run_id = tracking.start_or_resume_run(uri, "exp")
-    model_uri, version = tracking.log_and_register_model(model, uri, run_id, "conv", "champion", {"epoch": 1})
+    model_uri, version = tracking.register_model_folder(uri, run_id, str(folder), "conv", "champion")
     assert (model_uri, version) == ("models:/conv@champion", "1")
-    mlflow.set_tracking_uri(uri)
-    loaded = mlflow.pytorch.load_model(model_uri)
-    x = torch.rand(1, 3, 5, 7)
-    assert torch.allclose(loaded(x), model(x))
-    _, version2 = tracking.log_and_register_model(model, uri, run_id, "conv", "champion")
+    loaded = load_model(model_uri, uri)
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    _, version2 = tracking.register_model_folder(uri, run_id, str(folder), "conv", "champion")
     assert version2 == "2"
     assert str(tracking.client(uri).get_model_version_by_alias("conv", "champion").version) == "2"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,17 @@ import pytest
 import torch
 
 from bpiml.data import imageio
-from bpiml.train.job import TrainConfig, check_inputs
-from bpiml.train.data import Augment, MaskDataset, fill_boxes, load_samples
+from bpiml.data.boxes import fill_boxes
+from bpiml.evaluation.inference import load_model
+from bpiml.model.student import StudentConfig
+from bpiml.train.augment import Augment
+from bpiml.train.config import TrainConfig
+from bpiml.train.data import augment_samples, decode_samples, sample_rows
+from bpiml.train.datasets import training_data
+from bpiml.train.job import check_training_inputs
 from bpiml.train.loop import mask_loss, warmup_cosine
+
+TINY = StudentConfig(width=32, memory_slots=16, img_size=64)
 
 
 def make_pseudo_store(root: Path, n_train: int = 16, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
@@ -70,45 +79,60 @@ def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="train_split and val_split"):
         TrainConfig.from_dict({"train_split": "val"})
     with pytest.raises(ValueError, match="img_size"):
-        TrainConfig.from_dict({"model_img_size": 50})
-    with pytest.raises(ValueError, match="unknown TrainConfig key.*model_widht"):
+        TrainConfig.from_dict({"model": {"img_size": 50}})
+    with pytest.raises(ValueError, match="unknown StudentConfig key.*widht"):
         TrainConfig.from_dict({"model": {"widht": 8}})
+    with pytest.raises(ValueError, match="register must be NAME or NAME@ALIAS"):
+        TrainConfig.from_dict({"register": "a@b@c"})
     with pytest.raises(ValueError, match="run_name"):
         TrainConfig.from_dict({"run_name": "a/b"})
 
 
 def test_config_nested_model_and_round_trip() -> None:
     cfg = TrainConfig.from_dict({"model": {"width": 32, "memory_slots": 8, "use_gating": False}})
-    student = cfg.student_config()
+    student = cfg.model
     assert (student.width, student.memory_slots, student.use_gating, student.img_size) == (32, 8, False, 224)
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
-def test_check_inputs_fails_fast(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_inputs_fails_fast(ray_local, tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the embedded default store is relative to the working directory
     with pytest.raises(FileNotFoundError, match="jobs/pseudolabel.py"):
-        check_inputs(TrainConfig(storage_path=str(tmp_path / "runs")))  # embedded default, absent here
+        check_training_inputs(TrainConfig(storage_path=str(tmp_path / "runs")))  # embedded default, absent here
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        check_inputs(TrainConfig(store=str(tmp_path / "nowhere"), storage_path=str(tmp_path / "runs")))
+        check_training_inputs(TrainConfig(store=str(tmp_path / "nowhere"), storage_path=str(tmp_path / "runs")))
     with pytest.raises(ValueError, match="no train records with split 'test'"):
-        check_inputs(TrainConfig(store=str(store), storage_path=str(tmp_path / "runs"), train_split="test"))
+        check_training_inputs(TrainConfig(store=str(store), storage_path=str(tmp_path / "runs"), train_split="test",
+                                          model=TINY))
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(PermissionError, match="cannot write"):
-        check_inputs(TrainConfig(store=str(store), storage_path=str(blocker / "runs")))
+        check_training_inputs(TrainConfig(store=str(store), storage_path=str(blocker / "runs"), model=TINY))
 
 
 # --- data ------------------------------------------------------------------------------------
-def test_load_samples_by_supervision(store: Path) -> None:
-    pseudo = load_samples(str(store), "pseudo")
-    assert (len(pseudo.train), len(pseudo.val)) == (16, 4)
-    assert pseudo.train[0].target.endswith("pseudo-store/pseudo/img000.png")
-    assert pseudo.train[0].image.endswith("input/images/img000.png")
-    assert pseudo.val[0].gt.endswith("input/masks/img016.png")
-    assert pseudo.teacher["teacher"] == "fake"
-    assert load_samples(str(store), "gt").train[0].target.endswith("input/masks/img000.png")
-    assert load_samples(str(store), "box").train[0].target is None
-    assert len(load_samples(str(store), "pseudo", limit=5).train) == 5
+def _rows(store: Path, supervision: str) -> list[dict]:
+    lines = (store / "manifest.jsonl").read_text().splitlines()
+    batch = sample_rows({"text": lines}, root=str(store), source=str(store.parent / "input"), supervision=supervision,
+                        train_split="train", val_split="val")
+    return [{k: batch[k][i] for k in batch} for i in range(len(lines))]
+
+
+def test_sample_rows_by_supervision(store: Path) -> None:
+    pseudo = _rows(store, "pseudo")
+    train, val = [r for r in pseudo if r["split"] == "train"], [r for r in pseudo if r["split"] == "val"]
+    assert (len(train), len(val)) == (16, 4)
+    assert train[0]["target"].endswith("pseudo-store/pseudo/img000.png")
+    assert train[0]["image"].endswith("input/images/img000.png")
+    assert val[0]["gt"].endswith("input/masks/img016.png")
+    assert _rows(store, "gt")[0]["target"].endswith("input/masks/img000.png")
+    assert _rows(store, "box")[0]["target"] == ""
+
+
+def test_training_data_counts_and_teacher(ray_local, store: Path) -> None:
+    data = training_data(TrainConfig(store=str(store), model=TINY))
+    assert (data.n_train, data.n_val) == (16, 4) and data.teacher["name"] == "fake"
+    assert training_data(TrainConfig(store=str(store), model=TINY, limit=5)).n_train == 5
 
 
 def test_fill_boxes_clips() -> None:
@@ -130,15 +154,30 @@ def test_augment_keeps_mask_aligned() -> None:
         assert (bright != out_mask).mean() < 0.03  # mask follows the pixels through crop and flip
 
 
-def test_dataset_shapes_and_determinism(store: Path) -> None:
-    samples = load_samples(str(store), "box").train[:3]
-    ds = MaskDataset(samples, 32, Augment(jpeg_prob=1.0), cache=True, seed=1)
-    x, y = ds[1]
-    assert x.shape == (3, 32, 32) and y.shape == (1, 32, 32) and x.dtype == torch.float32
-    assert 0 <= float(x.min()) and float(x.max()) <= 1 and set(torch.unique(y).tolist()) <= {0.0, 1.0}
-    assert torch.equal(ds[1][0], x)  # same (seed, epoch, index) -> same augmentation
-    ds.set_epoch(1)
-    assert not torch.equal(ds[1][0], x)
+def test_decode_and_augment_shapes_and_determinism(store: Path) -> None:
+    rows = [r for r in _rows(store, "box") if r["split"] == "train"][:3]
+    batch = {k: [r[k] for r in rows] for k in rows[0]}
+    decoded = decode_samples(batch, size=32)
+    assert decoded["image"].shape == (3, 32, 32, 3) and decoded["target"].shape == (3, 32, 32)
+    assert decoded["ok"].all() and set(np.unique(decoded["target"]).tolist()) <= {0, 1}
+    augment = Augment(jpeg_prob=1.0)
+    a = augment(decoded["image"][1], decoded["target"][1].astype(bool), np.random.default_rng(7))
+    b = augment(decoded["image"][1], decoded["target"][1].astype(bool), np.random.default_rng(7))
+    c = augment(decoded["image"][1], decoded["target"][1].astype(bool), np.random.default_rng(8))
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])  # same draw, same result
+    augmented = augment_samples(decoded, {"scale_min": 0.5, "hflip": True, "color": 0.2, "jpeg_prob": 0.0})
+    assert augmented["image"].shape == decoded["image"].shape
+
+
+def test_unreadable_samples_and_size_mismatch_are_flagged(store: Path, tmp_path: Path) -> None:
+    rows = [r for r in _rows(store, "pseudo") if r["split"] == "train"][:3]
+    rows[0] = {**rows[0], "image": str(tmp_path / "missing.png")}
+    small = tmp_path / "small.png"
+    small.write_bytes(imageio.encode_mask_png(np.ones((8, 8), bool)))
+    rows[1] = {**rows[1], "target": str(small)}
+    decoded = decode_samples({k: [r[k] for r in rows] for k in rows[0]}, size=32)
+    assert decoded["ok"].tolist() == [False, False, True]
+    assert "missing.png" in decoded["reason"][0] and "8x8" in decoded["reason"][1]
 
 
 def test_loss_and_schedule() -> None:
@@ -169,9 +208,8 @@ def runs(ray_local, store: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("train-runs")
     cfg = TrainConfig(
         store=str(store), storage_path=str(root / "runs"), run_name="tiny", epochs=3, batch_size=4, lr=2e-3,
-        warmup_epochs=0.5, num_workers=2, tracking_uri=f"sqlite:///{root}/mlflow.db", experiment="test-train",
-        registered_model="tiny-student", alias="champion", log_images=2,
-        model_width=32, model_memory_slots=16, model_img_size=64,
+        warmup_epochs=0.5, num_workers=2, cpus_per_worker=0.5, tracking_uri=f"sqlite:///{root}/mlflow.db", experiment="test-train",
+        register="tiny-student@champion", log_images=2, model=TINY, dice_weight=0.5,
     )
     first = run_training(cfg)
     # The rerun prunes checkpoints (best + latest are kept): read the first run's one now.
@@ -219,14 +257,9 @@ def test_mlflow_run_has_params_metrics_and_artifacts(runs) -> None:
 
 
 def test_registered_model_loads_by_alias_and_predicts_any_size(runs) -> None:
-    import mlflow
-    import mlflow.pytorch
-
     _, _, _, second = runs
     assert second.registered_model_uri == "models:/tiny-student@champion"
-    mlflow.set_tracking_uri(second.tracking_uri)
-    model = mlflow.pytorch.load_model(second.registered_model_uri)
-    model.eval()
+    model = load_model(second.registered_model_uri, second.tracking_uri)
     with torch.no_grad():
         logits = model(torch.rand(1, 3, 77, 53))
     assert logits.shape == (1, 1, 77, 53) and torch.isfinite(logits).all()
@@ -234,17 +267,17 @@ def test_registered_model_loads_by_alias_and_predicts_any_size(runs) -> None:
 
 def test_two_workers_on_the_pseudo_labeled_sample_store(ray_local, tmp_path: Path) -> None:
     """The real chain: sample store -> pseudo-labeling job (GrabCut) -> 2-worker training whose loss falls."""
-    from bpiml.pseudolabel.job import PseudoLabelConfig, run_pseudolabel
     from bpiml.data.sample import make_sample_store
+    from bpiml.pseudolabel.config import PseudoLabelConfig
+    from bpiml.pseudolabel.job import run_pseudolabel
     from bpiml.train.job import run_training
 
     store = make_sample_store(str(tmp_path / "sample"), n_images=12, seed=0, size=96)
     run_pseudolabel(PseudoLabelConfig(store=store, out=str(tmp_path / "pseudo"), teacher="grabcut", num_actors=1))
     result = run_training(TrainConfig(
         store=str(tmp_path / "pseudo"), storage_path=str(tmp_path / "runs"), run_name="sample", epochs=3,
-        batch_size=4, lr=2e-3, warmup_epochs=0.5, num_workers=2, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-        experiment="sample", registered_model="sample-student", log_images=0,
-        model_width=32, model_memory_slots=16, model_img_size=64,
+        batch_size=4, lr=2e-3, warmup_epochs=0.5, num_workers=2, cpus_per_worker=0.5, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        experiment="sample", register="sample-student@champion", log_images=0, model=TINY, dice_weight=0.5,
     ))
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < losses[0], losses
@@ -256,11 +289,11 @@ def test_gt_supervision_keeps_authentic_images_as_empty_targets(store: Path, tmp
     extra = dict(json.loads(lines[0]), id="authentic", boxes=[], mask=None)
     no_mask = dict(json.loads(lines[1]), id="forged-without-mask", mask=None)
     copy = tmp_path / "store"
-    copy.mkdir()
+    shutil.copytree(store, copy)
     (copy / "manifest.jsonl").write_text("\n".join(lines + [json.dumps(extra), json.dumps(no_mask)]) + "\n")
-    (copy / "pseudo").symlink_to(store / "pseudo")
-    samples = load_samples(str(copy), "gt")
-    authentic = next(s for s in samples.train if s.id == "authentic")
-    assert authentic.target is None and authentic.boxes == []  # trains on an empty mask
-    assert all(s.id != "forged-without-mask" for s in samples.train)
-    assert samples.skipped == {"no GT mask": 1}
+    rows = sample_rows({"text": (copy / "manifest.jsonl").read_text().splitlines()}, root=str(copy),
+                       source=str(store.parent / "input"), supervision="gt", train_split="train", val_split="val",
+                       allow_external=True)
+    by_id = dict(zip(rows["id"], zip(rows["split"], rows["target"], rows["boxes"], rows["reason"])))
+    assert by_id["authentic"][:3] == ("train", "", "[]")  # trains on an empty mask
+    assert by_id["forged-without-mask"][0] == "" and by_id["forged-without-mask"][3] == "no GT mask"

@@ -88,6 +88,31 @@ def _components(adjacency: np.ndarray) -> tuple[int, np.ndarray]:
     return int(labels.max()) + 1 if len(labels) else 0, labels
 
 
+def box_pixels(box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
+    """Integer pixel bounds `(x0, y0, x1, y1)` (end exclusive) of a float box, clipped to the image.
+
+    Every pixel the box touches is inside (`floor(x0)` .. `ceil(x1)`), so a box `[x, y, x + w, y + h]`
+    from a mask component covers exactly that component's bounding rectangle; a box thinner than
+    one pixel still covers the pixel it falls in.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ix0 = min(max(int(np.floor(x0)), 0), width - 1)
+    iy0 = min(max(int(np.floor(y0)), 0), height - 1)
+    ix1 = min(max(int(np.ceil(x1)), ix0 + 1), width)
+    iy1 = min(max(int(np.ceil(y1)), iy0 + 1), height)
+    return ix0, iy0, ix1, iy1
+
+
+def fill_boxes(shape: tuple[int, int], boxes: Any) -> np.ndarray:
+    """HxW bool mask with the boxes filled (the union of their `box_pixels`); the one box-fill rule."""
+    height, width = shape
+    mask = np.zeros((height, width), dtype=bool)
+    for box in boxes:
+        x0, y0, x1, y1 = box_pixels(box, height, width)
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
 def _clip(box: Sequence[float], width: int, height: int) -> list[float]:
     return [min(max(float(box[0]), 0.0), width), min(max(float(box[1]), 0.0), height),
             min(max(float(box[2]), 0.0), width), min(max(float(box[3]), 0.0), height)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 KINDS = {
@@ -73,8 +74,6 @@ def parse_list(specs: list[str] | tuple[str, ...]) -> list[Degradation]:
 
 def apply(image: np.ndarray, degradation: Degradation) -> np.ndarray:
     """HxWx3 uint8 -> degraded HxWx3 uint8 (size changes only for `resize`)."""
-    import cv2
-
     kind, value = degradation.kind, degradation.value
     if kind == CLEAN:
         return image

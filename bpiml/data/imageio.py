@@ -130,7 +130,7 @@ def decode_image(data: bytes, name: str = "", max_pixels: int = MAX_PIXELS) -> t
 
 
 def decode_mask(data: bytes, name: str = "", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Bytes -> HxW bool. 0/255 (or noisy JPEG) masks: > 127; 0/1 masks: > 0; RGB masks: any channel."""
+    """Bytes -> HxW bool. 0/255 (or noisy JPEG) masks: > 127; 0/1 and label masks 0..N: > 0; RGB: any channel."""
     img = _apply_orientation(_open(data, name, max_pixels), [])
     if img.mode == "1":
         return np.asarray(img, dtype=bool).copy()
@@ -143,7 +143,8 @@ def decode_mask(data: bytes, name: str = "", max_pixels: int = MAX_PIXELS) -> np
         channels = arr.shape[2]
         arr = arr[..., : 3 if channels >= 3 else 1]
         arr = arr.max(axis=2)
-    threshold = 0 if arr.max(initial=0) <= 1 else 127
+    # 0/255 masks (and noisy JPEG ones) are split at 127; label masks 0..N (N < 128) and 0/1 masks at 0.
+    threshold = 0 if arr.max(initial=0) < 128 else 127
     return arr > threshold
 
 

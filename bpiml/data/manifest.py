@@ -20,10 +20,9 @@ from bpiml.data import storage
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.jsonl"
+SHARDS_DIR = "manifest"  # sharded form: <root>/manifest/*.jsonl
 SPLITS = ("train", "val", "test")
 _KNOWN_KEYS = ("id", "image", "boxes", "mask", "split")
-# Store root used only to check that a path stays inside *some* root (a lexical check).
-_PROBE_ROOT = "store"
 
 
 @dataclass
@@ -88,7 +87,7 @@ class Record:
 
 def _check_relative(path: str, key: str, at: str) -> None:
     try:
-        storage.resolve_in_store(_PROBE_ROOT, path)
+        storage.relative_path(path)
     except ValueError as err:
         raise ValueError(f"{at}{key!r}: {err}") from None
 
@@ -111,17 +110,35 @@ def _parse_boxes(boxes: Any, at: str) -> list[list[float]]:
 
 
 # --- locations -------------------------------------------------------------------------------
+def store_root(store_or_uri: str) -> str:
+    """The store root of a store root or of a manifest URI (its folder)."""
+    return storage.parent(store_or_uri) if store_or_uri.endswith(".jsonl") else store_or_uri
+
+
 def manifest_uri(store: str) -> str:
-    """Store root -> `<root>/manifest.jsonl`; a URI ending in `.jsonl` is returned as is."""
+    """Store root -> `<root>/manifest.jsonl` (the single-file form); a `.jsonl` URI is returned as is."""
     return store if store.endswith(".jsonl") else storage.join(store, MANIFEST_NAME)
 
 
-def store_root(store_or_uri: str) -> str:
-    """The store root of a store root or of a manifest URI (its folder)."""
-    if not store_or_uri.endswith(".jsonl"):
-        return store_or_uri
-    head = store_or_uri.rstrip("/").rsplit("/", 1)
-    return head[0] if len(head) == 2 else "."
+def manifest_files(store: str) -> list[str]:
+    """The manifest files of a store: `<root>/manifest.jsonl`, else the shards `<root>/manifest/*.jsonl`.
+
+    Large stores keep their manifest as shards (the pseudo-labeling job writes them that way);
+    small stores and hand-written ones use the single file. FileNotFoundError names both places.
+    """
+    if store.endswith(".jsonl"):
+        if not storage.exists(store):
+            raise FileNotFoundError(f"no manifest at {store}")
+        return [store]
+    single = storage.join(store, MANIFEST_NAME)
+    if storage.exists(single):
+        return [single]
+    shards = storage.list_files(storage.join(store, SHARDS_DIR), ".jsonl")
+    if shards:
+        return shards
+    raise FileNotFoundError(
+        f"no manifest at {single} (nor shards in {storage.join(store, SHARDS_DIR)}/): a store is a folder or "
+        "s3:// prefix holding manifest.jsonl, one JSON record per image (see docs/data-formats.md)")
 
 
 def image_uri(store: str, record: Record) -> str:
@@ -133,40 +150,42 @@ def mask_uri(store: str, record: Record) -> str | None:
 
 
 # --- read / write ----------------------------------------------------------------------------
-def iter_manifest_lines(store_or_uri: str) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
-    """Tolerant reader: (1-based line number, parsed dict or the exception) per non-blank line.
+def iter_manifest_lines(store_or_uri: str) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
+    """Tolerant reader: (`file:line`, parsed dict or the exception) per non-blank line of every manifest file.
 
-    For large jobs that reject bad rows instead of failing; validate each dict with
-    `Record.from_dict(d, where=f"{uri}:{line}")`.
+    For jobs that reject bad rows instead of failing; validate each dict with
+    `Record.from_dict(d, where=...)`.
     """
-    uri = manifest_uri(store_or_uri)
-    with storage.open_uri(uri, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            text = raw.decode("utf-8", errors="replace").strip()
-            if not text:
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as err:
-                yield number, ValueError(f"{uri}:{number}: invalid JSON: {err.msg} (column {err.colno})")
-                continue
-            if not isinstance(value, dict):
-                yield number, ValueError(f"{uri}:{number}: expected a JSON object, got {type(value).__name__}")
-                continue
-            yield number, value
+    for uri in manifest_files(store_or_uri):
+        with storage.open_uri(uri, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                where = f"{uri}:{number}"
+                text = raw.decode("utf-8", errors="replace").strip()
+                if text:
+                    yield where, parse_line(text, where)
+
+
+def parse_line(text: str, where: str = "") -> dict[str, Any] | ValueError:
+    """One manifest line -> its JSON object, or a ValueError saying what is wrong with it."""
+    at = f"{where}: " if where else ""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        return ValueError(f"{at}invalid JSON: {err.msg} (column {err.colno})")
+    if not isinstance(value, dict):
+        return ValueError(f"{at}expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def read_manifest(store_or_uri: str) -> list[Record]:
-    """All records, strictly: the first bad line raises ValueError naming `file:line`; duplicate ids raise."""
-    uri = manifest_uri(store_or_uri)
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"no manifest at {uri}")
+    """All records (of every shard), strictly: the first bad line raises ValueError naming `file:line`;
+    duplicate ids raise. For small stores and tools; jobs stream the manifest with Ray Data instead."""
     records = []
-    for number, item in iter_manifest_lines(uri):
+    for where, item in iter_manifest_lines(store_or_uri):
         if isinstance(item, Exception):
             raise item
-        records.append(Record.from_dict(item, where=f"{uri}:{number}"))
-    check_unique_ids(records, uri)
+        records.append(Record.from_dict(item, where=where))
+    check_unique_ids(records, store_or_uri)
     return records
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import skimage.data
 from PIL import Image
 
 from bpiml.data import storage
@@ -39,8 +40,6 @@ MERGE_DISTANCE = 4
 @functools.lru_cache(maxsize=1)
 def bundled_photos() -> tuple[tuple[str, np.ndarray], ...]:
     """(name, HxWx3 uint8) for each bundled photo present in the installed scikit-image."""
-    import skimage.data
-
     folder = os.path.dirname(skimage.data.__file__)
     photos = []
     for name in PHOTOS:

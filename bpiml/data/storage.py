@@ -1,18 +1,26 @@
-"""Local paths and `s3://` URIs behind one small API.
+"""Local paths and `s3://` URIs behind one small API (fsspec underneath).
 
 Every store, output, checkpoint and weights location in bpiml is a URI: a local path
 (`data/store`, `/abs/path`, `file:///abs/path`) or `s3://bucket/prefix`. S3 endpoint and
 credentials come from the standard AWS environment/config; an S3-compatible endpoint
-(MinIO, a test server) is taken from `set_s3_endpoint()` or `AWS_ENDPOINT_URL_S3` /
-`AWS_ENDPOINT_URL`, so the same code serves AWS, MinIO-style stores and tests.
+(MinIO, SeaweedFS, a test server) is taken from `set_s3_endpoint()` or `AWS_ENDPOINT_URL_S3` /
+`AWS_ENDPOINT_URL`, so the same code serves AWS, self-hosted stores and tests.
+
+Large objects never pass through memory whole: `bpiml.data.cache` streams them in chunks.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import posixpath
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
+
+import fsspec
+import pyarrow.fs as pafs
+from fsspec.core import url_to_fs
 
 _endpoint_override: str | None = None
 
@@ -35,7 +43,8 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
-def _local(uri: str) -> str:
+def local_path(uri: str) -> str:
+    """A local URI as a plain path (`file://` dropped)."""
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
@@ -43,8 +52,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     """`s3://bucket/key/x` -> (`bucket`, `key/x`)."""
     if not is_s3(uri):
         raise ValueError(f"not an s3:// URI: {uri!r}")
-    rest = uri[len("s3://"):]
-    bucket, _, key = rest.partition("/")
+    bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket:
         raise ValueError(f"s3 URI has no bucket: {uri!r}")
     return bucket, key
@@ -54,15 +62,18 @@ def join(root: str, *parts: str) -> str:
     """Join path parts onto a local or s3:// root with `/`."""
     if is_s3(root):
         return posixpath.join(root.rstrip("/"), *parts)
-    return str(Path(_local(root), *parts))
+    return str(Path(local_path(root), *parts))
 
 
-def resolve_in_store(root: str, relative: str) -> str:
-    """Resolve a manifest path against its store root, rejecting paths that escape the root.
+def parent(uri: str) -> str:
+    """The folder holding `uri` (`.` for a bare name)."""
+    head = uri.rstrip("/").rsplit("/", 1)
+    return head[0] if len(head) == 2 and head[0] else "."
 
-    Rejected: absolute paths, URIs (`s3://other-bucket/...`, `file://...`), and any path whose
-    `..` components climb above the root.
-    """
+
+def relative_path(relative: str, root: str = "the store") -> str:
+    """A manifest path normalised (`a/./b` -> `a/b`), or ValueError when it escapes its root lexically:
+    absolute paths, URIs (`s3://other-bucket/...`, `file://...`), `..` climbing above the root."""
     if not isinstance(relative, str) or not relative:
         raise ValueError(f"store path must be a non-empty string, got {relative!r}")
     if "://" in relative or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
@@ -73,12 +84,59 @@ def resolve_in_store(root: str, relative: str) -> str:
         depth += -1 if part == ".." else (0 if part == "." else 1)
         if depth < 0:
             raise ValueError(f"path {relative!r} escapes the store root {root!r} through '..'")
-    return join(root, posixpath.normpath("/".join(parts)))
+    return posixpath.normpath("/".join(parts))
+
+
+def resolve_in_store(root: str, relative: str) -> str:
+    """Resolve a manifest path against its store root, rejecting paths that escape the root:
+    lexically (`relative_path`) and, for local stores, through symlinks (`check_inside_store`)."""
+    return check_inside_store(root, join(root, relative_path(relative, root)))
+
+
+STORE_META = "store.json"  # a store's own metadata: {"links": ["data"]} names symlinks bpiml made on purpose
+
+
+@functools.lru_cache(maxsize=256)
+def _real_roots(root: str) -> tuple[str, ...]:
+    """The real folders a local store may read from: its own, and the targets of its declared links."""
+    base = os.path.realpath(local_path(root))
+    roots = [base]
+    meta = os.path.join(local_path(root), STORE_META)
+    if os.path.isfile(meta):
+        try:
+            links = json.loads(Path(meta).read_text()).get("links", [])
+        except (OSError, ValueError, AttributeError):
+            links = []
+        for name in links if isinstance(links, list) else []:
+            if isinstance(name, str) and "/" not in name and name not in ("", ".", ".."):
+                roots.append(os.path.realpath(os.path.join(local_path(root), name)))
+    return tuple(roots)
+
+
+def check_inside_store(root: str, uri: str) -> str:
+    """`uri` if its real path (symlinks followed) stays inside the local store `root` or one of its
+    declared links (`store.json`); ValueError otherwise. s3:// URIs have no symlinks."""
+    if is_s3(uri):
+        return uri
+    real = os.path.realpath(local_path(uri))
+    for allowed in _real_roots(root):
+        if real == allowed or real.startswith(allowed.rstrip(os.sep) + os.sep):
+            return uri
+    raise ValueError(f"{uri} resolves to {real}, outside the store root {root}: symlinks may not leave the store")
+
+
+def declare_link(root: str, name: str) -> None:
+    """Record in `<root>/store.json` that the symlink `<root>/<name>` was made on purpose (an importer's --link)."""
+    meta = join(root, STORE_META)
+    values = json.loads(read_bytes(meta)) if exists(meta) else {}
+    links = sorted(set(values.get("links", [])) | {name})
+    write_bytes(meta, (json.dumps({**values, "links": links}, indent=2) + "\n").encode())
+    _real_roots.cache_clear()
 
 
 def absolute(uri: str) -> str:
     """s3:// URIs as they are; local paths made absolute (workers run in other folders)."""
-    return uri if is_s3(uri) else os.path.abspath(_local(uri))
+    return uri if is_s3(uri) else os.path.abspath(local_path(uri))
 
 
 def relative_to(root: str, uri: str) -> str:
@@ -88,23 +146,19 @@ def relative_to(root: str, uri: str) -> str:
         if not uri.startswith(prefix):
             raise ValueError(f"{uri!r} is not inside {root!r}")
         return uri[len(prefix):]
-    return Path(_local(uri)).resolve().relative_to(Path(_local(root)).resolve()).as_posix()
+    return Path(local_path(uri)).resolve().relative_to(Path(local_path(root)).resolve()).as_posix()
 
 
-def fsspec_fs(uri: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path inside it) for `uri`."""
+# --- filesystems ---------------------------------------------------------------------------------
+def filesystem(uri: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for `uri`; S3 honours the endpoint override."""
     if is_s3(uri):
-        import s3fs
-
-        client_kwargs = {}
         endpoint = s3_endpoint()
+        options: dict[str, Any] = {"use_listings_cache": False}
         if endpoint:
-            client_kwargs["endpoint_url"] = endpoint
-        fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
-        return fs, uri[len("s3://"):]
-    import fsspec
-
-    return fsspec.filesystem("file"), os.path.abspath(_local(uri))
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+        return url_to_fs(uri, **options)
+    return fsspec.filesystem("file"), os.path.abspath(local_path(uri))
 
 
 def pyarrow_fs(uri: str) -> tuple[Any, str]:
@@ -112,28 +166,31 @@ def pyarrow_fs(uri: str) -> tuple[Any, str]:
 
     `pyarrow.fs.S3FileSystem()` ignores AWS_ENDPOINT_URL, so the endpoint is passed explicitly.
     """
-    import pyarrow.fs as pafs
-
-    if is_s3(uri):
-        endpoint = s3_endpoint()
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kwargs.update(endpoint_override=host or endpoint, scheme=scheme if host else "https")
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            kwargs["region"] = region
-        return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
-    return pafs.LocalFileSystem(), os.path.abspath(_local(uri))
+    if not is_s3(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
+    kwargs: dict[str, Any] = {}
+    endpoint = s3_endpoint()
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or endpoint, scheme=scheme if host else "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
 
 
+def _uri(fs_path: str, like: str) -> str:
+    return "s3://" + fs_path if is_s3(like) else fs_path
+
+
+# --- reading and writing -------------------------------------------------------------------------
 def open_uri(uri: str, mode: str = "rb") -> IO[Any]:
     if not is_s3(uri):
-        path = _local(uri)
+        path = local_path(uri)
         if any(m in mode for m in "wa"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return open(path, mode)
-    fs, path = fsspec_fs(uri)
+    fs, path = filesystem(uri)
     return fs.open(path, mode)
 
 
@@ -145,40 +202,77 @@ def read_bytes(uri: str) -> bytes:
         raise FileNotFoundError(f"no such file: {uri}") from err
 
 
+def temp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(path):x}")
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically on local disk (temp file + rename); S3 puts are atomic already."""
     if is_s3(uri):
-        fs, path = fsspec_fs(uri)
+        fs, path = filesystem(uri)
         fs.pipe_file(path, data)
         return
-    path = Path(_local(uri))
+    path = Path(local_path(uri))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_beside(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
 def exists(uri: str) -> bool:
     if not is_s3(uri):
-        return os.path.exists(_local(uri))
-    fs, path = fsspec_fs(uri)
+        return os.path.exists(local_path(uri))
+    fs, path = filesystem(uri)
     return fs.exists(path)
+
+
+def is_file(uri: str) -> bool:
+    if not is_s3(uri):
+        return os.path.isfile(local_path(uri))
+    fs, path = filesystem(uri)
+    return fs.isfile(path)
+
+
+def size(uri: str) -> int:
+    fs, path = filesystem(uri)
+    return int(fs.size(path))
+
+
+def _listing(uri: str, kind: str) -> list[str]:
+    fs, path = filesystem(uri)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    wanted = [e["name"] for e in entries if e.get("type") == kind and e["name"].rstrip("/") != path.rstrip("/")]
+    return sorted(_uri(name.rstrip("/"), uri) for name in wanted)
 
 
 def list_files(uri: str, suffix: str = "") -> list[str]:
     """Full URIs of the files directly below `uri` ending in `suffix` (empty list if none)."""
-    fs, path = fsspec_fs(uri)
+    return [u for u in _listing(uri, "file") if u.endswith(suffix)]
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Full URIs of the folders (prefixes) directly below `uri`."""
+    return _listing(uri, "directory")
+
+
+def remove(uri: str) -> None:
+    """Delete one file; a missing file is not an error."""
+    if not is_s3(uri):
+        Path(local_path(uri)).unlink(missing_ok=True)
+        return
+    fs, path = filesystem(uri)
     try:
-        names = fs.ls(path, detail=False)
+        fs.rm_file(path)
     except FileNotFoundError:
-        return []
-    prefix = "s3://" if is_s3(uri) else ""
-    return sorted(prefix + n for n in names if n.endswith(suffix))
+        pass
 
 
 def makedirs(uri: str) -> None:
     if not is_s3(uri):
-        Path(_local(uri)).mkdir(parents=True, exist_ok=True)
+        Path(local_path(uri)).mkdir(parents=True, exist_ok=True)
 
 
 def check_readable(uri: str) -> None:
@@ -196,25 +290,6 @@ def check_writable(uri: str) -> None:
     probe = join(uri, f".bpiml-write-probe-{os.getpid()}")
     try:
         write_bytes(probe, b"ok")
-        if is_s3(probe):
-            fs, path = fsspec_fs(probe)
-            fs.rm(path)
-        else:
-            os.remove(_local(probe))
+        remove(probe)
     except Exception as err:
         raise PermissionError(f"cannot write to {uri}: {type(err).__name__}: {err}") from err
-
-
-def local_copy(uri: str, cache_dir: str | None = None) -> str:
-    """A local path for `uri`: local paths as they are, s3:// objects downloaded once to a cache."""
-    if not is_s3(uri):
-        path = _local(uri)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no such file: {uri}")
-        return path
-    bucket, key = split_s3(uri)
-    cache = Path(cache_dir or os.environ.get("BPIML_CACHE", Path.home() / ".cache" / "bpiml"))
-    target = cache / "s3" / bucket / key
-    if not target.exists():
-        write_bytes(str(target), read_bytes(uri))
-    return str(target)

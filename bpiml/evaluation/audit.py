@@ -15,37 +15,34 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import cv2
 import numpy as np
 
+from bpiml.data import imageio, manifest, storage
 from bpiml.evaluation import metrics
-from bpiml.data import storage
+from bpiml.pseudolabel.store import PseudoStore
 
 logger = logging.getLogger(__name__)
 
 
 def _resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    import cv2
-
     return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
 
 
-def audit_record(store: str, record: Any, tolerance: float = 2.0) -> dict[str, Any]:
+def audit_record(store: PseudoStore, record: manifest.Record, tolerance: float = 2.0) -> dict[str, Any]:
     """One record -> {"id", "teacher", "iou", "boundary_f1", ...}; raises on unreadable files."""
-    from bpiml.data import imageio, manifest
-
-    extra = record.extra
-    source = extra.get("source") or manifest.store_root(store)
-    gt = imageio.load_mask(storage.resolve_in_store(source, record.mask))
-    pseudo = imageio.load_mask(storage.resolve_in_store(manifest.store_root(store), extra["pseudo_mask"]))
+    mask_uri, pseudo_uri = store.mask(record), store.pseudo_mask(record)
+    gt = imageio.load_mask(mask_uri)
+    pseudo = imageio.load_mask(pseudo_uri)
     resized = pseudo.shape != gt.shape
     if resized:
         pseudo = _resize_nearest(pseudo, gt.shape)
     return {
         "id": record.id,
-        "teacher": str(extra.get("teacher") or "unknown"),
-        "image": storage.resolve_in_store(source, record.image),
-        "mask": storage.resolve_in_store(source, record.mask),
-        "pseudo_mask": storage.resolve_in_store(manifest.store_root(store), extra["pseudo_mask"]),
+        "teacher": str(record.extra.get("teacher") or "unknown"),
+        "image": store.image(record),
+        "mask": mask_uri,
+        "pseudo_mask": pseudo_uri,
         "boxes": record.boxes,
         "iou": metrics.pixel_iou(pseudo, gt),
         "boundary_f1": metrics.boundary_f1(pseudo, gt, tolerance),
@@ -77,9 +74,8 @@ def summarize_rows(rows: list[dict[str, Any]], worst_k: int = 10) -> dict[str, A
 
 def audit_pseudo_labels(store: str, tolerance: float = 2.0, worst_k: int = 10, workers: int = 8) -> dict[str, Any]:
     """Audit a pseudo-labeled store; returns {"teachers": {name: summary}, "all": summary, counts, "rows"}."""
-    from bpiml.data import manifest
-
-    records = manifest.read_manifest(store)
+    opened = PseudoStore.open(store)
+    records = manifest.read_manifest(opened.root)
     usable = [r for r in records if r.mask and r.extra.get("pseudo_mask")]
     skipped = len(records) - len(usable)
     if not usable:
@@ -87,7 +83,7 @@ def audit_pseudo_labels(store: str, tolerance: float = 2.0, worst_k: int = 10, w
 
     def one(record: Any) -> dict[str, Any]:
         try:
-            return audit_record(store, record, tolerance)
+            return audit_record(opened, record, tolerance)
         except Exception as err:  # one unreadable pair never sinks the audit
             return {"id": record.id, "error": f"{type(err).__name__}: {err}"}
 

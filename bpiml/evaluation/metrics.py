@@ -28,6 +28,7 @@ from collections import defaultdict
 from typing import Iterable, Mapping
 
 import numpy as np
+from scipy import ndimage
 
 THRESHOLD = 0.5
 
@@ -71,26 +72,18 @@ def pixel_iou(prob: np.ndarray, gt: np.ndarray, threshold: float = THRESHOLD) ->
 
 
 def rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Exact ROC AUC = P(score_pos > score_neg) + 0.5 P(tie); nan unless both classes occur."""
+    """Exact ROC AUC = P(score_pos > score_neg) + 0.5 P(tie) (scikit-learn); nan unless both classes occur."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).astype(bool).ravel()
     if scores.shape != labels.shape:
         raise ValueError(f"scores ({scores.size}) and labels ({labels.size}) differ in length")
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if labels.all() or not labels.any():
         return math.nan
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    # Mid-ranks (1-based) for runs of equal scores.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [sorted_scores.size]))
-    mid = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(scores.size, dtype=np.float64)
-    ranks[order] = np.repeat(mid, ends - starts)
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    # Imported here: scikit-learn costs ~1.5 s to import, and most users of this module (the
+    # pseudo-labeling tasks, the training loop) only need F1/IoU.
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
 
 
 def pixel_auc(prob: np.ndarray, gt: np.ndarray) -> float:
@@ -120,7 +113,7 @@ def balanced_accuracy(scores: np.ndarray, labels: np.ndarray, threshold: float =
     return float(np.mean(rates)) if rates else math.nan
 
 
-def image_metrics(scores: Iterable[float], labels: Iterable[bool], threshold: float = THRESHOLD) -> dict[str, float]:
+def detection_metrics(scores: Iterable[float], labels: Iterable[bool], threshold: float = THRESHOLD) -> dict[str, float]:
     """Image-level AUC and balanced accuracy (nan AUC when only one class is present)."""
     s = np.asarray(list(scores), dtype=np.float64)
     y = np.asarray(list(labels), dtype=bool)
@@ -137,8 +130,6 @@ def boundary(mask: np.ndarray) -> np.ndarray:
 
 def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: float = 2.0) -> float:
     """Boundary F1 of two masks with a pixel tolerance (see module doc for the edge cases)."""
-    from scipy import ndimage
-
     pb, gb = boundary(pred), boundary(gt)
     _check_same_shape(pb, gb)
     n_p, n_g = int(pb.sum()), int(gb.sum())
@@ -232,5 +223,5 @@ def summarize(rows: Iterable[Mapping[str, object]], threshold: float = THRESHOLD
         "image_bacc": math.nan,
     }
     if n_auth:
-        out.update(image_metrics(scores, labels, threshold))
+        out.update(detection_metrics(scores, labels, threshold))
     return out

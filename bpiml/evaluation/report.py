@@ -19,89 +19,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bpiml.data import imageio, manifest, naming, storage
 from bpiml.evaluation import metrics
-from bpiml.data import storage
+from bpiml.evaluation.audit import audit_pseudo_labels
+from bpiml.evaluation.report_html import CSS, curves_html, fmt, html_table
+from bpiml.evaluation.visual import PANELS, grid, sample_row
+from bpiml.pseudolabel.store import PseudoStore
+from bpiml.runtime import tracking
 
 logger = logging.getLogger(__name__)
-
-PANELS = ("image", "boxes", "pseudo mask", "prediction", "ground truth")
-PANEL_HEIGHT = 160
-LABEL_HEIGHT = 18
-
-
-# --- panels and the grid ---------------------------------------------------------------------
-def _fit(image: np.ndarray, height: int) -> np.ndarray:
-    import cv2
-
-    h, w = image.shape[:2]
-    width = max(1, round(w * height / h))
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if h > height else cv2.INTER_NEAREST)
-
-
-def _blank(height: int, width: int, text: str = "n/a") -> np.ndarray:
-    import cv2
-
-    panel = np.full((height, width, 3), 200, np.uint8)
-    cv2.putText(panel, text, (8, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (90, 90, 90), 1, cv2.LINE_AA)
-    return panel
-
-
-def _boxes_panel(image: np.ndarray, boxes: Sequence[Sequence[float]] | None) -> np.ndarray | None:
-    import cv2
-
-    if boxes is None:
-        return None
-    out = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 250))
-    for x0, y0, x1, y1 in boxes:
-        cv2.rectangle(out, (int(x0), int(y0)), (int(round(x1)) - 1, int(round(y1)) - 1), (0, 220, 0), thickness)
-    return out
-
-
-def _mask_panel(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
-    import cv2
-
-    from bpiml.evaluation.predict import overlay
-
-    if mask is None:
-        return None
-    mask = np.asarray(mask)
-    mask = mask if mask.dtype == bool else mask > 0.5
-    if mask.shape != image.shape[:2]:
-        mask = cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
-    return overlay(image, mask)
-
-
-def sample_row(sample: Mapping[str, Any], height: int = PANEL_HEIGHT) -> np.ndarray:
-    """One HxWx3 uint8 strip: the five panels side by side, each labelled."""
-    import cv2
-
-    image = np.asarray(sample["image"])
-    panels = [image, _boxes_panel(image, sample.get("boxes")), _mask_panel(image, sample.get("pseudo")),
-              _mask_panel(image, sample.get("pred")), _mask_panel(image, sample.get("gt"))]
-    width = max(1, round(image.shape[1] * height / image.shape[0]))
-    cells = []
-    for title, panel in zip(PANELS, panels):
-        body = _fit(panel, height) if panel is not None else _blank(height, width)
-        label = np.full((LABEL_HEIGHT, body.shape[1], 3), 255, np.uint8)
-        cv2.putText(label, title, (3, LABEL_HEIGHT - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
-        cells += [np.vstack([label, body]), np.full((height + LABEL_HEIGHT, 4, 3), 255, np.uint8)]
-    return np.hstack(cells[:-1])
-
-
-def grid(rows: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
-    """Stack sample strips (padded to one width) with a caption line above each."""
-    import cv2
-
-    width = max(r.shape[1] for r in rows)
-    parts = []
-    for row, caption in zip(rows, captions):
-        head = np.full((22, width, 3), 255, np.uint8)
-        cv2.putText(head, caption[:120], (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        pad = np.full((row.shape[0], width - row.shape[1], 3), 255, np.uint8)
-        parts += [head, np.hstack([row, pad])]
-    return np.vstack(parts)
-
 
 def sample_score(sample: Mapping[str, Any]) -> float:
     """F1 used to sort samples: given, else prediction vs GT, else pseudo vs GT; nan when unknown."""
@@ -118,75 +44,6 @@ def sample_score(sample: Mapping[str, Any]) -> float:
     return math.nan
 
 
-# --- HTML pieces -----------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4f}"
-    return "-" if value is None else str(value)
-
-
-def html_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return "<p>(empty)</p>"
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
-
-
-def svg_chart(series: Mapping[str, Sequence[float]], title: str, width: int = 420, height: int = 220) -> str:
-    """Inline SVG line chart of one or more series (x = index)."""
-    clean = {k: [float(v) for v in vals if v is not None and math.isfinite(float(v))] for k, vals in series.items()}
-    clean = {k: v for k, v in clean.items() if v}
-    if not clean:
-        return f"<p>{html.escape(title)}: no data</p>"
-    lo = min(min(v) for v in clean.values())
-    hi = max(max(v) for v in clean.values())
-    hi = hi if hi > lo else lo + 1.0
-    n = max(len(v) for v in clean.values())
-    left, right, top, bottom = 48, 10, 22, 24
-    pw, ph = width - left - right, height - top - bottom
-
-    def xy(i: int, v: float) -> str:
-        x = left + (pw * i / (n - 1) if n > 1 else pw / 2)
-        y = top + ph * (1 - (v - lo) / (hi - lo))
-        return f"{x:.1f},{y:.1f}"
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-             f'<text x="{left}" y="14" font-size="12" font-weight="bold">{html.escape(title)}</text>',
-             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
-             f'<text x="{left - 4}" y="{top + 10}" font-size="10" text-anchor="end">{hi:.4g}</text>',
-             f'<text x="{left - 4}" y="{top + ph}" font-size="10" text-anchor="end">{lo:.4g}</text>',
-             f'<text x="{left}" y="{height - 8}" font-size="10">0</text>',
-             f'<text x="{left + pw}" y="{height - 8}" font-size="10" text-anchor="end">{n - 1}</text>']
-    for j, (name, values) in enumerate(clean.items()):
-        color = COLORS[j % len(COLORS)]
-        points = " ".join(xy(i, v) for i, v in enumerate(values))
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{points}"><title>'
-                     f'{html.escape(name)}</title></polyline>')
-        parts.append(f'<text x="{left + pw - 4}" y="{top + 12 + 12 * j}" font-size="10" text-anchor="end" '
-                     f'fill="{color}">{html.escape(name)} ({values[-1]:.4g})</text>')
-    return "".join(parts) + "</svg>"
-
-
-_CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:right}th{background:#eee}
-td:first-child,th:first-child{text-align:left}figure{margin:0 0 1.2em}figcaption{font-size:13px;margin-bottom:3px}
-.charts{display:flex;flex-wrap:wrap;gap:12px}figure img{max-width:100%;height:auto}"""
-
-
-def _curves_html(curves: Mapping[str, Any]) -> str:
-    charts = []
-    for name, value in curves.items():
-        series = value if isinstance(value, Mapping) else {name: value}
-        charts.append(svg_chart(series, name))
-    return f'<div class="charts">{"".join(charts)}</div>' if charts else "<p>(no curves)</p>"
-
-
 # --- the report ------------------------------------------------------------------------------
 def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequence[Mapping[str, Any]]],
                  curves: Mapping[str, Any], out_dir: str, title: str = "bpiml report",
@@ -197,9 +54,6 @@ def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequ
     (HxW masks or probabilities) and "f1" (else computed); sorted worst first, at most `max_samples`.
     tables: name -> rows (dicts). curves: name -> list of numbers, or name -> {series: list}.
     """
-    from bpiml.data import imageio
-    from bpiml.evaluation.predict import safe_name
-
     files: dict[str, bytes] = {}
     scored = [(sample_score(s), i, s) for i, s in enumerate(samples)]
     scored.sort(key=lambda t: (math.isnan(t[0]), t[0], t[1]))  # worst first, unknown scores last
@@ -207,11 +61,11 @@ def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequ
     figures, strips, captions = [], [], []
     for rank, (score, _, sample) in enumerate(scored):
         strip = sample_row(sample)
-        name = f"samples/{rank:03d}_{safe_name(str(sample['id']))}.png"
+        name = f"samples/{rank:03d}_{naming.file_stem(str(sample['id']))}.png"
         files[name] = imageio.encode_image(strip, "png")
-        caption = f"#{rank + 1} {sample['id']}  F1 {_fmt(score)}"
+        caption = f"#{rank + 1} {sample['id']}  F1 {fmt(score)}"
         extra = {k: sample[k] for k in ("iou", "teacher", "set") if sample.get(k) is not None}
-        caption += "".join(f"  {k} {_fmt(v)}" for k, v in extra.items())
+        caption += "".join(f"  {k} {fmt(v)}" for k, v in extra.items())
         strips.append(strip)
         captions.append(caption)
         figures.append(f'<figure><figcaption>{html.escape(caption)}</figcaption>'
@@ -222,9 +76,9 @@ def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequ
     grid_link = '<a href="grid.png">all in one PNG</a>' if strips else ""
     table_html = "".join(f"<h3>{html.escape(name)}</h3>{html_table(rows)}" for name, rows in tables.items())
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<h2>Metrics</h2>{table_html or '<p>(no tables)</p>'}"
-            f"<h2>Training curves</h2>{_curves_html(curves)}"
+            f"<h2>Training curves</h2>{curves_html(curves)}"
             f"<h2>Samples, worst first ({len(figures)} of {len(samples)})</h2>"
             f"<p>{' | '.join(PANELS)}; masks tinted red with a yellow outline, boxes in green. {grid_link}</p>"
             f"{''.join(figures) or '<p>(no samples)</p>'}</body></html>")
@@ -240,8 +94,6 @@ def build_report(samples: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequ
 
 def log_report_to_mlflow(files: Mapping[str, bytes], run_id: str, artifact_path: str = "report",
                          tracking_uri: str = "") -> None:
-    from bpiml.runtime import tracking
-
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in files.items():
             path = os.path.join(tmp, name)
@@ -253,26 +105,20 @@ def log_report_to_mlflow(files: Mapping[str, bytes], run_id: str, artifact_path:
 
 # --- from an evaluation output and a pseudo-labeled store -------------------------------------
 def _norm(uri: str) -> str:
-    return uri if storage.is_s3(uri) else os.path.abspath(storage._local(uri))
+    return storage.absolute(uri)
 
 
 def pseudo_index(store: str) -> dict[str, dict[str, Any]]:
     """Resolved image URI -> {"boxes", "pseudo_mask" URI, "teacher", "gt"} of a pseudo-labeled store."""
-    from bpiml.data import manifest
-
-    root = manifest.store_root(store)
+    opened = PseudoStore.open(store)
     index = {}
-    for r in manifest.read_manifest(store):
-        source = r.extra.get("source") or root
-        index[_norm(storage.resolve_in_store(source, r.image))] = {
-            "id": r.id, "boxes": r.boxes, "teacher": r.extra.get("teacher"),
-            "pseudo_mask": storage.resolve_in_store(root, r.extra["pseudo_mask"]) if r.extra.get("pseudo_mask") else None,
-            "gt": storage.resolve_in_store(source, r.mask) if r.mask else None,
-        }
+    for r in manifest.read_manifest(opened.root):
+        index[_norm(opened.image(r))] = {"id": r.id, "boxes": r.boxes, "teacher": r.extra.get("teacher"),
+                                         "pseudo_mask": opened.pseudo_mask(r), "gt": opened.mask(r)}
     return index
 
 
-def load_samples(eval_dir: str | None, store: str | None, set_name: str | None = None,
+def report_samples(eval_dir: str | None, store: str | None, set_name: str | None = None,
                  limit: int = 48, audit_rows: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Samples from an evaluation's per-image rows (clean predictions) joined with a pseudo-labeled store.
 
@@ -280,8 +126,6 @@ def load_samples(eval_dir: str | None, store: str | None, set_name: str | None =
     records become samples without prediction: the `limit` worst by pseudo-vs-GT IoU when
     `audit_rows` (from `bpiml.evaluation.audit`) are given, else the first `limit`.
     """
-    from bpiml.data import imageio
-
     pseudo = pseudo_index(store) if store else {}
     if eval_dir:
         text = storage.read_bytes(storage.join(eval_dir, "per_image.jsonl")).decode()
@@ -313,8 +157,6 @@ def load_samples(eval_dir: str | None, store: str | None, set_name: str | None =
 
 def mlflow_curves(run_id: str, keys: Sequence[str] | None = None, tracking_uri: str = "") -> dict[str, list[float]]:
     """Metric histories (more than one point) of an MLflow run, all its metrics or `keys`, by step."""
-    from bpiml.runtime import tracking
-
     client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
     names = list(keys) if keys else sorted(client.get_run(run_id).data.metrics)
     out = {}
@@ -326,8 +168,6 @@ def mlflow_curves(run_id: str, keys: Sequence[str] | None = None, tracking_uri: 
 
 
 def cli_report(argv: list[str] | None = None) -> int:
-    from bpiml.evaluation.audit import audit_pseudo_labels
-
     parser = argparse.ArgumentParser(prog="bpiml report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval", dest="eval_dir", default=None, help="evaluation output folder (per_image.jsonl, preds/)")
     parser.add_argument("--store", default=None, help="pseudo-labeled store (boxes, pseudo masks, audit)")
@@ -366,7 +206,7 @@ def cli_report(argv: list[str] | None = None) -> int:
         curves.update(json.loads(storage.read_bytes(args.curves)))
     if args.curves_run_id:
         curves.update(mlflow_curves(args.curves_run_id, tracking_uri=args.tracking_uri))
-    samples = load_samples(args.eval_dir, args.store, args.set_name, args.max_samples, audit_rows)
+    samples = report_samples(args.eval_dir, args.store, args.set_name, args.max_samples, audit_rows)
     index = build_report(samples, tables, curves, args.out, args.title, args.mlflow_run_id, args.max_samples,
                          args.tracking_uri)
     print(f"report: {index}")

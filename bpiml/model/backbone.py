@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from bpiml.data import storage
+from bpiml.data import cache, storage
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Backbone(nn.Module):
         keys dropped), a `features_only` state_dict (`stages_0.` keys), and checkpoints wrapped
         in {"state_dict"|"model": ...} or prefixed with `module.` / `backbone.`.
         """
-        path = storage.local_copy(uri)
+        path = cache.local_copy(uri)
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import timm
 from torch import Tensor, nn
 
 from bpiml.config import BaseConfig, check_range, field
@@ -29,8 +30,6 @@ class StudentConfig(BaseConfig):
     img_size: int = field(224, help="square training/inference input size (multiple of 32)")
 
     def validate(self) -> None:
-        import timm
-
         if not isinstance(self.backbone, str) or not timm.is_model(self.backbone):
             raise ValueError(f"backbone must be a timm model name (e.g. 'tiny_vit_5m_224'), got {self.backbone!r}")
         if self.backbone_weights is not None and (not isinstance(self.backbone_weights, str) or not self.backbone_weights):

@@ -1,16 +1,33 @@
 """Starting or joining Ray the same way from every job.
 
 `python jobs/x.py` joins the cluster named by RAY_ADDRESS (set by `ray job submit`, or by
-`source .bpiml/stack/env.sh` for the local head) and otherwise starts a local Ray. The S3/MLflow environment a job runs with is passed
-to Ray's workers through `runtime_env`, because workers do not inherit the driver's shell.
+`source .bpiml/stack/env.sh` for the local head) and otherwise starts a local Ray. The S3/MLflow
+environment a job runs with is passed to Ray's workers through `runtime_env`, because workers do
+not inherit the driver's shell. Jobs call `bpiml.runtime.loopback.keep_loopback()` before this
+module is imported (it imports ray).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
-import sys
+import time
+import uuid
 from typing import Any
+
+import ray
+import ray.data
+from ray._private import state as ray_state
+from ray.autoscaler import sdk as autoscaler_sdk
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from bpiml.data import storage
+
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a submitted job's driver
+
+from bpiml.runtime.loopback import SWITCH, free_port, is_loopback_address
 
 logger = logging.getLogger(__name__)
 
@@ -30,27 +47,48 @@ FORWARDED_ENV = (
 )
 
 
+def _job_env_keys() -> set[str]:
+    """Env vars the submitted job's own runtime_env sets (`ray job submit --runtime-env-json`): Ray refuses
+    a driver runtime_env that sets them again, so they are not forwarded a second time."""
+    try:
+        injected = json.loads(os.environ.get(JOB_CONFIG_ENV, "") or "{}")
+    except ValueError:
+        return set()
+    return set(((injected.get("runtime_env") or {}).get("env_vars") or {}).keys())
+
+
 def worker_env() -> dict[str, str]:
-    """The subset of this process's environment that Ray workers must see."""
-    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    """The subset of this process's environment that Ray workers must see (and the job does not set)."""
+    taken = _job_env_keys()
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k) and k not in taken}
+
+
+def _state_api_env(address: str | None, dashboard_port: int | None) -> dict[str, str]:
+    """Where Ray's State API should look from inside the cluster. Ray Train's placement-group cleaner
+    queries it from a worker process; without this it scans the machine for Ray instances and fails
+    with 'Found multiple active Ray instances' (a traceback in every run) when another Ray runs there."""
+    if address and address != "local":
+        return {"RAY_ADDRESS": address} if "RAY_ADDRESS" not in _job_env_keys() else {}
+    return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"} if dashboard_port else {}
 
 
 def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     """Join the cluster at RAY_ADDRESS (set by `ray job submit`), else start a local Ray; idempotent."""
-    _keep_loopback(os.environ.get("RAY_ADDRESS", ""))
-    import ray
-
     if ray.is_initialized():
         return
-    env = worker_env()
-    runtime_env = {"env_vars": env} if env else None
     address = os.environ.get("RAY_ADDRESS")
+    dashboard_port = None if address and address != "local" else free_port()
+    env = {**worker_env(), **_state_api_env(address, dashboard_port)}
+    runtime_env = {"env_vars": env} if env else None
     if address and address.startswith("http"):
         raise ValueError(
             f"RAY_ADDRESS={address} is a Jobs API (dashboard) address: submit with `ray job submit`, "
             "or set RAY_ADDRESS to the head's GCS address (host:port) to run this script against it"
         )
     if address and address != "local":
+        if is_loopback_address(address) and os.environ.get(SWITCH) != "0":
+            logger.warning("joining %s without %s=0 set before ray was imported; if the connection hangs, "
+                           "export it before starting", address, SWITCH)
         logger.info("joining Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
         return
@@ -58,47 +96,130 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     logger.info("starting a local Ray (num_cpus=%s); set RAY_ADDRESS to join a running cluster", num_cpus or "all")
     # The dashboard (127.0.0.1 only) serves the State API that Ray Train's placement-group cleaner polls.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             runtime_env=runtime_env, **kwargs)
+             dashboard_port=dashboard_port, runtime_env=runtime_env, **kwargs)
 
-
-def prepare_process_env() -> None:
-    """Call first thing in a job's main(), before anything imports ray.
-
-    A head on 127.0.0.1 (the local stack) is reachable only if this process does not swap
-    127.0.0.1 for the machine's routable address, which Ray on Linux does unless told not to;
-    Ray reads that switch when it is imported.
-    """
-    _keep_loopback(os.environ.get("RAY_ADDRESS", ""))
-
-
-def _keep_loopback(address: str) -> None:
-    host = address.rsplit(":", 1)[0] if address else ""
-    if host in ("127.0.0.1", "localhost"):
-        if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-            logger.warning("joining %s from a process that imported ray before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
-                           "was set; if the connection hangs, export it before starting", address)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def available_gpus() -> float:
-    import ray
-
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
-def check_gpus(requested_per_actor: float, actors: int, what: str) -> None:
-    """Fail before any work when GPUs are asked for but the cluster has none (Ray would wait forever).
+def _resources() -> tuple[float, float]:
+    have = ray.cluster_resources()
+    return float(have.get("CPU", 0.0)), float(have.get("GPU", 0.0))
 
-    On an autoscaling cluster with no GPU node up yet, set BPIML_ALLOW_PENDING_GPUS=1 to skip the check.
+
+def _max_resources() -> dict[str, Any] | None:
+    """What an autoscaling cluster may grow to (its node types x max counts); None without an autoscaler."""
+    try:
+        return ray_state.state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: treat any trouble as "no autoscaler"
+        return None
+
+
+def wait_for_resources(cpus: float, gpus: float, timeout_s: float, what: str, poll_s: float = 5.0) -> None:
+    """Return once the cluster offers `cpus` CPUs and `gpus` GPUs in total; asks an autoscaler for them.
+
+    A fresh autoscaling cluster (a head without CPUs, workers started on demand) gets the request
+    and is given `timeout_s` to grow, with a message every 30 s; a cluster without an autoscaler, or
+    one that cannot grow that far, is an error at once, naming what is missing, before any work
+    starts (Ray would otherwise wait forever).
     """
-    if requested_per_actor <= 0 or os.environ.get("BPIML_ALLOW_PENDING_GPUS") == "1":
+    have_cpus, have_gpus = _resources()
+    if have_cpus >= cpus and have_gpus >= gpus:
         return
-    have = available_gpus()
-    if have <= 0:
+    most = _max_resources()
+    if most is None or most.get("CPU", 0) < cpus or most.get("GPU", 0) < gpus:
+        limit = "has no autoscaler to add nodes" if most is None else f"can grow to {most} at most"
         raise ValueError(
-            f"{what}: {requested_per_actor} GPU(s) per actor requested but the Ray cluster has no GPUs; "
-            "use 0 for CPU, or set BPIML_ALLOW_PENDING_GPUS=1 on an autoscaling cluster"
-        )
-    if requested_per_actor * actors > have:
-        logger.warning("%s: %s actors x %s GPUs > %s GPUs in the cluster; some actors will wait",
-                       what, actors, requested_per_actor, have)
+            f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs but the Ray cluster offers {have_cpus:g} CPUs and "
+            f"{have_gpus:g} GPUs and {limit}; ask for less (fewer actors/workers, fractional CPUs, 0 GPUs for CPU) "
+            "or add nodes")
+    bundles = [{"GPU": 1.0}] * math.ceil(gpus) + [{"CPU": 1.0}] * math.ceil(max(cpus - gpus, 0))
+    try:
+        autoscaler_sdk.request_resources(bundles=bundles)
+    except Exception as err:  # no autoscaler (a fixed cluster): waiting is all one can do
+        logger.debug("request_resources failed: %s", err)
+    deadline, last_note = time.monotonic() + timeout_s, 0.0
+    while True:
+        have_cpus, have_gpus = _resources()
+        if have_cpus >= cpus and have_gpus >= gpus:
+            logger.info("%s: the cluster now offers %g CPUs and %g GPUs", what, have_cpus, have_gpus)
+            return
+        if time.monotonic() >= deadline:
+            raise ValueError(
+                f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs but the Ray cluster offers {have_cpus:g} CPUs and "
+                f"{have_gpus:g} GPUs after waiting {timeout_s:g} s; ask for less (fewer actors/workers, fractional "
+                "CPUs, 0 GPUs for CPU), add nodes, or wait longer (--resource-wait-s)")
+        if time.monotonic() - last_note > 30:
+            logger.info("%s: waiting for the cluster to offer %g CPUs / %g GPUs (now %g / %g); an autoscaling "
+                        "cluster starts nodes on demand (up to %g s)", what, cpus, gpus, have_cpus, have_gpus, timeout_s)
+            last_note = time.monotonic()
+        time.sleep(poll_s)
+
+
+def check_gpus(requested_per_actor: float, actors: int, what: str, timeout_s: float = 0.0) -> None:
+    """Fail before any work when GPUs are asked for but the cluster offers none (after `timeout_s`)."""
+    if requested_per_actor > 0:
+        wait_for_resources(0.0, requested_per_actor * actors, timeout_s, what)
+
+
+def task_nodes() -> list[dict[str, Any]]:
+    """Alive nodes where tasks can run (they offer CPUs or GPUs; a head with `--num-cpus 0` is not one)."""
+    return [n for n in ray.nodes() if n.get("Alive") and (n.get("Resources", {}).get("CPU", 0) > 0
+                                                           or n.get("Resources", {}).get("GPU", 0) > 0)]
+
+
+@ray.remote(num_cpus=0)
+def _probe(folder: str, driver_probe: str, token: str) -> tuple[bool, str]:
+    seen = os.path.exists(os.path.join(folder, driver_probe))
+    mine = f".bpiml-probe-{token}-{ray.get_runtime_context().get_node_id()[:12]}"
+    try:
+        with open(os.path.join(folder, mine), "w") as f:
+            f.write("ok")
+    except OSError:
+        return seen, ""
+    return seen, mine
+
+
+def check_paths_reachable(paths: dict[str, str], what: str) -> None:
+    """A local path given to a job on a multi-node cluster must be one shared folder (a network
+    mount) on every node, or each node would read and write its own disk. Proven by probes written
+    by the driver and by a task on each node, read back by the others; otherwise a ValueError that
+    names the fix. s3:// URIs are always reachable; one node that is also the driver's needs no probe."""
+    local = {k: storage.absolute(v) for k, v in paths.items() if v and not storage.is_s3(v)}
+    nodes = task_nodes()
+    here = ray.get_runtime_context().get_node_id()
+    if not local or (len(nodes) == 1 and nodes[0]["NodeID"] == here) or not nodes:
+        return
+    token = uuid.uuid4().hex[:10]
+    for name, path in local.items():
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        driver_probe = f".bpiml-probe-{token}-driver"
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, driver_probe), "w") as f:
+            f.write("ok")
+        try:
+            results = ray.get([_probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                               .remote(folder, driver_probe, token) for n in nodes], timeout=120)
+        finally:
+            os.remove(os.path.join(folder, driver_probe))
+        shared = all(seen and mine and os.path.exists(os.path.join(folder, mine)) for seen, mine in results)
+        for _, mine in results:
+            if mine and os.path.exists(os.path.join(folder, mine)):
+                os.remove(os.path.join(folder, mine))
+        if not shared:
+            raise ValueError(
+                f"{what}: --{name} {path} is a local path, but this Ray cluster has {len(nodes)} node(s) running tasks "
+                "and they do not share it with the driver (a probe written on one node was not seen on another). "
+                f"Each node would read and write its own disk. Use an s3:// URI for --{name}, or a folder on a "
+                "network mount that every node sees at the same path.")
+
+
+def actor_pool_kwargs(num_workers: int, num_cpus: float, num_gpus: float, batch_size: int) -> dict[str, Any]:
+    """`map_batches` keyword arguments for an actor pool; `num_gpus` only when GPUs are asked for."""
+    kwargs: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=num_workers), "num_cpus": num_cpus,
+                              "batch_size": batch_size, "batch_format": "numpy"}
+    if num_gpus > 0:
+        kwargs["num_gpus"] = num_gpus
+    return kwargs

@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from bpiml.config import BaseConfig, check_range, field
+from bpiml.runtime.loopback import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +101,6 @@ def scripts_dir() -> Path:
     if not (path / "up.sh").is_file():
         raise FileNotFoundError(f"stack scripts not found at {path} (needs a source checkout of bpiml)")
     return path
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (outside Ray's worker port range 10002-19999)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_script(name: str, state_dir: str, extra_env: dict[str, str], timeout_s: int) -> str:

@@ -1,9 +1,9 @@
-"""MLflow helpers for training: tracking URI, runs that resume, params, overlays, registry + alias.
+"""MLflow helpers: tracking URI, runs that resume, params, overlays, the model registry + alias.
 
 Everything goes through an explicit `MlflowClient(tracking_uri)` so that the training workers
 (other processes, possibly other machines) and the driver log to the same place without relying
-on global state. Only `log_and_register_model` touches `mlflow`'s globals, because
-`mlflow.pytorch.log_model` logs into the active run.
+on global state. Registered models are exported students (`bpiml.model.checkpoint.export`:
+safetensors + JSON), never pickles.
 
 Tracking URI order: an explicit value, then `MLFLOW_TRACKING_URI`, then the embedded default
 `sqlite:///<project>/.bpiml/mlflow.db` (the plain file store is refused by MLflow 3 unless allowed).
@@ -16,10 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import mlflow
+import mlflow.artifacts
 import numpy as np
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from bpiml.data import naming
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +57,11 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     if not tracking_uri.startswith("sqlite:///"):
         return None
     db = Path(tracking_uri[len("sqlite:///"):])
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
-    return (db.parent / "mlartifacts" / safe).resolve().as_uri()
+    return (db.parent / "mlartifacts" / naming.file_stem(experiment)).resolve().as_uri()
 
 
 def client(tracking_uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:
@@ -106,8 +111,6 @@ def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> dict[str, str]:
     """Log params not yet on the run. A resumed run keeps its first values (MLflow forbids changes);
     changed values are logged as tags `resumed.<param>` instead. Returns the params logged."""
-    from mlflow.entities import Param, RunTag
-
     mlc = client(tracking_uri)
     flat = flatten_params(params)
     existing = mlc.get_run(run_id).data.params
@@ -124,10 +127,6 @@ def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> dic
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
     """Log finite numeric metrics at `step` in one batch (nan and non-numbers are skipped)."""
-    import time
-
-    from mlflow.entities import Metric
-
     now = int(time.time() * 1000)
     rows = [Metric(k, float(v), now, step) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)]
@@ -139,71 +138,36 @@ def log_dict(tracking_uri: str, run_id: str, values: Mapping[str, Any], artifact
     client(tracking_uri).log_dict(run_id, dict(values), artifact_file)
 
 
-def overlay_strip(image: np.ndarray, *masks: np.ndarray) -> np.ndarray:
-    """image (HxWx3 uint8) | mask | mask ... side by side as one Hx(W*(1+n))x3 uint8 image.
-
-    Masks (HxW bool or probabilities in [0, 1]) are shown in gray levels; each one must match the
-    image's height and width.
-    """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be HxWx3, got shape {image.shape}")
-    panels = [image.astype(np.uint8)]
-    for i, mask in enumerate(masks):
-        mask = np.asarray(mask, dtype=np.float32)
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"mask {i} has shape {mask.shape}, image has {image.shape[:2]}")
-        gray = (np.clip(mask, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        panels.append(np.repeat(gray[:, :, None], 3, axis=2))
-    return np.concatenate(panels, axis=1)
-
-
 def log_overlays(tracking_uri: str, run_id: str, strips: Iterable[tuple[str, np.ndarray]], folder: str) -> int:
     """Log (name, HxWx3 uint8) images under `folder/<name>.png`; returns how many were logged."""
     mlc = client(tracking_uri)
     count = 0
     for name, strip in strips:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        mlc.log_image(run_id, strip, f"{folder}/{safe}.png")
+        mlc.log_image(run_id, strip, f"{folder}/{naming.file_stem(name)}.png")
         count += 1
     return count
 
 
-def pip_requirements() -> list[str]:
-    """The student's runtime packages at their installed versions (skips MLflow's slow inference,
-    which imports the model in a subprocess)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for name in ("torch", "timm", "numpy"):
-        try:
-            out.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            out.append(name)
-    return out
-
-
-def log_and_register_model(model: Any, tracking_uri: str, run_id: str, registered_model: str,
-                           alias: str, metadata: Mapping[str, Any] | None = None) -> tuple[str, str]:
-    """Log `model` (pickled: no pt2 export) in run `run_id`, register it under `registered_model`
-    and point `alias` at the new version. Returns (models:/<name>@<alias>, version)."""
-    import mlflow
-    import mlflow.pytorch
-
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            serialization_format="pickle",
-            registered_model_name=registered_model or None,
-            metadata=dict(metadata or {}),
-            pip_requirements=pip_requirements(),
-        )
-    if not registered_model:
-        return info.model_uri, ""
-    version = str(info.registered_model_version)
+def register_model_folder(tracking_uri: str, run_id: str, folder: str, registered_model: str, alias: str = "",
+                          tags: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """Log `folder` (an exported model) as the run's `model` artifact, register it as a new version of
+    `registered_model` and point `alias` at it. Returns (models:/<name>@<alias> or /<version>, version)."""
+    mlc = client(tracking_uri)
+    mlc.log_artifacts(run_id, folder, "model")
+    source = mlc.get_run(run_id).info.artifact_uri.rstrip("/") + "/model"
+    try:
+        mlc.get_registered_model(registered_model)
+    except MlflowException:
+        mlc.create_registered_model(registered_model)
+    version = str(mlc.create_model_version(registered_model, source, run_id=run_id, tags=dict(tags or {})).version)
     if alias:
-        client(tracking_uri).set_registered_model_alias(registered_model, alias, version)
+        mlc.set_registered_model_alias(registered_model, alias, version)
         return f"models:/{registered_model}@{alias}", version
     return f"models:/{registered_model}/{version}", version
+
+
+def download_model(uri: str, tracking_uri: str, dst: str) -> str:
+    """Download the artifacts behind `models:/...` or `runs:/...` into `dst`; returns the local folder."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri)

@@ -1,37 +1,44 @@
-"""What each Ray Train worker runs: DDP training of the student, validation, checkpoints.
+"""What each Ray Train worker runs, top to bottom: build, restore, then per epoch train, validate, report.
 
-Every worker trains on its DistributedSampler share of the train samples and validates on its
-share of the validation samples; sums are all-reduced so every rank sees the same epoch
-metrics. Rank 0 logs one line per epoch, logs metrics to MLflow and reports the checkpoint:
-{"model_config", "model_state", "optimizer_state", "scheduler_state", "epoch", "train_config",
-"mlflow_run_id"} in `checkpoint.pt`, plus `history.json` (one row per epoch since epoch 0).
+Every worker trains on its shard of the train dataset (`ray.train.get_dataset_shard`) and
+validates on its shard of the validation dataset; sums are all-reduced so every rank sees the same
+epoch metrics. Rank 0 logs a progress line every `log_every` steps and one line per epoch, logs the
+metrics to MLflow (each epoch once, also across restarts) and reports the checkpoint
+(`bpiml.model.checkpoint`). Ray Train restarts a failed worker group from the latest checkpoint.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 import tempfile
 import time
-from contextlib import nullcontext
-from pathlib import Path
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable
 
 import numpy as np
+import ray.train
+import ray.train.torch
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from ray.train import Checkpoint
 from torch import Tensor, nn
 
-from bpiml.evaluation import metrics as iml_metrics
+from bpiml.data import rejects, storage
+from bpiml.model import checkpoint as ckpt
+from bpiml.model.student import StudentConfig, build_student
 from bpiml.runtime import tracking
-from bpiml.train.job import CHECKPOINT_FILE, HISTORY_FILE, TrainConfig
-from bpiml.train.data import Augment, MaskDataset, sample_from_dict, to_tensors
+from bpiml.train.batches import to_input, to_target
+from bpiml.train.config import TrainConfig
+from bpiml.train.validation import ValSums, validate
 
 logger = logging.getLogger(__name__)
+MAX_REJECT_ROWS = 1000  # unreadable samples listed per worker in <run_dir>/rejects/
 
 
-# --- loss, schedule, metrics --------------------------------------------------------------
+# --- loss, schedule ------------------------------------------------------------------------------
 def mask_loss(logits: Tensor, target: Tensor, dice_weight: float = 0.0) -> Tensor:
     """BCE with logits + `dice_weight` x soft Dice (per image, smoothed by 1), both means over the batch."""
     loss = F.binary_cross_entropy_with_logits(logits, target)
@@ -55,12 +62,6 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
-def image_metrics(prob: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """Per-image pixel F1 / IoU at 0.5 and AUC (nan where undefined: authentic GT, one class)."""
-    row = iml_metrics.image_row(prob, gt)
-    return {"f1": float(row["f1"]), "iou": float(row["iou"]), "auc": float(row["auc"])}
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices, kernels and memory prototypes; none on norms and biases."""
     decay, no_decay = [], []
@@ -70,14 +71,41 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _all_reduce(values: list[float], device: torch.device) -> list[float]:
-    import torch.distributed as dist
-
+def all_reduce(values: list[float], device: torch.device) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()):
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+# --- one worker ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Worker:
+    cfg: TrainConfig
+    student_cfg: StudentConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: nn.Module  # wrapped for DDP
+    core: nn.Module  # the student itself
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    schedule: Callable[[int], float]
+    tracking_uri: str
+    run_id: str
+    run_dir: str
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    start_epoch: int = 0
+    logged_steps: set[int] = dataclasses.field(default_factory=set)  # epochs MLflow already has
+    mlflow_errors: int = 0
+    rejected: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # unreadable samples, first epoch
+    rejects_written: bool = False
+
+    def autocast(self) -> AbstractContextManager:
+        if self.cfg.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
 
 
 def _setup_logging(rank: int) -> None:
@@ -90,191 +118,170 @@ def _setup_logging(rank: int) -> None:
         root.propagate = False  # Ray's own root handler would print every line a second time
 
 
-# --- validation ---------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: MaskDataset, device: torch.device, batch_size: int,
-             autocast: Any, channels_last: bool, overlays: int = 0) -> tuple[list[float], list[tuple[str, np.ndarray]]]:
-    """Sums over this worker's validation images: [f1_sum, n_f1, iou_sum, n_iou, auc_sum, n_auc,
-    slots_used x images, entropy x images, normalized entropy x images, images with attention],
-    plus up to `overlays` (name, image | target | GT | prediction) strips."""
-    model.eval()
-    sums = [0.0] * 10
-    strips: list[tuple[str, np.ndarray]] = []
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset.decoded(i) for i in range(start, min(len(dataset), start + batch_size))]
-        x = torch.stack([to_tensors(image, target)[0] for image, target, _ in items]).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            logits, aux = model.forward_with_aux(x)
-        prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-        for j, (image, target, gt) in enumerate(items):
-            if gt is not None:
-                m = image_metrics(prob[j], gt)
-                for k, key in enumerate(("f1", "iou", "auc")):
-                    if not math.isnan(m[key]):
-                        sums[2 * k] += m[key]
-                        sums[2 * k + 1] += 1
-            if len(strips) < overlays:
-                sample = dataset.samples[start + j]
-                strips.append((sample.id, tracking.overlay_strip(image, target, gt if gt is not None else target, prob[j])))
-        attention = aux.get("memory_attention")
-        if attention is not None:
-            from bpiml.model.memory_bank import memory_usage_stats
-
-            stats = memory_usage_stats(attention)
-            n = len(items)
-            sums[6] += stats["slots_used"] * n
-            sums[7] += stats["attention_entropy"] * n
-            sums[8] += stats["attention_entropy_normalized"] * n
-            sums[9] += n
-    return sums, strips
-
-
-def _means(sums: list[float]) -> dict[str, float]:
-    def ratio(a: float, b: float) -> float:
-        return a / b if b else math.nan
-
-    return {
-        "val_f1": ratio(sums[0], sums[1]),
-        "val_iou": ratio(sums[2], sums[3]),
-        "val_auc": ratio(sums[4], sums[5]),
-        "slots_used": ratio(sums[6], sums[9]),
-        "attention_entropy": ratio(sums[7], sums[9]),
-        "attention_entropy_normalized": ratio(sums[8], sums[9]),
-    }
-
-
-# --- the worker function -------------------------------------------------------------------
-def _load_state(checkpoint: Any) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        history_path = Path(folder) / HISTORY_FILE
-        history = json.loads(history_path.read_text()) if history_path.exists() else []
-    return state, history
-
-
-def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, int]:
-    """Ray Train entry point; `loop_config` is built by `bpiml.train.run_training`."""
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
-
-    from bpiml.model.student import StudentConfig, build_student
-
+def build(loop_config: dict[str, Any]) -> Worker:
     cfg = TrainConfig.from_dict(loop_config["train_config"])
-    student_cfg = StudentConfig.from_dict(loop_config["model_config"])
-    tracking_uri, run_id = loop_config["tracking_uri"], loop_config["mlflow_run_id"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     _setup_logging(rank)
     torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
-
-    model = build_student(student_cfg)
-    state: dict[str, Any] | None = None
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state, history = _load_state(checkpoint)
-        model.load_state_dict(state["model_state"])
-        start_epoch = int(state["epoch"]) + 1
-        history = history[:start_epoch]
-        if rank == 0:
-            logger.info("resuming from %s: epoch %d done, continuing to %d", checkpoint.path, start_epoch, cfg.epochs)
+    core = build_student(cfg.model)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+        core = core.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(core)
     core = model.module if hasattr(model, "module") else model
-
-    size = student_cfg.img_size
-    augment = Augment(cfg.aug_scale_min, cfg.aug_hflip, cfg.aug_color, cfg.aug_jpeg_prob)
-    train_set = MaskDataset([sample_from_dict(s) for s in loop_config["train"]], size, augment,
-                            cfg.cache_images, cfg.seed)
-    val_samples = [sample_from_dict(s) for s in loop_config["val"]]
-    if not val_samples:  # no GT: memory statistics and overlays still come from a few train images
-        val_samples = [sample_from_dict({**s, "gt": None}) for s in loop_config["train"][: max(world, 4)]]
-    val_set = MaskDataset(val_samples[rank::world], size, None, cfg.cache_images, cfg.seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
-                                         num_workers=cfg.loader_workers, drop_last=False)
-    loader = ray.train.torch.prepare_data_loader(loader)
-    steps = max(1, len(loader))
-
+    steps = max(1, math.ceil(loop_config["n_train"] / (cfg.batch_size * world)))
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     schedule = warmup_cosine(cfg.epochs * steps, int(round(cfg.warmup_epochs * steps)), cfg.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
-        # The step count carries over; the schedule is this run's (more epochs stretch the cosine).
-        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * schedule(scheduler.last_epoch)
-    use_amp = cfg.amp and device.type == "cuda"
+    return Worker(cfg=cfg, student_cfg=cfg.model, rank=rank, world=world, device=ray.train.torch.get_device(),
+                  model=model, core=core, optimizer=optimizer,
+                  scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule=schedule,
+                  tracking_uri=loop_config["tracking_uri"], run_id=loop_config["mlflow_run_id"],
+                  run_dir=loop_config["run_dir"])
 
-    def autocast() -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
 
-    mlflow_ok = True
-    for epoch in range(start_epoch, cfg.epochs):
-        train_set.set_epoch(epoch)
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum, seen, started = 0.0, 0, time.perf_counter()
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = model(x)
-            loss = mask_loss(logits.float(), y, cfg.dice_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(x)
-            seen += len(x)
-        elapsed = time.perf_counter() - started
-        total_loss, total_seen = _all_reduce([loss_sum, float(seen)], device)
-        last = epoch == cfg.epochs - 1
-        sums, strips = evaluate(core, val_set, device, cfg.batch_size, autocast, cfg.channels_last,
-                                overlays=cfg.log_images if (rank == 0 and last) else 0)
-        val = _means(_all_reduce(sums, device))
-        loss_mean = total_loss / max(total_seen, 1)
-        row = {"epoch": epoch, "loss": loss_mean, "lr": lr, "images_per_s": total_seen / max(elapsed, 1e-9),
-               "epoch_time_s": time.perf_counter() - started, **val, "start_epoch": start_epoch}
-        row["score"] = row["val_f1"] if math.isfinite(row["val_f1"]) else -loss_mean
-        history.append(row)
-        if rank != 0:
-            ray.train.report(row)
+def restore(worker: Worker, checkpoint: Checkpoint | None) -> None:
+    """Continue from the latest checkpoint (a resumed run, or a restart after a failure)."""
+    if worker.rank == 0:
+        worker.logged_steps = _logged_steps(worker)
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as folder:
+        state, history = ckpt.load_state(folder), ckpt.read_history(folder)
+    worker.core.load_state_dict(state["model_state"])
+    worker.optimizer.load_state_dict(state["optimizer_state"])
+    worker.scheduler.load_state_dict(state["scheduler_state"])
+    # The step count carries over; the schedule is this run's (more epochs stretch the cosine).
+    worker.scheduler.base_lrs = [worker.cfg.lr] * len(worker.optimizer.param_groups)
+    for group in worker.optimizer.param_groups:
+        group["lr"] = worker.cfg.lr * worker.schedule(worker.scheduler.last_epoch)
+    worker.start_epoch = int(state["epoch"]) + 1
+    worker.history = history[:worker.start_epoch]
+    if worker.rank == 0:
+        logger.info("resuming from %s: epoch %d done, continuing to %d", checkpoint.path, worker.start_epoch,
+                    worker.cfg.epochs)
+
+
+def _logged_steps(worker: Worker) -> set[int]:
+    try:
+        return {int(m.step) for m in tracking.client(worker.tracking_uri).get_metric_history(worker.run_id, "loss")}
+    except Exception as err:  # noqa: BLE001 - counted and reported, training goes on
+        worker.mlflow_errors += 1
+        logger.warning("MLflow: cannot read the run's logged epochs (%s: %s)", type(err).__name__, err)
+        return set()
+
+
+def _skip_unreadable(worker: Worker, batch: dict[str, Any], epoch: int) -> np.ndarray:
+    ok = np.asarray(batch["ok"], bool)
+    if not worker.rejects_written and len(worker.rejected) < MAX_REJECT_ROWS:
+        for i in np.flatnonzero(~ok):
+            worker.rejected.append(rejects.Reject(str(batch["id"][i]), str(batch["source_image"][i]), "train",
+                                                  str(batch["reason"][i])).to_dict())
+    return ok
+
+
+def train_one_epoch(worker: Worker, epoch: int) -> dict[str, float]:
+    """One pass over this worker's shard; returns loss_sum, seen, unreadable, images_per_s (this worker)."""
+    cfg, model = worker.cfg, worker.model
+    model.train()
+    shard = ray.train.get_dataset_shard("train")
+    loss_sum, seen, unreadable, step, started = 0.0, 0, 0, 0, time.perf_counter()
+    for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                    local_shuffle_buffer_size=cfg.shuffle_buffer or None):
+        ok = _skip_unreadable(worker, batch, epoch)
+        unreadable += int((~ok).sum())
+        if not ok.any():
             continue
-        logger.info(
-            "epoch %d/%d loss %.4f lr %.2e %.1f img/s | val F1 %.3f IoU %.3f AUC %.3f | slots %.0f/%d entropy %.2f",
-            epoch + 1, cfg.epochs, loss_mean, lr, row["images_per_s"], row["val_f1"], row["val_iou"],
-            row["val_auc"], row["slots_used"], student_cfg.memory_slots, row["attention_entropy_normalized"])
-        if mlflow_ok:
-            try:
-                tracking.log_metrics(tracking_uri, run_id, {k: v for k, v in row.items() if k != "start_epoch"},
-                                     step=epoch)
-                if strips:
-                    tracking.log_overlays(tracking_uri, run_id, strips, f"overlays/epoch_{epoch:03d}")
-            except Exception as err:  # tracking trouble must not stop training
-                mlflow_ok = False
-                logger.warning("MLflow logging failed (%s: %s); training continues without it", type(err).__name__, err)
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save({
-                "model_config": student_cfg.to_dict(),
-                "model_state": core.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(),
-                "epoch": epoch,
-                "train_config": cfg.to_dict(),
-                "mlflow_run_id": run_id,
-            }, Path(folder) / CHECKPOINT_FILE)
-            Path(folder, HISTORY_FILE).write_text(json.dumps(history, indent=1))
-            Path(folder, "train_config.json").write_text(cfg.to_json())
-            ray.train.report(row, checkpoint=Checkpoint.from_directory(folder))
-    return {"start_epoch": start_epoch, "epochs": cfg.epochs}
+        x = to_input(batch["image"][ok], worker.device, cfg.channels_last)
+        y = to_target(batch["target"][ok], worker.device)
+        with worker.autocast():
+            logits = model(x)
+        loss = mask_loss(logits.float(), y, cfg.dice_weight)
+        worker.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        worker.optimizer.step()
+        worker.scheduler.step()
+        loss_sum, seen, step = loss_sum + float(loss.detach()) * len(x), seen + len(x), step + 1
+        if worker.rank == 0 and step % cfg.log_every == 0:
+            rate = seen * worker.world / max(time.perf_counter() - started, 1e-9)
+            logger.info("epoch %d step %d: loss %.4f lr %.2e %.1f img/s", epoch + 1, step, float(loss.detach()),
+                        worker.optimizer.param_groups[0]["lr"], rate)
+    return {"loss_sum": loss_sum, "seen": float(seen), "unreadable": float(unreadable),
+            "seconds": time.perf_counter() - started}
+
+
+def check_unreadable(worker: Worker, unreadable: float, total: float) -> None:
+    """Stop the run (clearly) when more than `max_unreadable` of the samples cannot be read."""
+    share = unreadable / max(total, 1.0)
+    if share > worker.cfg.max_unreadable:
+        raise RuntimeError(
+            f"{int(unreadable)} of {int(total)} training samples ({share:.1%}) could not be read, more than "
+            f"max_unreadable {worker.cfg.max_unreadable:.1%}; see {storage.join(worker.run_dir, 'rejects')} "
+            "(missing or corrupt files, or masks of another size than their image)")
+
+
+def _write_rejects(worker: Worker) -> None:
+    if worker.rejected and not worker.rejects_written:
+        uri = storage.join(worker.run_dir, "rejects", f"worker-{worker.rank}.jsonl")
+        storage.write_bytes(uri, rejects.to_jsonl(worker.rejected).encode())
+    worker.rejects_written = True  # the first epoch lists them; later epochs only count
+
+
+def log_epoch(worker: Worker, epoch: int, row: dict[str, float], strips: list[tuple[str, np.ndarray]]) -> None:
+    """Rank 0: the epoch line and the MLflow metrics (each epoch once, also across restarts)."""
+    logger.info("epoch %d/%d loss %.4f lr %.2e %.1f img/s | val F1 %.3f IoU %.3f AUC %.3f | slots %.0f/%d entropy %.2f"
+                " | unreadable %d", epoch + 1, worker.cfg.epochs, row["loss"], row["lr"], row["images_per_s"],
+                row["val_f1"], row["val_iou"], row["val_auc"], row["slots_used"], worker.student_cfg.memory_slots,
+                row["attention_entropy_normalized"], int(row["unreadable"]))
+    if epoch in worker.logged_steps:
+        logger.info("epoch %d is in MLflow already (an interrupted attempt logged it): not logged again", epoch + 1)
+        return
+    try:
+        tracking.log_metrics(worker.tracking_uri, worker.run_id,
+                             {k: v for k, v in row.items() if k not in ("start_epoch", "epoch")}, step=epoch)
+        if strips:
+            tracking.log_overlays(worker.tracking_uri, worker.run_id, strips, f"overlays/epoch_{epoch:03d}")
+        worker.logged_steps.add(epoch)
+    except Exception as err:  # noqa: BLE001 - counted and reported, training goes on
+        worker.mlflow_errors += 1
+        logger.warning("MLflow logging failed for epoch %d (%s: %s); %d failure(s) so far, training goes on",
+                       epoch + 1, type(err).__name__, err, worker.mlflow_errors)
+
+
+def report(worker: Worker, epoch: int, row: dict[str, float]) -> None:
+    """Every rank reports the metrics; rank 0 adds the checkpoint."""
+    worker.history.append(row)
+    if worker.rank != 0:
+        ray.train.report(row)
+        return
+    state = {"model_config": worker.student_cfg.to_dict(), "model_state": worker.core.state_dict(),
+             "optimizer_state": worker.optimizer.state_dict(), "scheduler_state": worker.scheduler.state_dict(),
+             "epoch": epoch, "train_config": worker.cfg.to_dict(), "mlflow_run_id": worker.run_id}
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt.save(folder, state, worker.history, worker.cfg.to_json())
+        ray.train.report(row, checkpoint=Checkpoint.from_directory(folder))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point; `loop_config` is built by `bpiml.train.job.run_training`."""
+    worker = build(loop_config)
+    restore(worker, ray.train.get_checkpoint())
+    for epoch in range(worker.start_epoch, worker.cfg.epochs):
+        lr = worker.optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(worker, epoch)
+        last = epoch == worker.cfg.epochs - 1
+        sums, strips = validate(worker.core, ray.train.get_dataset_shard("val").iter_batches(
+            batch_size=worker.cfg.batch_size, batch_format="numpy"), worker.device, worker.autocast,
+            worker.cfg.channels_last, overlays=worker.cfg.log_images if (worker.rank == 0 and last) else 0)
+        loss_sum, seen, unreadable, seconds = all_reduce(
+            [stats["loss_sum"], stats["seen"], stats["unreadable"], stats["seconds"]], worker.device)
+        val = ValSums.from_list(all_reduce(sums.to_list(), worker.device))
+        _write_rejects(worker)
+        check_unreadable(worker, unreadable + val.unreadable, seen + unreadable + val.seen)
+        row = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": lr, "start_epoch": worker.start_epoch,
+               "images_per_s": seen / max(seconds / worker.world, 1e-9), "unreadable": unreadable + val.unreadable,
+               "epoch_time_s": seconds / worker.world, "mlflow_errors": worker.mlflow_errors, **val.means()}
+        row["score"] = row["val_f1"] if math.isfinite(row["val_f1"]) else -row["loss"]
+        if worker.rank == 0:
+            log_epoch(worker, epoch, row, strips)
+        report(worker, epoch, row)
+    return {"start_epoch": worker.start_epoch, "epochs": worker.cfg.epochs, "mlflow_errors": worker.mlflow_errors}

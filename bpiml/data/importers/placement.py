@@ -12,23 +12,21 @@ import os
 import posixpath
 import threading
 
-from bpiml.data import storage
+from bpiml.data import naming, storage
 
 logger = logging.getLogger(__name__)
 
 LINK_NAME = "data"  # the symlink to the data folder when link=True
 
 
-def parent(uri: str) -> str:
-    head = uri.rstrip("/").rsplit("/", 1)
-    return head[0] if len(head) == 2 and head[0] else "."
-
-
 def resolve_source(base: str, path: str) -> str:
-    """An index path -> URI: absolute paths and URIs as they are, the rest below `base`."""
-    if storage.is_s3(path) or path.startswith("file://") or os.path.isabs(path):
-        return path
-    return storage.join(base, path)
+    """A path listed in an index -> URI: absolute paths and URIs as given (normalised), relative ones
+    below `base`; a relative path that climbs above `base` (`../..`) is a ValueError."""
+    if storage.is_s3(path):
+        return "s3://" + posixpath.normpath(path[len("s3://"):])
+    if path.startswith("file://") or os.path.isabs(path):
+        return os.path.normpath(storage.local_path(path))
+    return storage.join(base, storage.relative_path(path, base))
 
 
 def inside(root: str, uri: str) -> str | None:
@@ -82,7 +80,7 @@ class Placer:
             return f"{LINK_NAME}/{inside(self.data_root, src)}"
         if self.copy:
             ext = posixpath.splitext(src)[1].lower()
-            dest = f"{kind}/{rid}{ext}"
+            dest = f"{kind}/{naming.file_stem(rid)}{ext}"
             storage.write_bytes(storage.join(self.out, dest), storage.read_bytes(src))
             return dest
         raise ValueError(f"{src!r} is outside the store {self.out!r}")  # check() prevents this
@@ -101,4 +99,5 @@ class Placer:
             else:
                 os.makedirs(os.path.dirname(link), exist_ok=True)
                 os.symlink(target, link)
+            storage.declare_link(self.out, LINK_NAME)
             self._linked = True

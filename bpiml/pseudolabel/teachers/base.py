@@ -26,7 +26,7 @@ class Teacher(Protocol):
         ...
 
 
-def check_inputs(images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+def validate_batch(images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
     """Validate a predict() call; returns the boxes as `Nx4` float32 arrays (N may be 0).
 
     Raises ValueError naming the offending index, the expected and the actual value.
@@ -54,21 +54,6 @@ def check_inputs(images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.n
             raise ValueError(f"boxes[{i}]: boxes must be finite, got {arr.tolist()}")
         out.append(arr)
     return out
-
-
-def box_pixels(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
-    """Integer pixel bounds `(x0, y0, x1, y1)` (end exclusive) of a float box, clipped to the image.
-
-    Every pixel the box touches is inside (`floor(x0)` .. `ceil(x1)`), so a box `[x, y, x + w, y + h]`
-    from a mask component covers exactly that component's bounding rectangle; a box thinner than
-    one pixel still covers the pixel it falls in.
-    """
-    x0, y0, x1, y1 = (float(v) for v in box)
-    ix0 = min(max(int(np.floor(x0)), 0), width - 1)
-    iy0 = min(max(int(np.floor(y0)), 0), height - 1)
-    ix1 = min(max(int(np.ceil(x1)), ix0 + 1), width)
-    iy1 = min(max(int(np.ceil(y1)), iy0 + 1), height)
-    return ix0, iy0, ix1, iy1
 
 
 def params_hash(params: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bpiml.pseudolabel.teachers.base import box_pixels, check_inputs
+from bpiml.data.boxes import fill_boxes
+from bpiml.pseudolabel.teachers.base import validate_batch
 
 
 class BoxTeacher:
@@ -14,16 +15,8 @@ class BoxTeacher:
     version = "box-v1"
 
     def predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        boxes = check_inputs(images, boxes)
-        masks = []
-        for image, image_boxes in zip(images, boxes):
-            height, width = image.shape[:2]
-            mask = np.zeros((height, width), dtype=bool)
-            for box in image_boxes:
-                x0, y0, x1, y1 = box_pixels(box, height, width)
-                mask[y0:y1, x0:x1] = True
-            masks.append(mask)
-        return masks
+        boxes = validate_batch(images, boxes)
+        return [fill_boxes(image.shape[:2], image_boxes) for image, image_boxes in zip(images, boxes)]
 
 
 def build_box_teacher(**options: object) -> BoxTeacher:

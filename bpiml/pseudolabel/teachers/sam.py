@@ -14,7 +14,6 @@ autocast and on-device preprocessing on GPU; the default on CUDA).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from typing import Callable
 
@@ -24,10 +23,10 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from bpiml.data import storage
 from bpiml.config import check_choice, check_range
 from bpiml.pseudolabel.teachers import sam_fast
-from bpiml.pseudolabel.teachers.base import check_inputs
+from bpiml.pseudolabel.teachers import weights as sam_weights
+from bpiml.pseudolabel.teachers.base import validate_batch
 from bpiml.pseudolabel.teachers.tiny_sam import build_tiny_sam
 
 logger = logging.getLogger(__name__)
@@ -54,35 +53,13 @@ def build_sam_architecture(variant: str) -> Sam:
     return SAM_VARIANTS[variant]()
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _guess_variant(state: dict[str, torch.Tensor]) -> str:
+def guess_variant(state: dict[str, torch.Tensor]) -> str | None:
+    """The variant whose encoder width matches the checkpoint's patch embedding, or None."""
     weight = state.get("image_encoder.patch_embed.proj.weight")
-    if weight is None:
-        return "not a SAM checkpoint: no image_encoder.patch_embed.proj.weight"
-    guess = _WIDTH_TO_VARIANT.get(weight.shape[0], "an unknown variant")
-    return f"its encoder width {weight.shape[0]} suggests {guess}"
+    return None if weight is None else _WIDTH_TO_VARIANT.get(int(weight.shape[0]))
 
 
-def load_sam(checkpoint: str, variant: str) -> tuple[Sam, str]:
-    """Build `variant` and load its weights from a local path or s3:// URI.
-
-    Returns (model on CPU in eval mode, sha256 hex of the checkpoint file). Raises
-    FileNotFoundError naming the checkpoint when it is missing, ValueError naming the checkpoint
-    and the variant when the weights do not fit the architecture.
-    """
-    check_choice("variant", variant, SAM_VARIANTS)
-    try:
-        path = storage.local_copy(checkpoint)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint} (variant {variant})") from err
-    sha = _sha256(path)
+def _read_state(path: str, checkpoint: str) -> dict[str, torch.Tensor]:
     try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -94,15 +71,37 @@ def load_sam(checkpoint: str, variant: str) -> tuple[Sam, str]:
         state = state["model"]
     if not isinstance(state, dict):
         raise ValueError(f"SAM checkpoint {checkpoint}: expected a state_dict, got {type(state).__name__}")
+    return state
+
+
+def load_sam(checkpoint: str, variant: str | None = None) -> tuple[Sam, str, str]:
+    """Build the SAM a checkpoint holds and load its weights.
+
+    checkpoint: `vit_b` / `vit_l` / `vit_h` (official weights, fetched once per node and verified),
+    a local path or an s3:// URI. variant: None = from the name, else from the weights' shapes; a
+    given variant that does not fit the weights is a ValueError naming both. Returns (model on CPU in
+    eval mode, sha256 hex of the checkpoint file, variant).
+    """
+    try:
+        path = sam_weights.local_checkpoint(checkpoint)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}") from err
+    state = _read_state(path, checkpoint)
+    guessed = guess_variant(state)
+    if "image_encoder.patch_embed.proj.weight" not in state:
+        raise ValueError(f"{checkpoint} is not a SAM checkpoint: no image_encoder.patch_embed.proj.weight")
+    variant = variant or sam_weights.variant_of(checkpoint) or guessed
+    if variant is None:
+        raise ValueError(f"SAM checkpoint {checkpoint}: cannot tell its variant; pass --variant vit_b|vit_l|vit_h")
+    check_choice("variant", variant, SAM_VARIANTS)
     sam = build_sam_architecture(variant)
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first_lines = "; ".join(str(err).splitlines()[:4])
-        raise ValueError(
-            f"SAM checkpoint {checkpoint} does not fit variant {variant!r} ({_guess_variant(state)}): {first_lines}"
-        ) from err
-    return sam.eval(), sha
+        hint = f"its encoder width suggests {guessed}" if guessed else "its encoder width matches no known variant"
+        raise ValueError(f"SAM checkpoint {checkpoint} does not fit variant {variant!r} ({hint}): {first_lines}") from err
+    return sam.eval(), sam_weights.sha256_file(path), variant
 
 
 class SamTeacher:
@@ -199,7 +198,7 @@ class SamTeacher:
 
     # --- Teacher -----------------------------------------------------------------------
     def predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        boxes = check_inputs(images, boxes)
+        boxes = validate_batch(images, boxes)
         masks = [np.zeros(image.shape[:2], dtype=bool) for image in images]
         todo = [i for i, image_boxes in enumerate(boxes) if len(image_boxes)]
         with torch.inference_mode():
@@ -218,17 +217,17 @@ class SamTeacher:
 def build_sam_teacher(
     *,
     checkpoint: str | None = None,
-    variant: str = "vit_b",
+    variant: str | None = None,
     device: str = "cpu",
     fast: bool | None = None,
     compile: bool = False,  # noqa: A002
     batch_size: int = 4,
     gpu_preprocess: bool | None = None,
 ) -> SamTeacher:
-    """Load `checkpoint` (local path or s3://) as `variant` and wrap it as a teacher."""
+    """Load `checkpoint` (name, local path or s3://; see `load_sam`) and wrap it as a teacher."""
     if not checkpoint:
-        raise ValueError("the SAM teacher needs a checkpoint (local path or s3:// URI); none was given")
-    sam, sha = load_sam(checkpoint, variant)
+        raise ValueError("the SAM teacher needs a checkpoint (vit_b | vit_l | vit_h, a path or s3:// URI)")
+    sam, sha, variant = load_sam(checkpoint, variant)
     return SamTeacher(
         sam, variant=variant, weights_id=sha, device=device, fast=fast, compile=compile,
         batch_size=batch_size, gpu_preprocess=gpu_preprocess,

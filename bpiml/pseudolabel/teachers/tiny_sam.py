@@ -15,6 +15,8 @@ from functools import partial
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from bpiml.data import storage
+
 TINY_IMG_SIZE = 256  # model input side (SAM: 1024)
 TINY_PATCH = 16  # patch size, as SAM
 PROMPT_DIM = 256  # prompt / embedding channels, as SAM
@@ -67,8 +69,6 @@ def build_tiny_sam(seed: int = 0) -> Sam:
 
 def save_tiny_sam_checkpoint(path_or_uri: str, seed: int = 0) -> str:
     """Write a tiny SAM state_dict (torch.save format) to a local path or s3:// URI; returns it."""
-    from bpiml.data import storage
-
     buffer = io.BytesIO()
     torch.save(build_tiny_sam(seed).state_dict(), buffer)
     storage.write_bytes(path_or_uri, buffer.getvalue())

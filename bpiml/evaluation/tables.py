@@ -1,0 +1,106 @@
+"""Evaluation tables: per-set, mean-over-sets and group rows; text, CSV and MLflow renderings."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from bpiml.evaluation import metrics
+from bpiml.runtime import tracking
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("pixel_f1", "pixel_iou", "pixel_auc", "image_auc", "image_bacc")
+COUNT_KEYS = ("n_images", "n_manipulated", "n_authentic")
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def aggregate(rows: list[dict[str, Any]], set_names: list[str], groups: dict[str, list[str]],
+              degradations: list[str], threshold: float = 0.5) -> list[dict[str, Any]]:
+    """Table rows: one per (set, degradation), then `average` over sets and one per group."""
+    table = []
+    for deg in degradations:
+        per_set: dict[str, dict[str, float]] = {}
+        for name in set_names:
+            selected = [r for r in rows if r["set"] == name and r["degradation"] == deg and not r.get("error")]
+            per_set[name] = metrics.summarize(selected, threshold)
+            table.append({"kind": "set", "name": name, "degradation": deg, **per_set[name]})
+        for kind, name, members in [("average", "average", set_names)] + [("group", g, m) for g, m in groups.items()]:
+            summary: dict[str, Any] = {k: int(sum(per_set[m][k] for m in members)) for k in COUNT_KEYS}
+            summary.update({k: _nanmean([per_set[m][k] for m in members]) for k in METRIC_KEYS})
+            table.append({"kind": kind, "name": name, "degradation": deg, **summary})
+    return table
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    """Plain-text table (nan shown as '-')."""
+    header = ["name", "degradation", "images", "manip", "auth", "pix_F1", "pix_IoU", "pix_AUC", "img_AUC", "img_bACC"]
+    lines = []
+    for r in table:
+        cells = [r["name"] if r["kind"] == "set" else f"[{r['name']}]", r["degradation"],
+                 *(str(int(r[k])) for k in COUNT_KEYS),
+                 *("-" if math.isnan(r[k]) else f"{r[k]:.4f}" for k in METRIC_KEYS)]
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines])
+
+
+def table_csv(table: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    columns = ["kind", "name", "degradation", *COUNT_KEYS, *METRIC_KEYS]
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in table:
+        writer.writerow({k: ("" if isinstance(r[k], float) and math.isnan(r[k]) else r[k]) for k in columns})
+    return buf.getvalue()
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
+def metric_name(row: dict[str, Any], key: str) -> str:
+    """MLflow metric name such as `eval/cvip/jpeg_70/pixel_f1` (only MLflow-safe characters)."""
+    parts = ["eval", row["name"], row["degradation"].replace(":", "_"), key]
+    return "/".join(re.sub(r"[^A-Za-z0-9_.\- ]", "_", str(p)) for p in parts)
+
+
+def log_to_mlflow(config: Any, table: list[dict[str, Any]], files: dict[str, str], set_names: list[str]) -> str | None:
+    """Log the table's metrics and files; returns the run id, or None when MLflow is not configured."""
+    if not config.mlflow or not (config.tracking_uri or config.mlflow_run_id or config.experiment
+                                 or os.environ.get("MLFLOW_TRACKING_URI")):
+        return None
+    uri = tracking.resolve_tracking_uri(config.tracking_uri)
+    run_id = config.mlflow_run_id or tracking.start_or_resume_run(
+        uri, config.experiment or "bpiml-eval", run_name="evaluate", tags={"bpiml.job": "evaluate"})
+    if not config.mlflow_run_id:
+        tracking.log_params(uri, run_id, {"model": config.model, "threshold": config.threshold,
+                                          "datasets": ",".join(set_names),
+                                          "degrade": ",".join(config.degrade)})
+    values = {metric_name(r, k): float(r[k]) for r in table for k in METRIC_KEYS if not math.isnan(r[k])}
+    tracking.log_metrics(uri, run_id, values, step=0)
+    mlc = tracking.client(uri)
+    for name, text in files.items():
+        mlc.log_text(run_id, text, f"evaluation/{name}")
+    if not config.mlflow_run_id:
+        tracking.end_run(uri, run_id)
+    logger.info("evaluation logged to MLflow run %s at %s", run_id, uri)
+    return run_id
+
+

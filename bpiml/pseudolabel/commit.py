@@ -1,0 +1,135 @@
+"""The end of a pseudo-labeling run: remove superseded records, compact parts into shards, clean up.
+
+Each step can be interrupted and is finished by the next run: superseded records are planned
+again while both copies exist, parts are compacted by the next run, and the index says
+`complete: false` until the last step is done (training refuses an incomplete store).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import ray
+
+from bpiml.data import parts, storage
+from bpiml.pseudolabel.store import REJECTS_DIR, SHARDS_DIR, SUPERSEDE_DIR
+
+logger = logging.getLogger(__name__)
+
+DRIVER_LIMIT = 64  # at most this many part files are handled on the driver; more go to Ray tasks
+
+
+def _rewrite_part(uri: str, rows: list[dict[str, Any]], out: str) -> dict[str, int]:
+    drop = {(str(r["id"]), str(r["fingerprint"])) for r in rows}
+    removed = parts.rewrite_without(uri, drop) if storage.exists(uri) else 0
+    deleted = 0
+    for r in rows:
+        if r.get("delete_mask") and r.get("pseudo_mask"):
+            storage.remove(storage.join(out, r["pseudo_mask"]))
+            deleted += 1
+    return {"removed": removed, "masks_deleted": deleted}
+
+
+@ray.remote(num_cpus=0.25)
+def _rewrite_remote(uri: str, rows: list[dict[str, Any]], out: str) -> dict[str, int]:
+    return _rewrite_part(uri, rows, out)
+
+
+def apply_supersedes(out: str, run_id: str) -> dict[str, Any]:
+    """Remove this run's superseded records from their files; returns counts, per teacher identity too."""
+    folder = storage.join(out, SUPERSEDE_DIR)
+    by_part: dict[str, list[dict[str, Any]]] = {}
+    teachers: dict[str, int] = {}
+    for uri in storage.list_files(folder, ".jsonl"):
+        if f"part-{run_id}-" not in os.path.basename(uri):
+            continue
+        for row in parts.read_rows(uri):
+            by_part.setdefault(str(row["part"]), []).append(row)
+            teachers[str(row.get("teacher_identity", ""))] = teachers.get(str(row.get("teacher_identity", "")), 0) + 1
+    results = [_rewrite_part(u, rows, out) for u, rows in by_part.items()] if len(by_part) <= DRIVER_LIMIT else \
+        ray.get([_rewrite_remote.remote(u, rows, out) for u, rows in by_part.items()])
+    counts = {"removed": sum(r["removed"] for r in results), "masks_deleted": sum(r["masks_deleted"] for r in results)}
+    return {**counts, "by_teacher": teachers}
+
+
+def _compact_on_driver(folder: str, run_id: str, files: list[str], shard_rows: int) -> int:
+    rows = (row for uri in files for row in parts.read_rows(uri))
+    return len(parts.write_shards(folder, run_id, rows, shard_rows))
+
+
+@ray.remote(num_cpus=0.25)
+def _compact_remote(folder: str, run_id: str, k: int, files: list[str]) -> int:
+    rows = [row for uri in files for row in parts.read_rows(uri)]
+    lines = [json.dumps(r, ensure_ascii=False, allow_nan=False, sort_keys=True) for r in rows]
+    if lines:
+        storage.write_bytes(storage.join(folder, f"shard-{run_id}-{k:06d}.jsonl"), ("\n".join(lines) + "\n").encode())
+    return len(lines)
+
+
+def compact(folder: str, shard_rows: int, part_rows: int) -> list[str]:
+    """Merge the parts of every run without a marker into shards, mark the run, delete its parts."""
+    done = []
+    for run_id in parts.uncompacted_runs(folder):
+        files = sorted(u for u in storage.list_files(folder, ".jsonl")
+                       if os.path.basename(u).startswith(f"part-{run_id}-"))
+        if len(files) <= DRIVER_LIMIT:
+            _compact_on_driver(folder, run_id, files, shard_rows)
+        else:  # about `shard_rows` records per task: groups of files, each becoming one shard
+            per_shard = max(1, shard_rows // max(part_rows, 1))
+            groups = [files[i:i + per_shard] for i in range(0, len(files), per_shard)]
+            ray.get([_compact_remote.remote(folder, run_id, k, g) for k, g in enumerate(groups)])
+        storage.write_bytes(parts.marker_uri(folder, run_id), b"")
+        for uri in files:
+            storage.remove(uri)
+        done.append(run_id)
+    for uri in parts.stale_files(folder):
+        storage.remove(uri)
+    return done
+
+
+def clean_run_folders(out: str, run_id: str) -> None:
+    """Keep this run's rejects; drop supersede rows (applied) and other runs' rejects."""
+    for uri in storage.list_files(storage.join(out, SUPERSEDE_DIR)):
+        storage.remove(uri)
+    for uri in storage.list_files(storage.join(out, REJECTS_DIR)):
+        if f"-{run_id}-" not in os.path.basename(uri):
+            storage.remove(uri)
+
+
+def _stats_of_lines(lines: Any) -> dict[str, Any]:
+    teachers: dict[str, int] = {}
+    n = 0
+    for text in lines:
+        try:
+            record = json.loads(str(text))
+        except json.JSONDecodeError:
+            continue
+        n += 1
+        key = str(record.get("teacher_version", "unknown"))
+        teachers[key] = teachers.get(key, 0) + 1
+    return {"records": n, "teachers": teachers}
+
+
+def _block_stats(batch: dict[str, Any]) -> dict[str, Any]:
+    stats = _stats_of_lines(batch["text"])
+    return {"records": [stats["records"]], "teachers": [json.dumps(stats["teachers"])]}
+
+
+def store_stats(out: str) -> dict[str, Any]:
+    """{"records": n, "teachers": {teacher_version: n}} of the output's manifest, by one pass over the
+    shards (Ray tasks for many shards; each returns one small row, so the driver holds no records)."""
+    files = parts.table_files(storage.join(out, SHARDS_DIR))
+    if len(files) <= DRIVER_LIMIT:
+        lines = (line for uri in files for line in storage.read_bytes(uri).decode("utf-8", "replace").splitlines())
+        return _stats_of_lines(line for line in lines if line.strip())
+    filesystem, _ = storage.pyarrow_fs(files[0])
+    ds = ray.data.read_text([storage.pyarrow_fs(u)[1] for u in files], filesystem=filesystem)
+    total: dict[str, Any] = {"records": 0, "teachers": {}}
+    for row in ds.map_batches(_block_stats, batch_format="numpy").iter_rows():
+        total["records"] += int(row["records"])
+        for key, n in json.loads(row["teachers"]).items():
+            total["teachers"][key] = total["teachers"].get(key, 0) + n
+    return total

@@ -1,0 +1,68 @@
+"""The pseudo-labeling job's configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bpiml.config import BaseConfig, check_choice, check_range, field
+
+TEACHER_CHOICES = ("auto", "sam", "grabcut", "box")
+VARIANTS = ("vit_b", "vit_l", "vit_h", "tiny")
+DEFAULT_STORE = ".bpiml/sample"
+DEFAULT_OUT = ".bpiml/sample-pseudo"
+
+
+@dataclasses.dataclass
+class PseudoLabelConfig(BaseConfig):
+    store: str = field(DEFAULT_STORE, "input store (local folder or s3://bucket/prefix) holding manifest.jsonl")
+    out: str = field(DEFAULT_OUT, "output pseudo-labeled store (masks, sharded manifest, rejects, summary)")
+    teacher: str = field("auto", "sam | grabcut | box | auto (sam when --checkpoint is given, else grabcut)")
+    checkpoint: str | None = field(None, "SAM weights: vit_b | vit_l | vit_h (official, by name), a path or s3:// URI")
+    variant: str | None = field(None, "SAM variant vit_b | vit_l | vit_h; default: from the checkpoint (name or shapes)")
+    fast: bool | None = field(None, "SAM fast path (fused attention, bf16); default: on for GPU, off for CPU")
+    compile: bool = field(False, "torch.compile the SAM image encoder (GPU)")
+    num_actors: int = field(2, "teacher actors in the pool (one model each)")
+    gpus_per_actor: float | None = field(None, "GPUs per teacher actor; 0 = CPU; default: 1 when the cluster has GPUs")
+    cpus_per_actor: float = field(0.5, "CPUs reserved per teacher actor (fractional leaves room for decode tasks)")
+    batch_size: int = field(4, "images per teacher call (SAM: images per encoder pass)")
+    limit: int | None = field(None, "label at most the first N manifest lines (never removes earlier records)")
+    max_reject_rate: float = field(0.05, "fail the job (after writing everything) when more images are rejected")
+    rows_per_block: int = field(16, "manifest rows per decode task")
+    part_rows: int = field(64, "records per part file: a killed run redoes at most the parts in flight")
+    shard_rows: int = field(20000, "records per manifest shard after a run's parts are compacted")
+    max_boxes: int = field(64, "reject images with more boxes than this (a broken annotation, or a memory bomb)")
+    grabcut_time_limit_s: float = field(30.0, "GrabCut: after this long on one image, its remaining boxes are filled")
+    relabel: bool = field(False, "allow a different teacher than the output's: relabel every record it changes")
+    lock_ttl_s: float = field(120.0, "a writer lock without heartbeat for this long is taken over")
+    resource_wait_s: float = field(600.0, "wait this long for the cluster to offer the CPUs/GPUs asked for")
+    s3_endpoint: str | None = field(None, "S3-compatible endpoint URL (MinIO, SeaweedFS); default: AWS environment")
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("teacher", self.teacher, TEACHER_CHOICES)
+        if self.variant is not None:
+            check_choice("variant", self.variant, VARIANTS)
+        check_range("num_actors", self.num_actors, 1)
+        if self.gpus_per_actor is not None:
+            check_range("gpus_per_actor", self.gpus_per_actor, 0)
+        check_range("cpus_per_actor", self.cpus_per_actor, 0)
+        for key in ("batch_size", "rows_per_block", "part_rows", "shard_rows", "max_boxes"):
+            check_range(key, getattr(self, key), 1)
+        check_range("max_reject_rate", self.max_reject_rate, 0, 1)
+        check_range("grabcut_time_limit_s", self.grabcut_time_limit_s, 0.01)
+        check_range("lock_ttl_s", self.lock_ttl_s, 1)
+        check_range("resource_wait_s", self.resource_wait_s, 0)
+        if self.limit is not None:
+            check_range("limit", self.limit, 1)
+        if self.teacher == "sam" and not self.checkpoint:
+            raise ValueError("teacher 'sam' needs --checkpoint (vit_b | vit_l | vit_h, a local path or an s3:// URI)")
+        if not self.store or not self.out:
+            raise ValueError("store and out must both be given")
+        if self.store.rstrip("/") == self.out.rstrip("/"):
+            raise ValueError(f"out must differ from store, both are {self.out!r}")
+
+    @property
+    def resolved_teacher(self) -> str:
+        if self.teacher != "auto":
+            return self.teacher
+        return "sam" if self.checkpoint else "grabcut"

@@ -1,0 +1,146 @@
+"""Resume: which input records a run labels, given what the output already holds.
+
+The input rows (one per manifest line, with the record's fingerprint) and the output's done rows
+(one per record in its manifest shards) are hash-partitioned by id with Ray Data, so all rows of one
+id meet in one block, wherever the cluster holds them; the driver never holds the ids. Per id:
+
+- the output holds a record with the input's fingerprint: nothing to do (`skipped`);
+- it holds none: `label` (`new`); it holds records of another fingerprint (another teacher,
+  weights, variant, or an edited record): `label` (`relabel`) and the old records are `superseded`:
+  removed from their shards when the run ends, their masks deleted when no kept record uses them;
+- the input has the id more than once: one reject row, and any old record is superseded;
+- the output holds an id the input does not: kept (a run never shrinks its output; `--limit`
+  only limits what is labeled).
+
+Ray Data's own `CheckpointConfig` filters rows at read time by an id column; the manifest is read
+as text (so a malformed line becomes a reject row instead of failing the read) and the rule here
+also compares fingerprints, which is why resume is planned here (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import numpy as np
+import ray
+
+from bpiml.data import parts, storage
+from bpiml.pseudolabel.rows import BAD_LINE_PREFIX, ROW_COLUMNS, columns, empty_row
+from bpiml.pseudolabel.store import SHARDS_DIR, mask_path
+
+COUNT_KEYS = ("input", "skipped", "new", "relabel", "duplicate", "superseded", "invalid")
+
+
+@ray.remote(num_cpus=0)
+class RunCounter:
+    """Counts that tasks add up for the driver (one call per block, so the driver holds no rows)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = {}
+
+    def add(self, counts: dict[str, float]) -> None:
+        for key, value in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + value
+
+    def get(self) -> dict[str, float]:
+        return dict(self.counts)
+
+
+def add_counts(counter: Any, counts: dict[str, float]) -> None:
+    if counter is not None and counts:
+        ray.get(counter.add.remote(counts))
+
+
+# --- done rows ----------------------------------------------------------------------------------
+def done_rows(batch: dict[str, Any]) -> dict[str, list[Any]]:
+    """Lines of the output's manifest shards (with their file) -> done rows."""
+    rows = []
+    for text, path in zip(batch["text"], batch["path"]):
+        try:
+            record = json.loads(str(text))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash: its image is labeled again
+        if not isinstance(record, dict) or not record.get("id"):
+            continue
+        rows.append(empty_row(id=str(record["id"]), kind="done", fingerprint=str(record.get("fingerprint", "")),
+                              part=str(path), pseudo_mask=str(record.get("pseudo_mask", "")),
+                              teacher_identity=str(record.get("teacher_identity", record.get("teacher_version", ""))),
+                              status="done"))
+    return columns(rows)
+
+
+def read_done(out: str, override_num_blocks: int | None = None) -> ray.data.Dataset | None:
+    """The output's done rows as a dataset, or None when it holds no records yet."""
+    files = parts.table_files(storage.join(out, SHARDS_DIR))
+    if not files:
+        return None
+    filesystem, paths = _arrow_paths(files)
+    ds = ray.data.read_text(paths, filesystem=filesystem, include_paths=True, override_num_blocks=override_num_blocks)
+    if storage.is_s3(out):
+        ds = ds.map_batches(_s3_paths, batch_format="numpy")
+    return ds.map_batches(done_rows, batch_format="numpy")
+
+
+def _s3_paths(batch: dict[str, Any]) -> dict[str, Any]:
+    return {**batch, "path": np.asarray(["s3://" + str(p) if not str(p).startswith("s3://") else str(p)
+                                         for p in batch["path"]], dtype=object)}
+
+
+def _arrow_paths(uris: list[str]) -> tuple[Any, list[str]]:
+    filesystem, _ = storage.pyarrow_fs(uris[0])
+    return filesystem, [storage.pyarrow_fs(u)[1] for u in uris]
+
+
+# --- the plan, per block of co-located ids -------------------------------------------------------
+def _supersede(done: dict[str, Any], keep_mask: str | None) -> dict[str, Any]:
+    return {**done, "status": "superseded", "kind": "done", "delete_mask": bool(done["pseudo_mask"])
+            and done["pseudo_mask"] != keep_mask}
+
+
+def _plan_id(rows: list[dict[str, Any]], counts: dict[str, float]) -> list[dict[str, Any]]:
+    inputs = [r for r in rows if r["kind"] == "in"]
+    dones = sorted((r for r in rows if r["kind"] == "done"), key=lambda r: r["part"])
+    counts["input"] += len(inputs)
+    if rows[0]["id"].startswith(BAD_LINE_PREFIX) or any(r["status"] == "rejected" for r in inputs):
+        counts["invalid"] += len(inputs)
+        out = [r for r in inputs if r["status"] == "rejected"][:1] or inputs[:1]
+        return out + [_supersede(d, None) for d in dones]
+    if not inputs:  # kept; two copies of one id (a crash mid-cleanup) keep the newest
+        return [_supersede(d, dones[-1]["pseudo_mask"]) for d in dones[:-1]]
+    if len(inputs) > 1:
+        counts["duplicate"] += len(inputs)
+        reject = empty_row(id=inputs[0]["id"], status="rejected", stage="manifest", line=inputs[0]["line"],
+                           reason=f"duplicate id {inputs[0]['id']!r}: {len(inputs)} records share it; none is labeled")
+        return [reject] + [_supersede(d, None) for d in dones]
+    row = inputs[0]
+    matching = [d for d in dones if d["fingerprint"] == row["fingerprint"]]
+    if matching:
+        counts["skipped"] += 1
+        keep = matching[-1]
+        return [_supersede(d, keep["pseudo_mask"]) for d in dones if d is not keep]
+    counts["relabel" if dones else "new"] += 1
+    new_mask = mask_path(row["id"], row["mask_fp"])
+    return [row] + [_supersede(d, new_mask) for d in dones]
+
+
+def plan_block(batch: dict[str, Any], counter: Any = None) -> dict[str, list[Any]]:
+    """One block of id-sorted input and done rows -> rows to label, reject rows and supersede rows."""
+    n = len(batch["id"])
+    rows = [{c: (batch[c][i].item() if isinstance(batch[c][i], np.generic) else batch[c][i]) for c in ROW_COLUMNS}
+            for i in range(n)]
+    counts = dict.fromkeys(COUNT_KEYS, 0.0)
+    out: list[dict[str, Any]] = []
+    for _, group in itertools.groupby(rows, key=lambda r: r["id"]):
+        out += _plan_id(list(group), counts)
+    counts["superseded"] = float(sum(1 for r in out if r["status"] == "superseded"))
+    add_counts(counter, counts)
+    return columns(out)
+
+
+def plan(inputs: ray.data.Dataset, done: ray.data.Dataset | None, counter: Any, num_partitions: int) -> ray.data.Dataset:
+    """Co-locate rows by id (hash partitions, sorted) and plan each block; see the module doc."""
+    rows = inputs if done is None else inputs.union(done)
+    return rows.repartition(num_partitions, keys=["id"], sort=True).map_batches(
+        plan_block, batch_size=None, batch_format="numpy", fn_kwargs={"counter": counter})

@@ -1,0 +1,105 @@
+"""After `fit()`: pick the best checkpoint, export it, register it in MLflow, summarise the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from typing import Any
+
+from bpiml.data import storage
+from bpiml.model import checkpoint as ckpt
+from bpiml.runtime import tracking
+from bpiml.train.config import TrainConfig, TrainResult
+from bpiml.train.data import TrainingData
+
+logger = logging.getLogger(__name__)
+
+
+RUN_STATE_FILE = "bpiml_run.json"  # beside the checkpoints: the MLflow run to continue, what was registered
+
+
+def read_run_state(run_dir: str) -> dict[str, Any]:
+    uri = storage.join(run_dir, RUN_STATE_FILE)
+    if not storage.exists(uri):
+        return {}
+    try:
+        state = json.loads(storage.read_bytes(uri))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{uri} is not valid JSON ({err}); delete it to start a new MLflow run") from err
+    return state if isinstance(state, dict) else {}
+
+
+def write_run_state(run_dir: str, state: dict[str, Any]) -> None:
+    storage.write_bytes(storage.join(run_dir, RUN_STATE_FILE), (json.dumps(state, indent=2) + "\n").encode())
+
+
+def checkpoint_uri(checkpoint: Any) -> str | None:
+    if checkpoint is None:
+        return None
+    return f"s3://{checkpoint.path}" if getattr(checkpoint.filesystem, "type_name", "") == "s3" else checkpoint.path
+
+
+def _best(result: Any) -> tuple[Any, dict[str, Any]]:
+    pairs = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None]
+    if pairs:
+        return max(pairs, key=lambda cm: float(cm[1].get("score", -math.inf)))
+    return result.checkpoint, dict(result.metrics or {})
+
+
+def _load(checkpoint: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    with checkpoint.as_directory() as folder:
+        return ckpt.load_state(folder), ckpt.read_history(folder)
+
+
+def register(config: TrainConfig, state: dict[str, Any], best_uri: str, numbers: dict[str, float],
+             data: TrainingData, tracking_uri: str, run_id: str) -> tuple[str, str]:
+    """Export the best checkpoint's student and register it; returns (model URI, version)."""
+    model = ckpt.student_from_state(state, where=best_uri)
+    val_f1 = numbers.get("val_f1", math.nan)
+    metadata = {"epoch": int(state["epoch"]), "val_f1": val_f1 if math.isfinite(val_f1) else None,
+                "checkpoint": best_uri, "stores": [config.store], "source": data.source, "teacher": data.teacher,
+                "backbone_weights": state["model_config"].get("backbone_weights")}
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt.export(model, folder, metadata)
+        return tracking.register_model_folder(tracking_uri, run_id, folder, config.registered_model, config.alias,
+                                              tags={"bpiml.checkpoint": best_uri, "bpiml.epoch": str(state["epoch"])})
+
+
+def finish_run(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str, run_state: dict[str, Any],
+               data: TrainingData) -> TrainResult:
+    run_id = run_state["mlflow_run_id"]
+    best, best_metrics = _best(result)
+    if best is None:
+        tracking.end_run(tracking_uri, run_id, status="FAILED")
+        raise RuntimeError(f"run {config.run_name} in {run_dir} reported no checkpoint")
+    state, _ = _load(best)
+    _, history = _load(result.checkpoint or best)
+    returned = result.return_value if isinstance(result.return_value, dict) else {}
+    numbers = {k: float(v) for k, v in best_metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracking.log_metrics(tracking_uri, run_id, {f"best_{k}": v for k, v in numbers.items()}, step=int(state["epoch"]))
+    model_uri = version = None
+    registered = run_state.get("registered") or {}
+    key = {"checkpoint": checkpoint_uri(best), "register": config.register}
+    if config.register and all(registered.get(k) == v for k, v in key.items()):
+        model_uri, version = registered["model_uri"], registered["version"]  # a rerun that trained nothing new
+        logger.info("best checkpoint unchanged: %s (version %s) stays registered", model_uri, version)
+    elif config.register:
+        model_uri, version = register(config, state, checkpoint_uri(best) or "", numbers, data, tracking_uri, run_id)
+        logger.info("registered %s (version %s) from epoch %d", model_uri, version, int(state["epoch"]))
+        write_run_state(run_dir, {**run_state, "registered": {**key, "model_uri": model_uri, "version": version}})
+    tracking.end_run(tracking_uri, run_id, status="FINISHED")
+    mlflow_errors = int(returned.get("mlflow_errors", 0))
+    if mlflow_errors:
+        logger.warning("%d MLflow call(s) failed during training (see the warnings above); the run's MLflow record "
+                       "is incomplete", mlflow_errors)
+    skipped = int(sum(row.get("unreadable", 0) for row in history[-1:]))
+    if skipped:
+        logger.warning("%d sample(s) could not be read and were skipped each epoch; see %s", skipped,
+                       storage.join(run_dir, "rejects"))
+    return TrainResult(run_name=config.run_name, run_dir=run_dir, best_checkpoint=checkpoint_uri(best),
+                       latest_checkpoint=checkpoint_uri(result.checkpoint), best_metrics=numbers, history=history,
+                       start_epoch=int(returned.get("start_epoch", len(history))), mlflow_run_id=run_id,
+                       tracking_uri=tracking_uri, registered_model_uri=model_uri, model_version=version,
+                       skipped_samples=skipped, mlflow_errors=mlflow_errors)
