@@ -23,7 +23,12 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
-from bpiml.evaluation.evaluate import EvalConfig, build_parser, print_result, run_evaluation  # noqa: E402
+from bpiml.evaluation.evaluate import (  # noqa: E402
+    EvalConfig,
+    build_parser,
+    print_result,
+    run_evaluation,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

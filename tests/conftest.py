@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from stack_fixtures import local_stack  # noqa: F401  (the real local services, started on first use)
+from stack_fixtures import STARTUP, local_stack, s3_env  # noqa: F401  (the real local services, started on first use)
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +15,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN001, ARG001 - pytest hook
+    if STARTUP:
+        terminalreporter.write_line(f"local stack (SeaweedFS, MLflow, Ray head + workers) started in "
+                                    f"{STARTUP['seconds']:.1f} s")

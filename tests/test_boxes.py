@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bpiml.data.boxes import boxes_from_mask, jitter_boxes, merge_boxes, pad_boxes, sanitize_boxes
+from bpiml.data.boxes import (
+    boxes_from_mask,
+    jitter_boxes,
+    merge_boxes,
+    pad_boxes,
+    sanitize_boxes,
+)
 
 
 def _mask(*rects, shape=(100, 120)):

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bpiml.data.imageio import DecodeError, decode_image, decode_mask, encode_image, encode_mask_png, image_size
+from bpiml.data.imageio import (
+    DecodeError,
+    decode_image,
+    decode_mask,
+    encode_image,
+    encode_mask_png,
+    image_size,
+)
 
 
 def _save(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -13,8 +13,8 @@ from bpiml.data.importers.cli import cli_import_coco, cli_import_imdl
 from bpiml.data.importers.coco import import_coco
 from bpiml.data.importers.imdl import import_imdl
 from bpiml.data.importers.summary import unique_ids
-from bpiml.data.naming import file_stem
 from bpiml.data.manifest import image_uri, mask_uri, read_manifest
+from bpiml.data.naming import file_stem
 from bpiml.data.splits import assign_splits, scene_key
 
 

@@ -10,9 +10,15 @@ import torch
 
 from bpiml.model import StudentConfig, build_student, memory_usage_stats
 from bpiml.model.backbone import Backbone
-from bpiml.model.guidance import DualGuidance
 from bpiml.model.gating import GatedIntegration
-from bpiml.model.info import COMPUTE_BUDGET, PARAM_BUDGET, VARIANTS, cli_model_info, model_info
+from bpiml.model.guidance import DualGuidance
+from bpiml.model.info import (
+    COMPUTE_BUDGET,
+    PARAM_BUDGET,
+    VARIANTS,
+    cli_model_info,
+    model_info,
+)
 from bpiml.model.memory_bank import MemoryBank
 from bpiml.model.mgfm import build_mgfm
 from bpiml.model.projection import MultiScalePreprocess

@@ -8,9 +8,13 @@ import torch
 from segment_anything.modeling.image_encoder import Attention, add_decomposed_rel_pos
 
 from bpiml.pseudolabel.teachers import build_teacher
-from bpiml.pseudolabel.teachers.sam_fast import FastAttention, decomposed_rel_pos_bias, enable_fast_attention, preprocess_on_device
+from bpiml.pseudolabel.teachers.sam_fast import (
+    FastAttention,
+    decomposed_rel_pos_bias,
+    enable_fast_attention,
+    preprocess_on_device,
+)
 from bpiml.pseudolabel.teachers.tiny_sam import build_tiny_sam, save_tiny_sam_checkpoint
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

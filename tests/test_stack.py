@@ -12,10 +12,12 @@ import uuid
 from pathlib import Path
 
 import boto3
+import botocore.exceptions
 import pytest
+from stack_fixtures import s3_client
 
 from bpiml.data import storage
-from bpiml.runtime.stack import LOCAL_AWS_ENV, LocalStack
+from bpiml.runtime.stack import LocalStack, run_script
 
 pytestmark = pytest.mark.e2e
 
@@ -38,11 +40,7 @@ print("WROTE", "{uri}")
 
 
 def _s3(stack: LocalStack):
-    return boto3.client("s3", endpoint_url=stack.s3_endpoint, **{
-        "aws_access_key_id": LOCAL_AWS_ENV["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": LOCAL_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-        "region_name": LOCAL_AWS_ENV["AWS_DEFAULT_REGION"],
-    })
+    return s3_client(stack)
 
 
 def _submit(env: dict[str, str], workdir: Path, *entrypoint: str, wait: bool = True) -> subprocess.CompletedProcess:
@@ -124,18 +122,6 @@ def test_mlflow_logs_through_server_into_s3_and_registers(local_stack: LocalStac
     assert client.get_model_version_by_alias(name, "champion").run_id == run.info.run_id
 
 
-@pytest.fixture()
-def s3_env(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> LocalStack:
-    """This process talks to the local S3 endpoint through AWS_ENDPOINT_URL."""
-    monkeypatch.setattr(storage, "_endpoint_override", None)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", local_stack.s3_endpoint)
-    for key, value in LOCAL_AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    return local_stack
-
-
 def test_storage_and_pyarrow_on_s3(s3_env: LocalStack) -> None:
     bucket = f"store-{uuid.uuid4().hex[:8]}"
     _s3(s3_env).create_bucket(Bucket=bucket)
@@ -167,6 +153,31 @@ def test_checks_fail_fast_naming_a_missing_bucket(s3_env: LocalStack) -> None:
 
 def test_env_points_at_loopback_only(local_stack: LocalStack) -> None:
     for url in (local_stack.s3_endpoint, local_stack.tracking_uri, local_stack.ray_address):
-        assert url.startswith("http://127.0.0.1:"), url
-    assert local_stack.ray_gcs_address.startswith("127.0.0.1:")
+        assert url.startswith("http://127.0.0."), url
+    assert local_stack.ray_gcs_address.startswith("127.0.0.")
     assert os.path.isfile(local_stack.env["RAY_AUTH_TOKEN_PATH"])
+
+
+def test_s3_checks_credentials(local_stack: LocalStack) -> None:
+    good = _s3(local_stack)
+    creds = local_stack.s3_credentials
+    bad = boto3.client("s3", endpoint_url=local_stack.s3_endpoint, aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key="not-the-secret", region_name=creds["AWS_DEFAULT_REGION"])
+    bucket = f"creds-{uuid.uuid4().hex[:8]}"
+    good.create_bucket(Bucket=bucket)
+    good.put_object(Bucket=bucket, Key="a", Body=b"x")
+    with pytest.raises(botocore.exceptions.ClientError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+        bad.get_object(Bucket=bucket, Key="a")
+    with pytest.raises(botocore.exceptions.ClientError):
+        bad.put_object(Bucket=bucket, Key="b", Body=b"y")
+
+
+def test_s3_data_survives_a_restart_of_the_store(local_stack: LocalStack) -> None:
+    bucket = f"keep-{uuid.uuid4().hex[:8]}"
+    _s3(local_stack).create_bucket(Bucket=bucket)
+    _s3(local_stack).put_object(Bucket=bucket, Key="kept.txt", Body=b"still here")
+    run_script("stop_s3.sh", local_stack.state_dir, {}, 120)
+    endpoint = run_script("start_s3.sh", local_stack.state_dir,
+                          {"BPIML_S3_PORT": local_stack.s3_endpoint.rsplit(":", 1)[1]}, 300)
+    assert endpoint == local_stack.s3_endpoint
+    assert _s3(local_stack).get_object(Bucket=bucket, Key="kept.txt")["Body"].read() == b"still here"

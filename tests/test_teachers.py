@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from bpiml.pseudolabel.teachers import TEACHERS, build_teacher
 from bpiml.data.boxes import box_pixels
+from bpiml.pseudolabel.teachers import TEACHERS, build_teacher
 from bpiml.pseudolabel.teachers.base import Teacher, validate_batch
 from bpiml.pseudolabel.teachers.grabcut import GrabCutConfig, GrabCutTeacher
 from bpiml.pseudolabel.teachers.tiny_sam import save_tiny_sam_checkpoint
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

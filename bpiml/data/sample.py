@@ -22,9 +22,9 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
+from bpiml.config import BaseConfig, check_range, field
 from bpiml.data import storage
 from bpiml.data.boxes import boxes_from_mask, pad_boxes
-from bpiml.config import BaseConfig, check_range, field
 from bpiml.data.imageio import encode_image, encode_mask_png
 from bpiml.data.manifest import Record, write_manifest
 

@@ -32,8 +32,14 @@ from bpiml.config import BaseConfig, check_range, field
 from bpiml.data import degrade, imageio, naming, rejects, storage
 from bpiml.evaluation import metrics
 from bpiml.evaluation.inference import check_model, load_model, predict_batch
+from bpiml.evaluation.tables import (
+    aggregate,
+    format_table,
+    json_safe,
+    log_to_mlflow,
+    table_csv,
+)
 from bpiml.evaluation.testsets import load_test_set, parse_datasets, parse_groups
-from bpiml.evaluation.tables import aggregate, format_table, json_safe, log_to_mlflow, table_csv
 from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
 
 logger = logging.getLogger(__name__)

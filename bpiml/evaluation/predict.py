@@ -24,7 +24,12 @@ import torch
 
 from bpiml.config import BaseConfig, check_range, field
 from bpiml.data import imageio, manifest, naming, rejects, storage
-from bpiml.evaluation.inference import check_model, load_model, predict_batch, predict_probs
+from bpiml.evaluation.inference import (
+    check_model,
+    load_model,
+    predict_batch,
+    predict_probs,
+)
 from bpiml.evaluation.visual import overlay
 from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
 

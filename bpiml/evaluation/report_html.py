@@ -6,6 +6,7 @@ import html
 import math
 from typing import Any, Mapping, Sequence
 
+
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.4f}"

@@ -13,6 +13,7 @@ import numpy as np
 
 from bpiml.evaluation.inference import check_image
 
+
 def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.45,
             contour: tuple[int, int, int] = (255, 255, 0)) -> np.ndarray:
     """HxWx3 uint8 with `mask` tinted in `color` and its contour drawn in `contour` (1-3 px by image size)."""

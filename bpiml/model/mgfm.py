@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bpiml.model.guidance import DualGuidance
 from bpiml.model.gating import GatedIntegration
+from bpiml.model.guidance import DualGuidance
 from bpiml.model.memory_bank import MemoryBank
 from bpiml.model.projection import MultiScalePreprocess
 from bpiml.model.refine import RefineHead

@@ -16,6 +16,7 @@ import ray
 
 from bpiml.data import parts, storage
 from bpiml.pseudolabel.store import REJECTS_DIR, SHARDS_DIR, SUPERSEDE_DIR
+from bpiml.runtime.datasets import READ_CPUS, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +126,9 @@ def store_stats(out: str) -> dict[str, Any]:
     if len(files) <= DRIVER_LIMIT:
         lines = (line for uri in files for line in storage.read_bytes(uri).decode("utf-8", "replace").splitlines())
         return _stats_of_lines(line for line in lines if line.strip())
-    filesystem, _ = storage.pyarrow_fs(files[0])
-    ds = ray.data.read_text([storage.pyarrow_fs(u)[1] for u in files], filesystem=filesystem)
+    ds = read_lines(files)
     total: dict[str, Any] = {"records": 0, "teachers": {}}
-    for row in ds.map_batches(_block_stats, batch_format="numpy").iter_rows():
+    for row in ds.map_batches(_block_stats, batch_format="numpy", num_cpus=READ_CPUS).iter_rows():
         total["records"] += int(row["records"])
         for key, n in json.loads(row["teachers"]).items():
             total["teachers"][key] = total["teachers"].get(key, 0) + n

@@ -25,13 +25,21 @@ from bpiml.data import rejects, storage
 from bpiml.data.lock import WriterLock
 from bpiml.pseudolabel import commit, plan
 from bpiml.pseudolabel.config import PseudoLabelConfig
-from bpiml.pseudolabel.sink import PartSink
 from bpiml.pseudolabel.labeler import TeacherLabeler
+from bpiml.pseudolabel.sink import PartSink
 from bpiml.pseudolabel.stages import decode_rows, parse_lines, write_masks
-from bpiml.pseudolabel.store import LOCK_FILE, REJECTS_DIR, SHARDS_DIR, read_index, source_reference, write_index
+from bpiml.pseudolabel.store import (
+    LOCK_FILE,
+    REJECTS_DIR,
+    SHARDS_DIR,
+    read_index,
+    source_reference,
+    write_index,
+)
 from bpiml.pseudolabel.summary import build_summary, format_summary
 from bpiml.pseudolabel.teachers import teacher_identity
 from bpiml.runtime import raycluster
+from bpiml.runtime.datasets import READ_CPUS, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +86,11 @@ def _gpus_per_actor(cfg: PseudoLabelConfig) -> float:
 
 
 def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, counter: Any) -> ray.data.Dataset:
-    filesystem, _ = storage.pyarrow_fs(files[0])
-    text = ray.data.read_text([storage.pyarrow_fs(u)[1] for u in files], filesystem=filesystem)
+    text = read_lines(files)
     if cfg.limit:
         text = text.limit(cfg.limit)
-    rows = text.map_batches(parse_lines, fn_kwargs={"identity": identity}, batch_size=1024, batch_format="numpy")
+    rows = text.map_batches(parse_lines, fn_kwargs={"identity": identity}, batch_size=1024, batch_format="numpy",
+                            num_cpus=READ_CPUS)
     planned = plan.plan(rows, plan.read_done(cfg.out), counter, _plan_partitions(files))
     # Decode and write are CPU tasks before and after the teacher actors. Their CPU share differs
     # from the actors' so Ray Data does not fuse decoding into the (GPU) actor process.

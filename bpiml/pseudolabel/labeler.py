@@ -8,6 +8,8 @@ waiting by decoding, PNG encoding or writes (CPU tasks before and after this sta
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,10 @@ from bpiml.pseudolabel.rows import columns, rows_of
 from bpiml.pseudolabel.teachers import build_teacher
 
 logger = logging.getLogger(__name__)
+
+# Test hooks for the fault-injection tests (tests/test_kill.py); unset in normal use.
+DELAY_ENV = "BPIML_TEST_TEACHER_DELAY_S"  # sleep this long per batch, so a kill lands mid-run
+LABEL_LOG_ENV = "BPIML_TEST_LABEL_LOG"  # append every id the teacher labels here (measures redone work)
 
 
 class TeacherLabeler:
@@ -52,6 +58,7 @@ class TeacherLabeler:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         rows = rows_of(batch)
         todo = [i for i, row in enumerate(rows) if row["status"] == "ok"]
+        _test_hooks([rows[i]["id"] for i in todo])
         results = self._predict([batch["image"][i] for i in todo], [batch["boxes"][i] for i in todo]) if todo else []
         masks: list[np.ndarray] = [np.zeros((1, 1), np.uint8)] * len(rows)
         for i, result in zip(todo, results):
@@ -61,3 +68,12 @@ class TeacherLabeler:
             else:
                 masks[i] = np.asarray(result, dtype=np.uint8)
         return {**columns(rows), "mask": masks, "teacher_version": [self.teacher.version] * len(rows)}
+
+
+def _test_hooks(ids: list[str]) -> None:
+    delay, log = float(os.environ.get(DELAY_ENV) or 0), os.environ.get(LABEL_LOG_ENV)
+    if delay and ids:
+        time.sleep(delay)
+    if log and ids:
+        with open(log, "a") as f:  # one write per batch: appends from several actors do not interleave
+            f.write("".join(f"{rid}\n" for rid in ids))

@@ -29,6 +29,7 @@ import ray
 from bpiml.data import parts, storage
 from bpiml.pseudolabel.rows import BAD_LINE_PREFIX, ROW_COLUMNS, columns, empty_row
 from bpiml.pseudolabel.store import SHARDS_DIR, mask_path
+from bpiml.runtime.datasets import READ_CPUS, read_lines
 
 COUNT_KEYS = ("input", "skipped", "new", "relabel", "duplicate", "superseded", "invalid")
 
@@ -71,26 +72,20 @@ def done_rows(batch: dict[str, Any]) -> dict[str, list[Any]]:
     return columns(rows)
 
 
-def read_done(out: str, override_num_blocks: int | None = None) -> ray.data.Dataset | None:
+def read_done(out: str) -> ray.data.Dataset | None:
     """The output's done rows as a dataset, or None when it holds no records yet."""
     files = parts.table_files(storage.join(out, SHARDS_DIR))
     if not files:
         return None
-    filesystem, paths = _arrow_paths(files)
-    ds = ray.data.read_text(paths, filesystem=filesystem, include_paths=True, override_num_blocks=override_num_blocks)
+    ds = read_lines(files, include_paths=True)
     if storage.is_s3(out):
-        ds = ds.map_batches(_s3_paths, batch_format="numpy")
-    return ds.map_batches(done_rows, batch_format="numpy")
+        ds = ds.map_batches(_s3_paths, batch_format="numpy", num_cpus=READ_CPUS)
+    return ds.map_batches(done_rows, batch_format="numpy", num_cpus=READ_CPUS)
 
 
 def _s3_paths(batch: dict[str, Any]) -> dict[str, Any]:
     return {**batch, "path": np.asarray(["s3://" + str(p) if not str(p).startswith("s3://") else str(p)
                                          for p in batch["path"]], dtype=object)}
-
-
-def _arrow_paths(uris: list[str]) -> tuple[Any, list[str]]:
-    filesystem, _ = storage.pyarrow_fs(uris[0])
-    return filesystem, [storage.pyarrow_fs(u)[1] for u in uris]
 
 
 # --- the plan, per block of co-located ids -------------------------------------------------------
@@ -143,4 +138,4 @@ def plan(inputs: ray.data.Dataset, done: ray.data.Dataset | None, counter: Any, 
     """Co-locate rows by id (hash partitions, sorted) and plan each block; see the module doc."""
     rows = inputs if done is None else inputs.union(done)
     return rows.repartition(num_partitions, keys=["id"], sort=True).map_batches(
-        plan_block, batch_size=None, batch_format="numpy", fn_kwargs={"counter": counter})
+        plan_block, batch_size=None, batch_format="numpy", fn_kwargs={"counter": counter}, num_cpus=READ_CPUS)

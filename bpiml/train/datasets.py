@@ -11,8 +11,15 @@ from ray.data import RandomSeedConfig
 
 from bpiml.data import manifest, storage
 from bpiml.pseudolabel import store as pseudo_store
+from bpiml.runtime.datasets import READ_CPUS, read_lines
 from bpiml.train.config import TrainConfig
-from bpiml.train.data import CACHE_LIMIT, TrainingData, augment_samples, decode_samples, sample_rows
+from bpiml.train.data import (
+    CACHE_LIMIT,
+    TrainingData,
+    augment_samples,
+    decode_samples,
+    sample_rows,
+)
 
 DECODE_CPUS = 0.5  # decode tasks take half a CPU: they share nodes with the training workers
 
@@ -21,11 +28,6 @@ def store_roots(config: TrainConfig) -> tuple[str, str, dict[str, Any]]:
     """(pseudo store root, input store root, index) of the training store, checked."""
     opened = pseudo_store.PseudoStore.open(config.store, config.allow_external_source)
     return opened.root, opened.source, opened.index
-
-
-def _read(files: list[str]) -> ray.data.Dataset:
-    filesystem, _ = storage.pyarrow_fs(files[0])
-    return ray.data.read_text([storage.pyarrow_fs(u)[1] for u in files], filesystem=filesystem)
 
 
 def _count_block(batch: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -39,7 +41,7 @@ def _count_block(batch: dict[str, Any]) -> dict[str, np.ndarray]:
 def count_samples(rows: ray.data.Dataset) -> dict[str, int]:
     """Split and skip counts by one pass (one small row per block comes back, never the samples)."""
     total: dict[str, int] = {}
-    for row in rows.map_batches(_count_block, batch_format="numpy").iter_rows():
+    for row in rows.map_batches(_count_block, batch_format="numpy", num_cpus=READ_CPUS).iter_rows():
         for key, n in json.loads(row["counts"]).items():
             total[key] = total.get(key, 0) + n
     return total
@@ -51,7 +53,7 @@ def _only(batch: dict[str, Any], split: str) -> dict[str, Any]:
 
 
 def _decoded(rows: ray.data.Dataset, split: str, config: TrainConfig) -> ray.data.Dataset:
-    ds = rows.map_batches(_only, fn_kwargs={"split": split}, batch_format="numpy")
+    ds = rows.map_batches(_only, fn_kwargs={"split": split}, batch_format="numpy", num_cpus=READ_CPUS)
     if config.limit:
         ds = ds.limit(config.limit)
     return ds.map_batches(decode_samples, fn_kwargs={"size": config.model.img_size}, batch_size=16,
@@ -62,7 +64,7 @@ def training_data(config: TrainConfig) -> TrainingData:
     """The train and validation datasets of `config.store`, and what the driver needs to know of them."""
     root, source, index = store_roots(config)
     files = manifest.manifest_files(root)
-    rows = _read(files).map_batches(sample_rows, batch_format="numpy", fn_kwargs={
+    rows = read_lines(files).map_batches(sample_rows, batch_format="numpy", num_cpus=READ_CPUS, fn_kwargs={
         "root": root, "source": source, "supervision": config.supervision, "train_split": config.train_split,
         "val_split": config.val_split, "allow_external": config.allow_external_source})
     counts = count_samples(rows)
@@ -80,7 +82,8 @@ def training_data(config: TrainConfig) -> TrainingData:
     train = train.map_batches(augment_samples, fn_kwargs={"augment": augment}, batch_size=16, batch_format="numpy",
                               num_cpus=DECODE_CPUS)
     if not n_val:  # no GT: memory statistics and overlays still come from a few train images
-        val = val.map_batches(lambda b: {**b, "has_gt": np.zeros(len(b["id"]), bool)}, batch_format="numpy")
+        val = val.map_batches(lambda b: {**b, "has_gt": np.zeros(len(b["id"]), bool)}, batch_format="numpy",
+                              num_cpus=READ_CPUS)
     teacher = index.get("teacher") or _legacy_teacher(root)
     skipped = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("skip:") and k != "skip:"}
     return TrainingData(train=train, val=val, n_train=n_train, n_val=n_val, skipped=skipped,

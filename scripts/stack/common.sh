@@ -4,6 +4,8 @@
 #   <service>.pid     process-group leader started by us (setsid), the only thing stop_* kills
 #   <service>.port    port it listens on
 #   <service>.log     its stdout/stderr
+#   s3.env            the S3 endpoint's access key and secret (generated once, mode 600)
+#   s3data/           SeaweedFS data (kept across restarts)
 #   env.sh            exports for clients (written by up.sh), chmod 600
 # shellcheck shell=bash
 
@@ -12,14 +14,35 @@ set -euo pipefail
 STACK_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$STACK_SCRIPTS/../.." && pwd)"
 STACK_DIR="${BPIML_STACK_DIR:-$REPO_ROOT/.bpiml/stack}"
+export BPIML_STACK_DIR_RESOLVED="$STACK_DIR"
 VENV="${BPIML_VENV:-$REPO_ROOT/.venv}"
 PY="$VENV/bin/python"
 HOST=127.0.0.1
 
-# Fake credentials for the local S3 endpoint only (moto accepts any). Never real ones.
-LOCAL_AWS_ACCESS_KEY_ID=testing
-LOCAL_AWS_SECRET_ACCESS_KEY=testing
 LOCAL_AWS_REGION=us-east-1
+
+# load_s3_credentials: export the local S3 endpoint's key pair (made by start_s3.sh) as AWS_* variables.
+load_s3_credentials() {
+    [[ -f "$STACK_DIR/s3.env" ]] || die "no $STACK_DIR/s3.env: start scripts/stack/start_s3.sh first"
+    # shellcheck disable=SC1091
+    source "$STACK_DIR/s3.env"
+    export AWS_ACCESS_KEY_ID="$BPIML_S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$BPIML_S3_SECRET_KEY"
+    export AWS_DEFAULT_REGION="$LOCAL_AWS_REGION" AWS_REGION="$LOCAL_AWS_REGION"
+    unset AWS_SESSION_TOKEN AWS_PROFILE
+}
+
+# export_services: the local S3 endpoint (with its credentials) and MLflow server of this state dir,
+# for a Ray node whose jobs and workers must reach them.
+export_services() {
+    if alive s3; then
+        local endpoint="http://$HOST:$(cat "$STACK_DIR/s3.port")"
+        export AWS_ENDPOINT_URL_S3="$endpoint" AWS_ENDPOINT_URL="$endpoint" MLFLOW_S3_ENDPOINT_URL="$endpoint"
+        load_s3_credentials
+    fi
+    if alive mlflow; then
+        export MLFLOW_TRACKING_URI="http://$HOST:$(cat "$STACK_DIR/mlflow.port")"
+    fi
+}
 
 mkdir -p "$STACK_DIR"
 chmod 700 "$STACK_DIR"

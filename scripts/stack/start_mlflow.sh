@@ -12,7 +12,7 @@
 # BPIML_MLFLOW_ARTIFACTS=<local folder> keeps artifacts on local disk instead (the embedded default
 # of scripts/demo.sh: no S3 at all).
 # S3 endpoint: BPIML_S3_ENDPOINT, else the local endpoint of start_s3.sh in the same state dir.
-# Credentials: the AWS_* variables in the environment, else the fake local ones (local S3 only).
+# Credentials: the AWS_* variables in the environment, else the local S3 endpoint's key pair (s3.env).
 # The bucket is created when missing. Prints the tracking URI.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -32,8 +32,7 @@ elif [[ -n "${BPIML_S3_ENDPOINT:-}" ]]; then
     S3_ENDPOINT="$BPIML_S3_ENDPOINT"
 elif alive s3; then
     S3_ENDPOINT="http://$HOST:$(cat "$STACK_DIR/s3.port")"
-    export AWS_ACCESS_KEY_ID="$LOCAL_AWS_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY="$LOCAL_AWS_SECRET_ACCESS_KEY"
-    unset AWS_SESSION_TOKEN AWS_PROFILE
+    load_s3_credentials
 else
     die "mlflow: no S3 endpoint: start scripts/stack/start_s3.sh first or set BPIML_S3_ENDPOINT"
 fi

@@ -4,12 +4,19 @@
 #   scripts/stack/start_ray.sh
 #
 # Settings (environment):
-#   BPIML_RAY_NUM_CPUS        CPUs the head offers (default 2)
+#   BPIML_RAY_NUM_CPUS        CPUs the head offers (default 2; 0 when BPIML_RAY_WORKERS > 0)
+#   BPIML_RAY_WORKERS         worker nodes to start after the head (default 0: a single-node head);
+#                             see start_ray_worker.sh
 #   BPIML_RAY_PORT            GCS port (default 6379, or a free port when 6379 is taken)
 #   BPIML_RAY_DASHBOARD_PORT  dashboard / Jobs API port (default 8265, same fallback)
 #   BPIML_RAY_TEMP_DIR        Ray's temp/session dir (default <state>/ray, or /tmp/bpiml-ray-<id>
 #                             when that path is too long for Unix sockets)
 #   BPIML_RAY_OBJECT_STORE_BYTES  object store size (default 200 MB)
+#
+# Single-node mode (no workers): the head is 127.0.0.1 and every Ray server listens there only.
+# Cluster mode (BPIML_RAY_WORKERS > 0): like cluster.yaml, the head offers no CPUs and runs only
+# drivers and the control plane; it is 127.0.0.2 and each worker node 127.0.0.<2+k>, all loopback
+# addresses (Ray keeps them, unlike 127.0.0.1, which it swaps for a routable address when nodes join).
 #
 # Token authentication (Ray >= 2.52): the head runs with RAY_AUTH_MODE=token and
 # RAY_AUTH_TOKEN_PATH=<state>/ray_auth_token (a random 256-bit hex token, mode 600, created here
@@ -23,12 +30,13 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if alive ray; then
-    echo "http://$HOST:$(cat "$STACK_DIR/ray.port")"
+    cat "$STACK_DIR/ray.dashboard"
     log "ray: already running (process group $(cat "$STACK_DIR/ray.pid"))"
     exit 0
 fi
 
-NUM_CPUS="${BPIML_RAY_NUM_CPUS:-2}"
+WORKERS="${BPIML_RAY_WORKERS:-0}"
+if (( WORKERS > 0 )); then NODE_IP=127.0.0.2; NUM_CPUS="${BPIML_RAY_NUM_CPUS:-0}"; else NODE_IP=$HOST; NUM_CPUS="${BPIML_RAY_NUM_CPUS:-2}"; fi
 OBJECT_STORE="${BPIML_RAY_OBJECT_STORE_BYTES:-200000000}"
 # pick_port VAR DEFAULT: an explicit port must be free; the default falls back to a free one.
 pick_port() {
@@ -68,19 +76,11 @@ unset RAY_AUTH_TOKEN RAY_ADDRESS
 # (services.resolve_ip_for_localhost). This switch (meant for single-node macOS/Windows) keeps the
 # loopback address, so the GCS, raylet and agents bind and advertise 127.0.0.1 only; it also
 # refuses worker nodes joining this head, which a local single-node head never needs.
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+if (( WORKERS == 0 )); then export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; fi
+echo "$WORKERS" > "$STACK_DIR/ray.workers"
 
 # Services of this state dir that jobs should reach.
-if alive s3; then
-    S3_ENDPOINT="http://$HOST:$(cat "$STACK_DIR/s3.port")"
-    export AWS_ENDPOINT_URL_S3="$S3_ENDPOINT" AWS_ENDPOINT_URL="$S3_ENDPOINT" MLFLOW_S3_ENDPOINT_URL="$S3_ENDPOINT"
-    export AWS_ACCESS_KEY_ID="$LOCAL_AWS_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY="$LOCAL_AWS_SECRET_ACCESS_KEY"
-    export AWS_DEFAULT_REGION="$LOCAL_AWS_REGION" AWS_REGION="$LOCAL_AWS_REGION"
-    unset AWS_SESSION_TOKEN AWS_PROFILE
-fi
-if alive mlflow; then
-    export MLFLOW_TRACKING_URI="http://$HOST:$(cat "$STACK_DIR/mlflow.port")"
-fi
+export_services
 
 # A job's `python` is resolved on the head's PATH: make it the project venv's.
 export PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV"
@@ -91,16 +91,20 @@ RUNTIME_ENV_PORT="$(free_port)"; METRICS_PORT="$(free_port)"
 
 start=$SECONDS
 start_group ray "$VENV/bin/ray" start --head \
-    --node-ip-address "$HOST" --port "$GCS_PORT" \
-    --include-dashboard true --dashboard-host "$HOST" --dashboard-port "$DASH_PORT" \
+    --node-ip-address "$NODE_IP" --port "$GCS_PORT" \
+    --include-dashboard true --dashboard-host "$NODE_IP" --dashboard-port "$DASH_PORT" \
     --ray-client-server-port "$CLIENT_PORT" --dashboard-agent-listen-port "$AGENT_PORT" \
     --dashboard-agent-grpc-port "$AGENT_GRPC_PORT" --runtime-env-agent-port "$RUNTIME_ENV_PORT" \
     --metrics-export-port "$METRICS_PORT" \
     --num-cpus "$NUM_CPUS" --num-gpus 0 --object-store-memory "$OBJECT_STORE" \
     --temp-dir "$TEMP_DIR" --disable-usage-stats
 echo "$DASH_PORT" > "$STACK_DIR/ray.port"
-echo "$HOST:$GCS_PORT" > "$STACK_DIR/ray.gcs"
+echo "$NODE_IP:$GCS_PORT" > "$STACK_DIR/ray.gcs"
+echo "http://$NODE_IP:$DASH_PORT" > "$STACK_DIR/ray.dashboard"
 # The Jobs API answers once the dashboard is up; with token auth every route needs the token.
-wait_http "http://$HOST:$DASH_PORT/api/version" 180 ray "$TOKEN_FILE"
-log "ray: up in $((SECONDS - start))s (process group $(cat "$STACK_DIR/ray.pid"), GCS $HOST:$GCS_PORT, token file $TOKEN_FILE, temp dir $TEMP_DIR)"
-echo "http://$HOST:$DASH_PORT"
+wait_http "http://$NODE_IP:$DASH_PORT/api/version" 180 ray "$TOKEN_FILE"
+log "ray: head up in $((SECONDS - start))s (process group $(cat "$STACK_DIR/ray.pid"), GCS $NODE_IP:$GCS_PORT, $NUM_CPUS CPUs, token file $TOKEN_FILE, temp dir $TEMP_DIR)"
+for (( k = 1; k <= WORKERS; k++ )); do
+    "$STACK_SCRIPTS/start_ray_worker.sh" "$k" >&2
+done
+echo "http://$NODE_IP:$DASH_PORT"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start the local stack: S3 endpoint, MLflow server (artifacts in that S3), Ray head with token auth,
+# Start the local stack: S3 endpoint (SeaweedFS), MLflow server (artifacts in that S3), Ray head with
+# token auth (and, with BPIML_RAY_WORKERS=N, N worker nodes with private scratch: a small cluster),
 # and write <state>/env.sh for clients:
 #
 #   scripts/stack/up.sh
@@ -16,33 +17,36 @@ S3_ENDPOINT="$("$STACK_SCRIPTS/start_s3.sh")"
 TRACKING_URI="$("$STACK_SCRIPTS/start_mlflow.sh")"
 RAY_DASHBOARD="$("$STACK_SCRIPTS/start_ray.sh")"
 trap - ERR
+load_s3_credentials
 
 ENV_FILE="$STACK_DIR/env.sh"
 (
     umask 077
     cat > "$ENV_FILE" <<ENVEOF
-# Written by scripts/stack/up.sh: clients of the local bpiml stack. Holds only the fake
-# credentials of the local S3 endpoint; the Ray token stays in its own file (RAY_AUTH_TOKEN_PATH).
+# Written by scripts/stack/up.sh: clients of the local bpiml stack. Holds the key pair of the local
+# S3 endpoint (nothing else accepts it); the Ray token stays in its own file (RAY_AUTH_TOKEN_PATH).
 export BPIML_STACK_DIR='$STACK_DIR'
 export RAY_ADDRESS='$(cat "$STACK_DIR/ray.gcs")'
 export RAY_API_SERVER_ADDRESS='$RAY_DASHBOARD'
 unset RAY_AUTH_TOKEN  # it would take precedence over RAY_AUTH_TOKEN_PATH
 export RAY_AUTH_MODE=token
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # keep this client on 127.0.0.1 like the head
 export RAY_AUTH_TOKEN_PATH='$STACK_DIR/ray_auth_token'
 export MLFLOW_TRACKING_URI='$TRACKING_URI'
 export AWS_ENDPOINT_URL='$S3_ENDPOINT'
 export AWS_ENDPOINT_URL_S3='$S3_ENDPOINT'
 export MLFLOW_S3_ENDPOINT_URL='$S3_ENDPOINT'
-export AWS_ACCESS_KEY_ID='$LOCAL_AWS_ACCESS_KEY_ID'
-export AWS_SECRET_ACCESS_KEY='$LOCAL_AWS_SECRET_ACCESS_KEY'
+export AWS_ACCESS_KEY_ID='$AWS_ACCESS_KEY_ID'
+export AWS_SECRET_ACCESS_KEY='$AWS_SECRET_ACCESS_KEY'
 export AWS_DEFAULT_REGION='$LOCAL_AWS_REGION'
 ENVEOF
+if [[ "$(cat "$STACK_DIR/ray.workers")" == 0 ]]; then
+    echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # keep this client on 127.0.0.1 like the head" >> "$ENV_FILE"
+fi
 )
 chmod 600 "$ENV_FILE"
 cat >&2 <<MSG
 [stack] up:
-  S3 endpoint   $S3_ENDPOINT (in memory; bucket s3://${BPIML_MLFLOW_BUCKET:-bpiml-mlflow} holds MLflow artifacts)
+  S3 endpoint   $S3_ENDPOINT (SeaweedFS, data in $STACK_DIR/s3data; bucket s3://${BPIML_MLFLOW_BUCKET:-bpiml-mlflow} holds MLflow artifacts)
   MLflow        $TRACKING_URI
   Ray dashboard $RAY_DASHBOARD (token file $STACK_DIR/ray_auth_token)
   client env    source $ENV_FILE

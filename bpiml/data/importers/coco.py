@@ -9,8 +9,17 @@ import numpy as np
 from bpiml.data import storage
 from bpiml.data.boxes import jitter_boxes, pad_boxes, sanitize_boxes
 from bpiml.data.importers.placement import Placer, resolve_source
-from bpiml.data.importers.summary import (ImportSummary, SkipRecord, apply_splits, check_split_options,
-                                          read_image_size, read_json, tidy_boxes, unique_ids, write_import)
+from bpiml.data.importers.summary import (
+    ImportSummary,
+    SkipRecord,
+    apply_splits,
+    check_split_options,
+    read_image_size,
+    read_json,
+    tidy_boxes,
+    unique_ids,
+    write_import,
+)
 from bpiml.data.manifest import Record
 from bpiml.data.splits import CVIP_SCENE_PATTERN
 

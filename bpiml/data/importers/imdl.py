@@ -25,11 +25,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bpiml.data import storage
-from bpiml.data.boxes import boxes_from_mask, fill_boxes, jitter_boxes, pad_boxes, sanitize_boxes
+from bpiml.data.boxes import (
+    boxes_from_mask,
+    fill_boxes,
+    jitter_boxes,
+    pad_boxes,
+    sanitize_boxes,
+)
 from bpiml.data.imageio import DecodeError, decode_mask
 from bpiml.data.importers.placement import Placer, resolve_source
-from bpiml.data.importers.summary import (ImportSummary, SkipRecord, apply_splits, check_split_options,
-                                          read_image_size, read_json, tidy_boxes, unique_ids, write_import)
+from bpiml.data.importers.summary import (
+    ImportSummary,
+    SkipRecord,
+    apply_splits,
+    check_split_options,
+    read_image_size,
+    read_json,
+    tidy_boxes,
+    unique_ids,
+    write_import,
+)
 from bpiml.data.manifest import Record
 from bpiml.data.splits import CVIP_SCENE_PATTERN
 

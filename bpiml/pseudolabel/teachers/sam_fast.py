@@ -27,7 +27,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, get_rel_pos
+from segment_anything.modeling.image_encoder import (
+    Attention,
+    ImageEncoderViT,
+    get_rel_pos,
+)
 
 
 def decomposed_rel_pos_bias(

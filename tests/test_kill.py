@@ -1,0 +1,260 @@
+"""Faults injected for real on the test cluster (`local_stack`: head without CPUs, two worker nodes,
+SeaweedFS, MLflow), jobs submitted with `ray job submit` as a user does:
+
+(a) a teacher actor SIGKILLed mid-run; (b) the driver SIGKILLed mid-run and the identical command
+rerun, twice, then `ray job stop` and a resubmit; (c) a training worker SIGKILLed mid-run;
+(d) the whole training job SIGKILLed and resubmitted; (e) a worker node SIGKILLed during
+pseudo-labeling. After each: every input id exactly once in the manifest (or the rejects), every
+mask decodable at its image's size, and the redone work counted and bounded.
+
+Two test hooks slow the teacher down and log what it labels (`bpiml.pseudolabel.labeler`), so that
+the kills land mid-run whatever the machine's speed; the kills wait for observed progress (part
+files, checkpoints in S3), never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from stack_fixtures import s3_client
+
+from bpiml.data import imageio, storage
+from bpiml.data.manifest import read_manifest, write_manifest
+from bpiml.runtime.stack import LocalStack, restart_worker
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+N_IMAGES = 48
+TRAIN_EPOCHS = 8
+
+
+# --- jobs ------------------------------------------------------------------------------------------
+def submit(stack: LocalStack, args: list[str], env_vars: dict[str, str] | None = None, wait: bool = False) -> str:
+    job_id = f"bpiml-kill-{uuid.uuid4().hex[:8]}"
+    command = [RAY, "job", "submit", "--submission-id", job_id, "--working-dir", str(REPO)]
+    if env_vars:
+        command += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
+    command += ([] if wait else ["--no-wait"]) + ["--", "python", *args]
+    done = subprocess.run(command, env=stack.client_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert done.returncode == 0 or not wait, (done.stdout + done.stderr)[-5000:]
+    return job_id
+
+
+def status(stack: LocalStack, job_id: str) -> str:
+    done = subprocess.run([RAY, "job", "status", job_id], env=stack.client_env(), capture_output=True, text=True)
+    text = (done.stdout + done.stderr).upper()
+    return next((s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING") if s in text), "UNKNOWN")
+
+
+def logs(stack: LocalStack, job_id: str) -> str:
+    return subprocess.run([RAY, "job", "logs", job_id], env=stack.client_env(), capture_output=True, text=True).stdout
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.3):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def finished(stack: LocalStack, job_id: str, timeout: float = 600) -> str:
+    return wait_for(lambda: (s := status(stack, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s, timeout,
+                    f"job {job_id} to end", poll=2)
+
+
+def kill_processes(pattern: str) -> list[int]:
+    pids = [int(p) for p in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def keys(stack: LocalStack, bucket: str, prefix: str) -> list[str]:
+    pages = s3_client(stack).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+# --- the data --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data(local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory):
+    from bpiml.data.sample import make_sample_store
+
+    bucket = f"kill-{uuid.uuid4().hex[:8]}"
+    s3_client(local_stack).create_bucket(Bucket=bucket)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(storage, "_endpoint_override", local_stack.s3_endpoint)
+        for key, value in local_stack.s3_credentials.items():
+            mp.setenv(key, value)
+        local = make_sample_store(str(tmp_path_factory.mktemp("store")), n_images=N_IMAGES, seed=3, size=96)
+        for path in Path(local).rglob("*.*"):
+            if path.name != "manifest.jsonl":
+                s3_client(local_stack).upload_file(str(path), bucket, f"store/{path.relative_to(local).as_posix()}")
+        write_manifest(read_manifest(local), f"s3://{bucket}/store")
+    shared = Path(tempfile_dir(local_stack))  # seen by every node (not under the workers' private /tmp)
+    return {"bucket": bucket, "ids": [r.id for r in read_manifest(local)], "shared": shared}
+
+
+def tempfile_dir(stack: LocalStack) -> str:
+    path = Path(stack.state_dir) / f"kill-{uuid.uuid4().hex[:6]}"
+    path.mkdir()
+    return str(path)
+
+
+def pseudolabel_args(bucket: str, out: str) -> list[str]:
+    return ["jobs/pseudolabel.py", "--store", f"s3://{bucket}/store", "--out", f"s3://{bucket}/{out}",
+            "--teacher", "box", "--num-actors", "2", "--batch-size", "2", "--part-rows", "4", "--lock-ttl-s", "6"]
+
+
+def hooks(log: Path, delay: float = 0.4) -> dict[str, str]:
+    return {"BPIML_TEST_TEACHER_DELAY_S": str(delay), "BPIML_TEST_LABEL_LOG": str(log)}
+
+
+def parts(stack: LocalStack, bucket: str, out: str) -> int:
+    return sum(1 for k in keys(stack, bucket, f"{out}/manifest/") if "/part-" in k)
+
+
+def check_exactly_once(stack: LocalStack, bucket: str, out: str, ids: list[str]) -> list[dict]:
+    client = s3_client(stack)
+    records = [json.loads(line) for k in sorted(keys(stack, bucket, f"{out}/manifest/")) if k.endswith(".jsonl")
+               for line in client.get_object(Bucket=bucket, Key=k)["Body"].read().decode().splitlines() if line]
+    counts = Counter(r["id"] for r in records)
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}, counts.most_common(3)
+    for r in records:
+        mask = imageio.decode_mask(client.get_object(Bucket=bucket, Key=f"{out}/{r['pseudo_mask']}")["Body"].read())
+        assert mask.shape == (r["height"], r["width"]) == (96, 96)
+    index = json.loads(client.get_object(Bucket=bucket, Key=f"{out}/index.json")["Body"].read())
+    assert index["complete"] and index["records"] == len(ids)
+    masks = keys(stack, bucket, f"{out}/pseudo/")
+    assert len(masks) == len(ids)  # no orphan mask of an earlier attempt
+    return records
+
+
+def redone(log: Path, n: int) -> int:
+    return len(log.read_text().splitlines()) - n if log.exists() else 0
+
+
+# --- (a) and (e): a teacher actor, then a whole worker node ---------------------------------------
+def test_a_teacher_actor_killed_mid_run(local_stack: LocalStack, data) -> None:
+    log = data["shared"] / "a.log"
+    job = submit(local_stack, pseudolabel_args(data["bucket"], "pseudo-a"), hooks(log))
+    wait_for(lambda: parts(local_stack, data["bucket"], "pseudo-a") >= 2, 300, "two parts")
+    assert kill_processes("MapBatches.TeacherLabeler")[:1], "no teacher actor found"
+    assert finished(local_stack, job) == "SUCCEEDED", logs(local_stack, job)[-4000:]
+    check_exactly_once(local_stack, data["bucket"], "pseudo-a", data["ids"])
+    print(f"(a) teacher actor killed: {redone(log, N_IMAGES)} image(s) labeled twice")
+    assert redone(log, N_IMAGES) <= 16  # the batches in flight in the killed actor(s)
+
+
+def test_e_a_worker_node_killed_during_pseudo_labeling(local_stack: LocalStack, data) -> None:
+    log = data["shared"] / "e.log"
+    job = submit(local_stack, pseudolabel_args(data["bucket"], "pseudo-e"), hooks(log))
+    try:
+        wait_for(lambda: parts(local_stack, data["bucket"], "pseudo-e") >= 2, 300, "two parts")
+        os.killpg(local_stack.worker_pgid(2), signal.SIGKILL)
+        assert finished(local_stack, job) == "SUCCEEDED", logs(local_stack, job)[-4000:]
+    finally:
+        restart_worker(local_stack, 2)
+    check_exactly_once(local_stack, data["bucket"], "pseudo-e", data["ids"])
+    print(f"(e) worker node killed: {redone(log, N_IMAGES)} image(s) labeled twice")
+    assert redone(log, N_IMAGES) <= 24
+
+
+# --- (b): the driver, twice; then ray job stop --------------------------------------------------------
+def test_b_driver_killed_rerun_twice_then_stopped_and_resubmitted(local_stack: LocalStack, data) -> None:
+    bucket, out, log = data["bucket"], "pseudo-b", data["shared"] / "b.log"
+    args, env = pseudolabel_args(bucket, out), hooks(log)
+    driver = f"jobs/pseudolabel.py --store s3://{bucket}/store --out s3://{bucket}/{out}"
+    committed = []
+    job = submit(local_stack, args, env)
+    wait_for(lambda: parts(local_stack, bucket, out) >= 2, 300, "two parts")
+    second = submit(local_stack, args, env, wait=False)  # one writer per output: this one must refuse
+    assert finished(local_stack, second) == "FAILED" and "is being written by" in logs(local_stack, second)
+    for threshold in (5, 8):
+        assert kill_processes(driver), "no driver found"
+        committed.append(parts(local_stack, bucket, out))
+        assert finished(local_stack, job, 120) == "FAILED"
+        time.sleep(7)  # the lock's heartbeat stops with the driver: after 6 s it is stale
+        job = submit(local_stack, args, env)
+        wait_for(lambda t=threshold: parts(local_stack, bucket, out) >= t, 300, f"{threshold} parts")
+    assert "taking over the stale lock" in logs(local_stack, job)
+    subprocess.run([RAY, "job", "stop", job], env=local_stack.client_env(), capture_output=True, timeout=120)
+    assert finished(local_stack, job, 120) == "STOPPED"
+    time.sleep(7)
+    final = submit(local_stack, args, env, wait=True)
+    assert "pseudo-labeling summary" in logs(local_stack, final)
+    check_exactly_once(local_stack, bucket, out, data["ids"])
+    print(f"(b) driver killed twice, stopped once: {redone(log, N_IMAGES)} image(s) labeled twice "
+          f"(parts committed at the kills: {committed})")
+    assert redone(log, N_IMAGES) <= 3 * 16
+
+
+# --- (c) and (d): training ---------------------------------------------------------------------------
+def train_args(bucket: str, run: str) -> list[str]:
+    return ["jobs/train.py", "--store", f"s3://{bucket}/pseudo-b", "--storage-path", f"s3://{bucket}/runs",
+            "--run-name", run, "--epochs", str(TRAIN_EPOCHS), "--num-workers", "2", "--batch-size", "4",
+            "--model-width", "32", "--model-memory-slots", "16", "--model-img-size", "64", "--log-images", "0",
+            "--experiment", f"kill-{bucket}"]
+
+
+def checkpoints(stack: LocalStack, bucket: str, run: str) -> int:
+    return len({k.split("/")[2] for k in keys(stack, bucket, f"runs/{run}/") if "/checkpoint_" in k
+                and k.endswith("checkpoint.pt")})
+
+
+def mlflow_epochs(stack: LocalStack, bucket: str, run: str) -> tuple[str, list[int]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(stack.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(f"kill-{bucket}").experiment_id],
+                              filter_string=f"attributes.run_name = '{run}'")
+    assert len(runs) == 1, [r.info.run_id for r in runs]  # a resumed run is the same MLflow run
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    return runs[0].info.run_id, sorted(steps)
+
+
+def test_c_a_training_worker_killed_mid_run(local_stack: LocalStack, data) -> None:
+    if not keys(local_stack, data["bucket"], "pseudo-b/index.json"):
+        pytest.skip("needs the pseudo store of test_b")
+    job = submit(local_stack, train_args(data["bucket"], "kill-c"))
+    wait_for(lambda: checkpoints(local_stack, data["bucket"], "kill-c") >= 2, 600, "two checkpoints", poll=1)
+    assert kill_processes("RayTrainWorker")[:1], "no training worker found"
+    assert finished(local_stack, job, 900) == "SUCCEEDED", logs(local_stack, job)[-4000:]
+    text = logs(local_stack, job)
+    resumed = [int(m) for m in re.findall(r"resuming from \S+: epoch (\d+) done", text)]
+    assert resumed and min(resumed) >= 2, text[-3000:]  # from the latest checkpoint, never epoch 0
+    _, steps = mlflow_epochs(local_stack, data["bucket"], "kill-c")
+    assert steps == list(range(TRAIN_EPOCHS))  # every epoch once
+    print(f"(c) training worker killed: restarted from epoch {min(resumed)}, "
+          f"{TRAIN_EPOCHS - min(resumed)} epoch(s) left, the interrupted epoch redone")
+
+
+def test_d_the_training_job_killed_and_resubmitted(local_stack: LocalStack, data) -> None:
+    if not keys(local_stack, data["bucket"], "pseudo-b/index.json"):
+        pytest.skip("needs the pseudo store of test_b")
+    args = train_args(data["bucket"], "kill-d")
+    job = submit(local_stack, args)
+    wait_for(lambda: checkpoints(local_stack, data["bucket"], "kill-d") >= 2, 600, "two checkpoints", poll=1)
+    assert kill_processes(f"jobs/train.py --store s3://{data['bucket']}/pseudo-b --storage-path"), "no driver"
+    assert finished(local_stack, job, 300) == "FAILED"
+    first_id, before = mlflow_epochs(local_stack, data["bucket"], "kill-d")
+    again = submit(local_stack, args, wait=True)
+    text = logs(local_stack, again)
+    resumed = [int(m) for m in re.findall(r"resuming from \S+: epoch (\d+) done", text)]
+    assert resumed and resumed[0] >= 2, text[-3000:]
+    run_id, steps = mlflow_epochs(local_stack, data["bucket"], "kill-d")
+    assert run_id == first_id and steps == list(range(TRAIN_EPOCHS))
+    print(f"(d) training job killed after {len(before)} logged epoch(s): resumed from epoch {resumed[0]}")
