@@ -119,7 +119,7 @@ def pseudolabel_args(bucket: str, out: str) -> list[str]:
             "--teacher", "box", "--num-actors", "2", "--batch-size", "2", "--part-rows", "4", "--lock-ttl-s", "6"]
 
 
-def hooks(log: Path, delay: float = 0.4) -> dict[str, str]:
+def hooks(log: Path, delay: float = 1.0) -> dict[str, str]:
     return {"BPIML_TEST_TEACHER_DELAY_S": str(delay), "BPIML_TEST_LABEL_LOG": str(log)}
 
 
@@ -143,8 +143,17 @@ def check_exactly_once(stack: LocalStack, bucket: str, out: str, ids: list[str])
     return records
 
 
+def labeled(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
 def redone(log: Path, n: int) -> int:
-    return len(log.read_text().splitlines()) - n if log.exists() else 0
+    return labeled(log) - n
+
+
+def mid_run(log: Path) -> None:
+    """The kill must land while the teacher still has images to label, or it tests nothing."""
+    assert 0 < labeled(log) < N_IMAGES, f"{labeled(log)} of {N_IMAGES} labeled when the kill came"
 
 
 # --- (a) and (e): a teacher actor, then a whole worker node ---------------------------------------
@@ -152,6 +161,7 @@ def test_a_teacher_actor_killed_mid_run(local_stack: LocalStack, data) -> None:
     log = data["shared"] / "a.log"
     job = submit(local_stack, pseudolabel_args(data["bucket"], "pseudo-a"), hooks(log))
     wait_for(lambda: parts(local_stack, data["bucket"], "pseudo-a") >= 2, 300, "two parts")
+    mid_run(log)
     assert kill_processes("MapBatches.TeacherLabeler")[:1], "no teacher actor found"
     assert finished(local_stack, job) == "SUCCEEDED", logs(local_stack, job)[-4000:]
     check_exactly_once(local_stack, data["bucket"], "pseudo-a", data["ids"])
@@ -164,6 +174,7 @@ def test_e_a_worker_node_killed_during_pseudo_labeling(local_stack: LocalStack, 
     job = submit(local_stack, pseudolabel_args(data["bucket"], "pseudo-e"), hooks(log))
     try:
         wait_for(lambda: parts(local_stack, data["bucket"], "pseudo-e") >= 2, 300, "two parts")
+        mid_run(log)
         os.killpg(local_stack.worker_pgid(2), signal.SIGKILL)
         assert finished(local_stack, job) == "SUCCEEDED", logs(local_stack, job)[-4000:]
     finally:
@@ -180,17 +191,21 @@ def test_b_driver_killed_rerun_twice_then_stopped_and_resubmitted(local_stack: L
     driver = f"jobs/pseudolabel.py --store s3://{bucket}/store --out s3://{bucket}/{out}"
     committed = []
     job = submit(local_stack, args, env)
-    wait_for(lambda: parts(local_stack, bucket, out) >= 2, 300, "two parts")
-    second = submit(local_stack, args, env, wait=False)  # one writer per output: this one must refuse
-    assert finished(local_stack, second) == "FAILED" and "is being written by" in logs(local_stack, second)
-    for threshold in (5, 8):
+    for threshold in (2, 4):
+        wait_for(lambda t=threshold: parts(local_stack, bucket, out) >= t, 300, f"{threshold} parts")
+        mid_run(log)
         assert kill_processes(driver), "no driver found"
         committed.append(parts(local_stack, bucket, out))
         assert finished(local_stack, job, 120) == "FAILED"
         time.sleep(7)  # the lock's heartbeat stops with the driver: after 6 s it is stale
-        job = submit(local_stack, args, env)
-        wait_for(lambda t=threshold: parts(local_stack, bucket, out) >= t, 300, f"{threshold} parts")
-    assert "taking over the stale lock" in logs(local_stack, job)
+        job = submit(local_stack, args, hooks(log, delay=4.0) if threshold == 4 else env)
+    # The third run is slow on purpose (>= 32 images left at 4 s per 4): a second job started while
+    # it holds the lock must refuse at once, without touching the output.
+    wait_for(lambda: "taking over the stale lock" in logs(local_stack, job), 300, "the rerun to take the lock", poll=2)
+    second = submit(local_stack, args, env)
+    ended, text = finished(local_stack, second), logs(local_stack, second)
+    assert status(local_stack, job) == "RUNNING", "the rerun ended before the second job tried the lock"
+    assert ended == "FAILED" and "is being written by" in text, text[-3000:]
     subprocess.run([RAY, "job", "stop", job], env=local_stack.client_env(), capture_output=True, timeout=120)
     assert finished(local_stack, job, 120) == "STOPPED"
     time.sleep(7)

@@ -27,8 +27,7 @@ class PseudoLabelConfig(BaseConfig):
     batch_size: int = field(4, "images per teacher call (SAM: images per encoder pass)")
     limit: int | None = field(None, "label at most the first N manifest lines (never removes earlier records)")
     max_reject_rate: float = field(0.05, "fail the job (after writing everything) when more images are rejected")
-    rows_per_block: int = field(16, "manifest rows per decode task")
-    part_rows: int = field(64, "records per part file: a killed run redoes at most the parts in flight")
+    part_rows: int = field(32, "records per task and per part file: a killed run redoes at most the parts in flight")
     shard_rows: int = field(20000, "records per manifest shard after a run's parts are compacted")
     max_boxes: int = field(64, "reject images with more boxes than this (a broken annotation, or a memory bomb)")
     grabcut_time_limit_s: float = field(30.0, "GrabCut: after this long on one image, its remaining boxes are filled")
@@ -46,7 +45,7 @@ class PseudoLabelConfig(BaseConfig):
         if self.gpus_per_actor is not None:
             check_range("gpus_per_actor", self.gpus_per_actor, 0)
         check_range("cpus_per_actor", self.cpus_per_actor, 0)
-        for key in ("batch_size", "rows_per_block", "part_rows", "shard_rows", "max_boxes"):
+        for key in ("batch_size", "part_rows", "shard_rows", "max_boxes"):
             check_range(key, getattr(self, key), 1)
         check_range("max_reject_rate", self.max_reject_rate, 0, 1)
         check_range("grabcut_time_limit_s", self.grabcut_time_limit_s, 0.01)

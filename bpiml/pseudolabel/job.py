@@ -44,11 +44,14 @@ from bpiml.runtime.datasets import READ_CPUS, read_lines
 logger = logging.getLogger(__name__)
 
 PARTITION_BYTES = 64 << 20  # manifest bytes per plan partition
+WRITE_CPUS = 0.25  # mask writing and the part sink share one fused task (equal resources fuse)
 
 
 def check_locations(cfg: PseudoLabelConfig) -> list[str]:
     """Fail fast (before any cluster work) on a missing store, an unwritable output or missing weights."""
     files = manifest_io.manifest_files(cfg.store)
+    if all(storage.size(f) == 0 for f in files):  # stops at the first file with content
+        raise ValueError(f"{cfg.store}: the manifest is empty ({', '.join(files[:3])}): nothing to label")
     storage.check_writable(cfg.out)
     if cfg.checkpoint and not cfg.checkpoint.startswith("sam:") and cfg.checkpoint not in ("vit_b", "vit_l", "vit_h"):
         storage.check_readable(cfg.checkpoint)
@@ -92,15 +95,19 @@ def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, coun
     rows = text.map_batches(parse_lines, fn_kwargs={"identity": identity}, batch_size=1024, batch_format="numpy",
                             num_cpus=READ_CPUS)
     planned = plan.plan(rows, plan.read_done(cfg.out), counter, _plan_partitions(files))
+    # One block of `part_rows` records is the unit of work from here on: one decode task, one
+    # teacher call per `batch_size`, one part file. Without this split a block is a whole plan
+    # partition and nothing is committed until it is labeled through (a kill would lose it all).
+    planned = planned.repartition(target_num_rows_per_block=cfg.part_rows)
     # Decode and write are CPU tasks before and after the teacher actors. Their CPU share differs
     # from the actors' so Ray Data does not fuse decoding into the (GPU) actor process.
     decode_cpus = 0.25 if cfg.cpus_per_actor != 0.25 else 0.3
     decoded = planned.map_batches(decode_rows, fn_kwargs={"store": cfg.store, "max_boxes": cfg.max_boxes},
-                                  batch_size=cfg.rows_per_block, batch_format="numpy", num_cpus=decode_cpus)
+                                  batch_size=cfg.part_rows, batch_format="numpy", num_cpus=decode_cpus)
     labeled = decoded.map_batches(TeacherLabeler, fn_constructor_args=(cfg.to_dict(),), **raycluster.actor_pool_kwargs(
         cfg.num_actors, cfg.cpus_per_actor, cfg.gpus_per_actor or 0.0, cfg.batch_size))
     return labeled.map_batches(write_masks, fn_kwargs={"store": cfg.store, "out": cfg.out},
-                               batch_size=cfg.part_rows, batch_format="numpy", num_cpus=0.25)
+                               batch_size=cfg.part_rows, batch_format="numpy", num_cpus=WRITE_CPUS)
 
 
 def _prepare(cfg: PseudoLabelConfig) -> PseudoLabelConfig:
@@ -147,9 +154,10 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
         write_index(cfg.out, {**(index or {}), "complete": False, "source": source, "runs": runs[-20:]})
         cfg.save(storage.join(cfg.out, "config.json"))
         logger.info("pseudo-labeling %s -> %s with teacher %s (run %s)", cfg.store, cfg.out, identity, run_id)
-        counter = plan.RunCounter.remote()
+        counter = plan.start_counter()
         started = time.perf_counter()
-        build_pipeline(cfg, files, identity, counter).write_datasink(PartSink(cfg.out, run_id, counter))
+        build_pipeline(cfg, files, identity, counter).write_datasink(
+            PartSink(cfg.out, run_id, counter, cfg.part_rows), ray_remote_args={"num_cpus": WRITE_CPUS})
         counts = ray.get(counter.get.remote())
         elapsed = time.perf_counter() - started
         committed = _commit(cfg, run_id, lock)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bpiml.data import parts, storage
 from bpiml.pseudolabel.rows import BAD_LINE_PREFIX, ROW_COLUMNS, columns, empty_row
@@ -47,6 +48,13 @@ class RunCounter:
 
     def get(self) -> dict[str, float]:
         return dict(self.counts)
+
+
+def start_counter() -> Any:
+    """A RunCounter on the driver's own node: it lives exactly as long as the driver, so losing a
+    worker node (a spot node gone) never loses the run's counts."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return RunCounter.options(scheduling_strategy=here).remote()
 
 
 def add_counts(counter: Any, counts: dict[str, float]) -> None:

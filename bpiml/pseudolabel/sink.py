@@ -64,8 +64,14 @@ def route(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list[dict
 class PartSink(Datasink):
     """Writes each block's rows as part files of `out` for run `run_id` (see the module doc)."""
 
-    def __init__(self, out: str, run_id: str, counter: Any) -> None:
-        self.out, self.run_id, self.counter = out, run_id, counter
+    def __init__(self, out: str, run_id: str, counter: Any, part_rows: int = 64) -> None:
+        self.out, self.run_id, self.counter, self.part_rows = out, run_id, counter, part_rows
+
+    @property
+    def min_rows_per_write(self) -> int:
+        """Hand each write about `part_rows` rows as soon as they are there (Ray Data would otherwise
+        gather far bigger bundles, and a kill would lose them)."""
+        return self.part_rows
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> None:
         for block in blocks:

@@ -29,7 +29,11 @@ export PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" BPIML_CACHE=/tmp/bpiml-cache
 
 ports=()
 for _ in 1 2 3 4 5 6 7; do ports+=("$(free_port)"); done
-MIN_WORKER_PORT=$((30000 + 1000 * K))
+# Worker processes get 1000 ports of their own: above the head's (Ray's default 10002-19999) and
+# below the kernel's ephemeral range, where free_port (and every outgoing connection) picks ports.
+MIN_WORKER_PORT=$((19000 + 1000 * K))
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+(( MIN_WORKER_PORT + 999 < EPHEMERAL_LOW )) || die "$NAME: worker ports $MIN_WORKER_PORT+ reach the ephemeral range ($EPHEMERAL_LOW+)"
 args=(start --address "$(cat "$STACK_DIR/ray.gcs")" --node-ip-address "$NODE_IP" --num-cpus "$CPUS" --num-gpus 0
       --object-store-memory "$OBJECT_STORE" --node-manager-port "${ports[0]}" --object-manager-port "${ports[1]}"
       --dashboard-agent-listen-port "${ports[2]}" --dashboard-agent-grpc-port "${ports[3]}"
