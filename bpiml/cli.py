@@ -7,8 +7,9 @@ this file only maps names to those functions and imports them lazily (fast `--he
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
+
+from bpiml.runtime.logs import setup_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: ("module:function", one-line help)
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"bpiml: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(rest) or 0)

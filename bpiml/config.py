@@ -4,7 +4,9 @@ Every config in bpiml is a dataclass deriving from `BaseConfig`. Loading from a 
 unknown keys by name; `validate()` raises `ValueError` naming the key, the expected and the
 actual value. A field may itself be a `BaseConfig` (`TrainConfig.model` is a `StudentConfig`):
 it loads from a nested mapping and gets flags with its name as prefix (`--model-width`).
-Fields whose name looks like a secret are never written out.
+Fields whose name looks like a secret are never written out, and credentials inside a value (a
+URI's `user:password@`, a `token=` query parameter) are redacted wherever bpiml writes or logs it
+(`redact`).
 
 Command lines: `add_arguments` adds one flag per field whose default is *suppressed*, so the
 parsed namespace holds exactly the flags the user gave. `from_cli` then layers the dataclass
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import types
 import typing
 from typing import Any, Self
@@ -32,6 +35,24 @@ def is_secret_key(key: str) -> bool:
     """True for keys that must never be logged or saved (`aws_secret_access_key`, `token`...)."""
     lowered = key.lower()
     return any(word in lowered for word in _SECRET_WORDS)
+
+
+# `scheme://user:password@host`, and query parameters whose name says secret (`?token=...`).
+_URI_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]+@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&][^=&\s]*(?:secret|password|token|signature|credential)[^=&\s]*=)[^&\s\"']+",
+                           re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(value: Any) -> Any:
+    """`value` with credentials embedded in URIs replaced by `***` (strings, and inside lists and dicts)."""
+    if isinstance(value, str):
+        return _QUERY_SECRET.sub(rf"\g<head>{REDACTED}", _URI_PASSWORD.sub(rf"\g<head>:{REDACTED}@", value))
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(v) for v in value)
+    return value
 
 
 def _field_type(cls: type, name: str) -> Any:
@@ -108,7 +129,9 @@ class BaseConfig:
         return _drop_secrets(dataclasses.asdict(self))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
+        """What is saved and shown: secrets dropped, credentials in values redacted (`to_dict` keeps
+        them, since it is what the job's own workers receive)."""
+        return json.dumps(redact(self.to_dict()), indent=2, sort_keys=True, default=str)
 
     def save(self, uri: str) -> None:
         storage.write_bytes(uri, (self.to_json() + "\n").encode())

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
+from bpiml.runtime.logs import setup_logging  # noqa: E402
 from bpiml.evaluation.evaluate import (  # noqa: E402
     EvalConfig,
     build_parser,
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = EvalConfig.from_cli(args, smoke_test={"limit": 4})
     print_result(run_evaluation(config))
     return 0

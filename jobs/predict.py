@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
+from bpiml.runtime.logs import setup_logging  # noqa: E402
 from bpiml.evaluation.predict import PredictConfig, run_predict  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = PredictConfig.from_cli(args, smoke_test={"limit": 4})
     print(json.dumps(run_predict(config), indent=2))
     return 0

@@ -21,6 +21,7 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
+from bpiml.runtime.logs import setup_logging  # noqa: E402
 from bpiml.data.sample import make_sample_store  # noqa: E402
 from bpiml.pseudolabel.config import DEFAULT_STORE, PseudoLabelConfig  # noqa: E402
 from bpiml.pseudolabel.job import run_pseudolabel  # noqa: E402
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = PseudoLabelConfig.from_cli(args, smoke_test=SMOKE_TEST)
     if config.store == DEFAULT_STORE and not Path(DEFAULT_STORE, "manifest.jsonl").exists():
         logging.getLogger("bpiml").info("embedded default: writing the sample store to %s", DEFAULT_STORE)

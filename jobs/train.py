@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
+from bpiml.runtime.logs import setup_logging  # noqa: E402
 from bpiml.train.job import TrainConfig, run_training  # noqa: E402
 
 SMOKE_TEST = {"epochs": 1, "limit": 8, "batch_size": 4, "log_images": 2}
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = TrainConfig.from_cli(args, smoke_test=SMOKE_TEST)
     result = run_training(config)
     print(json.dumps({

@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bpiml.config import redact
 from bpiml.data import naming
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 
 def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mapping -> {"a.b": "value"} with values as strings cut to MLflow's limit."""
+    """Nested mapping -> {"a.b": "value"} with values as strings (credentials redacted) cut to MLflow's limit."""
     out: dict[str, str] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
@@ -104,7 +105,7 @@ def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str
             out.update(flatten_params(value, prefix=f"{name}."))
             continue
         text = value if isinstance(value, str) else json.dumps(value, default=str)
-        out[name] = text[:PARAM_VALUE_LIMIT]
+        out[name] = redact(text)[:PARAM_VALUE_LIMIT]
     return out
 
 
@@ -135,7 +136,7 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: Mapping[str, float], st
 
 
 def log_dict(tracking_uri: str, run_id: str, values: Mapping[str, Any], artifact_file: str) -> None:
-    client(tracking_uri).log_dict(run_id, dict(values), artifact_file)
+    client(tracking_uri).log_dict(run_id, redact(dict(values)), artifact_file)
 
 
 def log_overlays(tracking_uri: str, run_id: str, strips: Iterable[tuple[str, np.ndarray]], folder: str) -> int:

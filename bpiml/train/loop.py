@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from bpiml.data import rejects, storage
 from bpiml.model import checkpoint as ckpt
 from bpiml.model.student import StudentConfig, build_student
-from bpiml.runtime import tracking
+from bpiml.runtime import logs, tracking
 from bpiml.train.batches import to_input, to_target
 from bpiml.train.config import TrainConfig
 from bpiml.train.validation import ValSums, validate
@@ -111,11 +111,7 @@ class Worker:
 def _setup_logging(rank: int) -> None:
     root = logging.getLogger("bpiml")
     if rank == 0 and not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False  # Ray's own root handler would print every line a second time
+        logs.setup_logging(logging.INFO, root)  # not propagated: Ray's root handler would print lines twice
 
 
 def build(loop_config: dict[str, Any]) -> Worker:

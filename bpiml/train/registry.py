@@ -8,6 +8,7 @@ import math
 import tempfile
 from typing import Any
 
+from bpiml.config import redact
 from bpiml.data import storage
 from bpiml.model import checkpoint as ckpt
 from bpiml.runtime import tracking
@@ -32,7 +33,7 @@ def read_run_state(run_dir: str) -> dict[str, Any]:
 
 
 def write_run_state(run_dir: str, state: dict[str, Any]) -> None:
-    storage.write_bytes(storage.join(run_dir, RUN_STATE_FILE), (json.dumps(state, indent=2) + "\n").encode())
+    storage.write_bytes(storage.join(run_dir, RUN_STATE_FILE), (json.dumps(redact(state), indent=2) + "\n").encode())
 
 
 def checkpoint_uri(checkpoint: Any) -> str | None:
@@ -54,13 +55,15 @@ def _load(checkpoint: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def register(config: TrainConfig, state: dict[str, Any], best_uri: str, numbers: dict[str, float],
-             data: TrainingData, tracking_uri: str, run_id: str) -> tuple[str, str]:
+             data: TrainingData, tracking_uri: str, run_id: str, backbone: dict[str, Any] | None = None) -> tuple[str, str]:
     """Export the best checkpoint's student and register it; returns (model URI, version)."""
     model = ckpt.student_from_state(state, where=best_uri)
     val_f1 = numbers.get("val_f1", math.nan)
     metadata = {"epoch": int(state["epoch"]), "val_f1": val_f1 if math.isfinite(val_f1) else None,
                 "checkpoint": best_uri, "stores": [config.store], "source": data.source, "teacher": data.teacher,
-                "backbone_weights": state["model_config"].get("backbone_weights")}
+                "backbone_weights": state["model_config"].get("backbone_weights"),
+                "backbone_weights_source": (backbone or {}).get("source"),
+                "backbone_weights_sha256": (backbone or {}).get("sha256")}
     with tempfile.TemporaryDirectory() as folder:
         ckpt.export(model, folder, metadata)
         return tracking.register_model_folder(tracking_uri, run_id, folder, config.registered_model, config.alias,
@@ -86,7 +89,8 @@ def finish_run(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str
         model_uri, version = registered["model_uri"], registered["version"]  # a rerun that trained nothing new
         logger.info("best checkpoint unchanged: %s (version %s) stays registered", model_uri, version)
     elif config.register:
-        model_uri, version = register(config, state, checkpoint_uri(best) or "", numbers, data, tracking_uri, run_id)
+        model_uri, version = register(config, state, checkpoint_uri(best) or "", numbers, data, tracking_uri, run_id,
+                                      run_state.get("backbone_weights"))
         logger.info("registered %s (version %s) from epoch %d", model_uri, version, int(state["epoch"]))
         write_run_state(run_dir, {**run_state, "registered": {**key, "model_uri": model_uri, "version": version}})
     tracking.end_run(tracking_uri, run_id, status="FINISHED")
