@@ -1,14 +1,93 @@
-"""Local copies of remote objects: streamed in chunks into a per-node cache, renamed into place."""
+"""Local copies of remote objects: streamed in chunks into a per-node cache, renamed into place.
+
+`fetch_once` is the one way weights reach a node (SAM checkpoints, backbone weights): under a
+file lock (concurrent actors on one node fetch once), from a cluster-wide cache prefix when it
+has the file, else from a URL (then uploaded to the cluster cache for the other nodes); streamed
+into a temp file beside the target, checked against the expected size and SHA-256 where known,
+renamed into place only when it matches. Nothing partial or unverified is ever left behind.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from bpiml.data.storage import is_s3, local_path, open_uri, split_s3, temp_beside
+from filelock import FileLock
+
+from bpiml.data.storage import (
+    exists,
+    is_s3,
+    local_path,
+    open_uri,
+    split_s3,
+    temp_beside,
+)
+
+logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20  # streaming copies move 8 MiB at a time
+
+
+class FetchError(ValueError):
+    """A download that failed or did not match what was expected (no partial file is left)."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify(tmp: Path, source: str, size: int | None, sha256: str | None) -> None:
+    got = tmp.stat().st_size
+    if size is not None and got != size:
+        raise FetchError(f"{source}: got {got} bytes, expected {size} (a truncated download or another file)")
+    if sha256 is not None and (actual := sha256_file(tmp)) != sha256:
+        raise FetchError(f"{source}: SHA-256 {actual} does not match the expected {sha256}")
+
+
+def _download(url: str, tmp: Path, timeout_s: float) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, CHUNK_BYTES)
+    except urllib.error.HTTPError as err:
+        raise FetchError(f"download of {url} failed: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, OSError) as err:
+        raise FetchError(f"download of {url} failed: {type(err).__name__}: {err}") from err
+
+
+def fetch_once(target: str | Path, url: str, size: int | None = None, sha256: str | None = None,
+               shared_uri: str | None = None, timeout_s: float = 60.0) -> Path:
+    """`target` on this node, fetched and verified once (see the module doc); returns it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.exists() and (size is None or target.stat().st_size == size):
+            return target
+        tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
+        try:
+            if shared_uri and exists(shared_uri):
+                copy_to_local(shared_uri, tmp)
+                _verify(tmp, shared_uri, size, sha256)
+            else:
+                logger.info("downloading %s%s", url, f" ({size / 1e9:.2f} GB)" if size else "")
+                _download(url, tmp, timeout_s)
+                _verify(tmp, url, size, sha256)
+                if shared_uri:
+                    with open(tmp, "rb") as src, open_uri(shared_uri, "wb") as dst:
+                        shutil.copyfileobj(src, dst, CHUNK_BYTES)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    logger.info("%s ready at %s%s", target.name, target, " (SHA-256 verified)" if sha256 else "")
+    return target
 
 
 def copy_to_local(uri: str, target: str | Path) -> Path:

@@ -10,18 +10,14 @@
 
 Every copy streams in chunks into a temporary file beside the target (never the whole object in
 memory), is checked against the known size and SHA-256 and renamed into place only when it matches;
-anything else is deleted and reported. A file lock makes concurrent actors on one node download once.
+anything else is deleted and reported. A file lock makes concurrent actors on one node download once
+(`bpiml.data.cache.fetch_once`).
 A path or s3:// URI is used as given (s3:// objects are streamed to the cache once).
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import shutil
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +25,9 @@ from filelock import FileLock
 
 from bpiml.data import cache, storage
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 BASE_URL_ENV = "BPIML_SAM_BASE_URL"
 SHARED_CACHE_ENV = "BPIML_WEIGHTS_CACHE"
-CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -55,78 +48,25 @@ OFFICIAL = {
 }
 
 
-class WeightsError(ValueError):
-    """Weights that could not be fetched or do not match their checksum (no partial file is left)."""
+WeightsError = cache.FetchError  # weights that could not be fetched or do not match their checksum
 
 
 def official_name(checkpoint: str) -> str | None:
     """`vit_h` / `sam:vit_h` -> `vit_h`; None for a path or URI."""
-    name = checkpoint[len("sam:"):] if checkpoint.startswith("sam:") else checkpoint
+    name = checkpoint.removeprefix("sam:")
     return name if name in OFFICIAL else None
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _verify(tmp: Path, expected: OfficialWeights, source: str) -> None:
-    size = tmp.stat().st_size
-    if size != expected.size:
-        raise WeightsError(f"{source}: got {size} bytes, expected {expected.size} for {expected.file} "
-                           "(a truncated download or another file)")
-    actual = sha256_file(tmp)
-    if actual != expected.sha256:
-        raise WeightsError(f"{source}: SHA-256 {actual} does not match {expected.sha256} of {expected.file}")
-
-
-def _download(url: str, tmp: Path, timeout_s: float = 60.0) -> None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, CHUNK)
-    except urllib.error.HTTPError as err:
-        raise WeightsError(f"download of {url} failed: HTTP {err.code} {err.reason}") from err
-    except (urllib.error.URLError, OSError) as err:
-        raise WeightsError(f"download of {url} failed: {type(err).__name__}: {err}") from err
-
-
-def _fetch_official(weights: OfficialWeights, target: Path) -> None:
-    """Fill `target` from the shared cache or the download URL, verified, atomically."""
-    tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
-    shared = os.environ.get(SHARED_CACHE_ENV)
-    shared_uri = storage.join(shared, "sam", weights.file) if shared else None
-    try:
-        if shared_uri and storage.exists(shared_uri):
-            cache.copy_to_local(shared_uri, tmp)
-            _verify(tmp, weights, shared_uri)
-        else:
-            url = os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL).rstrip("/") + "/" + weights.file
-            logger.info("downloading %s (%.2f GB) from %s", weights.file, weights.size / 1e9, url)
-            _download(url, tmp)
-            _verify(tmp, weights, url)
-            if shared_uri:
-                with open(tmp, "rb") as src, storage.open_uri(shared_uri, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+sha256_file = cache.sha256_file
 
 
 def official_path(name: str, cache_folder: str | Path | None = None) -> Path:
     """The local path of the official checkpoint `name`, fetched and verified once per node."""
     weights = OFFICIAL[name]
-    folder = Path(cache_folder or cache.cache_dir()) / "sam"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / weights.file
-    with FileLock(str(target) + ".lock"):
-        if target.exists() and target.stat().st_size == weights.size:
-            return target
-        _fetch_official(weights, target)
-    logger.info("SAM weights %s ready at %s (SHA-256 verified)", weights.file, target)
-    return target
+    shared = os.environ.get(SHARED_CACHE_ENV)
+    url = os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL).rstrip("/") + "/" + weights.file
+    return cache.fetch_once(Path(cache_folder or cache.cache_dir()) / "sam" / weights.file, url, weights.size,
+                            weights.sha256, storage.join(shared, "sam", weights.file) if shared else None)
 
 
 def local_checkpoint(checkpoint: str) -> str:
