@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from stack_fixtures import STARTUP, local_stack, s3_env  # noqa: F401  (the real local services, started on first use)
+
+# Tests never reach the internet: the pretrained-backbone default (`--model-backbone-weights auto`)
+# finds nothing listening here and falls back to random init as it does offline. Set before the
+# local stack starts, so its Ray nodes (and every job on them) inherit it. test_pretrained serves
+# real files on a loopback server of its own.
+os.environ.setdefault("BPIML_HF_BASE_URL", "http://127.0.0.1:9")
 
 
 @pytest.fixture(scope="module")

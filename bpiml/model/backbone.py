@@ -1,7 +1,9 @@
 """TinyViT backbone as a multi-scale feature extractor (strides 4/8/16/32).
 
-The timm model is built with `pretrained=False` (bpiml never downloads weights) and its
-classifier head pruned; channel counts and strides come from the model's own `feature_info`.
+The timm model is built with `pretrained=False` and its classifier head pruned; channel counts and
+strides come from the model's own `feature_info`. Its initial weights are what `weights` names
+(`bpiml.model.pretrained`: the ImageNet-pretrained weights by default where they can be had, random
+init, or a state dict file).
 ImageNet normalisation (mean/std from the model's pretrained config) lives inside as buffers,
 so callers feed Bx3xHxW floats in [0, 1].
 """
@@ -14,9 +16,11 @@ from typing import Any
 
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from bpiml.data import cache, storage
+from bpiml.data import cache
+from bpiml.model import pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ _PREFIXES = ("module.", "backbone.model.", "backbone.", "model.")
 class Backbone(nn.Module):
     """timm model -> list of feature maps [F1..F4], Fi: Bx C_i x H/s_i x W/s_i."""
 
-    def __init__(self, name: str = "tiny_vit_5m_224", weights: str | None = None) -> None:
+    def __init__(self, name: str = "tiny_vit_5m_224", weights: str | None = pretrained.AUTO) -> None:
         super().__init__()
         model = timm.create_model(name, pretrained=False, num_classes=0)
         if not hasattr(model, "forward_intermediates") or not hasattr(model, "feature_info"):
@@ -43,8 +47,10 @@ class Backbone(nn.Module):
         std = cfg.get("std", (0.229, 0.224, 0.225))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        if weights:
-            self.load_weights(weights)
+        resolved = pretrained.resolve(weights, name)
+        self.weights_source, self.weights_sha256 = resolved.source, resolved.sha256
+        if resolved.path:
+            self.load_weights(resolved.path)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """x: Bx3xHxW in [0, 1] (uint8 0..255 accepted) -> [Bx C_i x ceil(H/s_i) x ceil(W/s_i)]."""
@@ -54,7 +60,7 @@ class Backbone(nn.Module):
         return list(self.model.forward_intermediates(x, intermediates_only=True))
 
     def load_weights(self, uri: str) -> None:
-        """Load a state_dict from a local path or s3:// URI (torch.load, weights_only=True).
+        """Load a state_dict from a local path or s3:// URI (safetensors, or torch.load with weights_only=True).
 
         Accepts the backbone's own state_dict, a timm checkpoint of the full classifier (head
         keys dropped), a `features_only` state_dict (`stages_0.` keys), and checkpoints wrapped
@@ -62,7 +68,8 @@ class Backbone(nn.Module):
         """
         path = cache.local_copy(uri)
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu",
+                                                                                   weights_only=True)
         except Exception as err:
             raise ValueError(f"backbone weights {uri}: cannot load as a torch state_dict: {err}") from err
         state = _normalize_state_dict(raw, uri)

@@ -20,7 +20,8 @@ OUT_STRIDE = 8  # MGFM works at stride 8 (28x28 at 224): keeps the student withi
 @dataclass
 class StudentConfig(BaseConfig):
     backbone: str = field("tiny_vit_5m_224", help="timm model name of the multi-scale backbone")
-    backbone_weights: str | None = field(None, help="backbone state_dict (local path or s3:// URI); None = random init")
+    backbone_weights: str | None = field("auto", help="auto (ImageNet-pretrained where it can be had, else random "
+                                         "init with a warning), imagenet (or fail), none, or a state dict path/s3:// URI")
     width: int = field(96, help="common MGFM width d")
     memory_slots: int = field(64, help="number K of learnable memory prototypes")
     use_memory: bool = field(True, help="use the memory bank (False: no-memory ablation)")

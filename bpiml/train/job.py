@@ -21,7 +21,8 @@ from typing import Any
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from bpiml.data import storage
+from bpiml.data import cache, storage
+from bpiml.model import pretrained
 from bpiml.runtime import raycluster, tracking
 from bpiml.train.config import DEFAULT_STORE, TrainConfig, TrainResult
 from bpiml.train.data import TrainingData
@@ -78,6 +79,22 @@ def _prepare(config: TrainConfig) -> TrainConfig:
                           run_name=config.run_name or config.default_run_name())
 
 
+def resolve_backbone_weights(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """Decide the backbone's initial weights once, on the driver: `auto` becomes `imagenet` (every
+    worker fetches them, once per node) or, offline, `none` (one warning here, none per worker).
+    Returns the config the workers get and {source, sha256} for MLflow and the registered model."""
+    spec, backbone = config.model.backbone_weights, config.model.backbone
+    resolved = pretrained.resolve(spec, backbone)
+    sha256 = resolved.sha256
+    if resolved.path and not sha256:  # a state dict given by path or URI
+        sha256 = cache.sha256_file(cache.local_copy(resolved.path))
+    if spec == pretrained.AUTO:
+        spec = pretrained.IMAGENET if resolved.path else pretrained.NONE
+    logger.info("backbone %s starts from %s%s", backbone, resolved.source, f" (SHA-256 {sha256[:16]})" if sha256 else "")
+    return config.replace(model=config.model.replace(backbone_weights=spec)), {"source": resolved.source,
+                                                                               "sha256": sha256}
+
+
 def _check_shared(config: TrainConfig, tracking_uri: str) -> None:
     paths = {"store": config.store, "storage-path": config.storage_path}
     if tracking_uri.startswith("sqlite:///"):
@@ -85,11 +102,13 @@ def _check_shared(config: TrainConfig, tracking_uri: str) -> None:
     raycluster.check_paths_reachable(paths, "training")
 
 
-def _open_mlflow_run(config: TrainConfig, data: TrainingData, tracking_uri: str, run_dir: str) -> dict[str, Any]:
+def _open_mlflow_run(config: TrainConfig, data: TrainingData, tracking_uri: str, run_dir: str,
+                     backbone: dict[str, Any]) -> dict[str, Any]:
     previous = read_run_state(run_dir)
     run_id = tracking.start_or_resume_run(tracking_uri, config.experiment, previous.get("mlflow_run_id"),
                                           config.run_name, tags={"bpiml.job": "train", "bpiml.run_dir": run_dir})
-    state = {**previous, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": config.experiment}
+    state = {**previous, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": config.experiment,
+             "backbone_weights": previous.get("backbone_weights", backbone)}  # a resumed run keeps its first start
     write_run_state(run_dir, state)
     config.save(storage.join(run_dir, "train_config.json"))
     student = config.model
@@ -98,7 +117,8 @@ def _open_mlflow_run(config: TrainConfig, data: TrainingData, tracking_uri: str,
         **config.to_dict(), "memory_bank_size": f"{student.memory_slots}x{student.width}" if student.use_memory else "off",
         "alpha": student.alpha, "variant": student.variant, "teacher": teacher.get("name", "unknown"),
         "teacher_identity": teacher.get("identity", "unknown"), "teachers": json.dumps(teacher.get("teachers", {})),
-        "n_train": data.n_train, "n_val": data.n_val, "source": data.source})
+        "n_train": data.n_train, "n_val": data.n_val, "source": data.source,
+        "backbone_weights_source": backbone["source"], "backbone_weights_sha256": backbone["sha256"] or ""})
     tracking.log_dict(tracking_uri, run_id, config.to_dict(), "config/train_config.json")
     return state
 
@@ -126,10 +146,11 @@ def run_training(config: TrainConfig) -> TrainResult:
     """Check, train on Ray, export + register the best model; resumes a run of the same name."""
     config = _prepare(config)
     data = check_training_inputs(config)
+    config, backbone = resolve_backbone_weights(config)
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     _check_shared(config, tracking_uri)
     run_dir = storage.join(config.storage_path, config.run_name)
-    run_state = _open_mlflow_run(config, data, tracking_uri, run_dir)
+    run_state = _open_mlflow_run(config, data, tracking_uri, run_dir, backbone)
     logger.info("training %s: %d train / %d val images, %d worker(s) on %s, checkpoints in %s, MLflow run %s",
                 config.run_name, data.n_train, data.n_val, config.num_workers, "GPU" if config.use_gpu else "CPU",
                 run_dir, run_state["mlflow_run_id"])
