@@ -246,15 +246,18 @@ def test_c_a_training_worker_killed_mid_run(local_stack: LocalStack, data) -> No
         pytest.skip("needs the pseudo store of test_b")
     job = submit(local_stack, train_args(data["bucket"], "kill-c"))
     wait_for(lambda: checkpoints(local_stack, data["bucket"], "kill-c") >= 2, 600, "two checkpoints", poll=1)
+    seen = checkpoints(local_stack, data["bucket"], "kill-c")
     assert kill_processes("RayTrainWorker")[:1], "no training worker found"
     assert finished(local_stack, job, 900) == "SUCCEEDED", logs(local_stack, job)[-4000:]
     text = logs(local_stack, job)
     resumed = [int(m) for m in re.findall(r"resuming from \S+: epoch (\d+) done", text)]
-    assert resumed and min(resumed) >= 2, text[-3000:]  # from the latest checkpoint, never epoch 0
+    # From the latest checkpoint Ray Train had registered: the one whose files were still being
+    # reported when the kill came may be lost, never more, and never back to epoch 0.
+    assert resumed and min(resumed) >= max(1, seen - 1), (seen, resumed, text[-3000:])
     _, steps = mlflow_epochs(local_stack, data["bucket"], "kill-c")
     assert steps == list(range(TRAIN_EPOCHS))  # every epoch once
-    print(f"(c) training worker killed: restarted from epoch {min(resumed)}, "
-          f"{TRAIN_EPOCHS - min(resumed)} epoch(s) left, the interrupted epoch redone")
+    print(f"(c) training worker killed with {seen} checkpoint(s) in S3: restarted from epoch {min(resumed)}, "
+          f"{seen - min(resumed) + 1} epoch(s) redone (the interrupted one included)")
 
 
 def test_d_the_training_job_killed_and_resubmitted(local_stack: LocalStack, data) -> None:
@@ -263,13 +266,15 @@ def test_d_the_training_job_killed_and_resubmitted(local_stack: LocalStack, data
     args = train_args(data["bucket"], "kill-d")
     job = submit(local_stack, args)
     wait_for(lambda: checkpoints(local_stack, data["bucket"], "kill-d") >= 2, 600, "two checkpoints", poll=1)
+    seen = checkpoints(local_stack, data["bucket"], "kill-d")
     assert kill_processes(f"jobs/train.py --store s3://{data['bucket']}/pseudo-b --storage-path"), "no driver"
     assert finished(local_stack, job, 300) == "FAILED"
     first_id, before = mlflow_epochs(local_stack, data["bucket"], "kill-d")
     again = submit(local_stack, args, wait=True)
     text = logs(local_stack, again)
     resumed = [int(m) for m in re.findall(r"resuming from \S+: epoch (\d+) done", text)]
-    assert resumed and resumed[0] >= 2, text[-3000:]
+    assert resumed and resumed[0] >= max(1, seen - 1), (seen, resumed, text[-3000:])
     run_id, steps = mlflow_epochs(local_stack, data["bucket"], "kill-d")
     assert run_id == first_id and steps == list(range(TRAIN_EPOCHS))
-    print(f"(d) training job killed after {len(before)} logged epoch(s): resumed from epoch {resumed[0]}")
+    print(f"(d) training job killed with {seen} checkpoint(s) in S3 and {len(before)} epoch(s) logged: "
+          f"resumed from epoch {resumed[0]}")
