@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -200,26 +201,32 @@ def test_evaluation_job_on_ray(data, local_ray, tmp_path, capsys):
 
 
 def test_batch_prediction_job_on_ray(data, local_ray, tmp_path):
-    store = data["sets"]["set_b"].parent
+    store = tmp_path / "store"
+    shutil.copytree(data["sets"]["set_b"].parent / "Tp", store / "Tp")
     manifest.write_manifest([{"id": f"im{i}", "image": f"Tp/im{i}.png", "boxes": [], "split": "test"} for i in range(3)]
                             + [{"id": "bad", "image": "Tp/missing.png", "boxes": [], "split": "test"}],
                             str(store / "manifest.jsonl"))
+    with open(store / "manifest.jsonl", "a") as f:
+        f.write("this line is not a record\n")
     out = tmp_path / "pred_out"
     config = predict.PredictConfig(model=str(data["ckpt"]), store=str(store), out=str(tmp_path / "strict"),
                                    num_workers=1, num_cpus_per_worker=0.5)
-    with pytest.raises(RejectRateError, match="1 of 4"):  # 25% rejected > the default 5%: fails, after writing
+    with pytest.raises(RejectRateError, match="2 of 5"):  # 40% rejected > the default 5%: fails, after writing
         predict.run_predict(config)
-    assert len((tmp_path / "strict" / "predictions.jsonl").read_text().splitlines()) == 3
+    assert len(list(predict.read_predictions(str(tmp_path / "strict")))) == 3
     summary = predict.run_predict(config.replace(out=str(out), max_reject_rate=0.5))
-    assert summary["predicted"] == 3 and summary["rejected"] == 1
-    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert summary["predicted"] == 3 and summary["rejected"] == 2
+    rows = sorted(predict.read_predictions(str(out)), key=lambda r: r["id"])
     assert [r["id"] for r in rows] == ["im0", "im1", "im2"]
     for r in rows:
         mask = imageio.load_mask(str(out / r["pred_mask"]))
         assert mask.shape == (r["height"], r["width"])
         assert (out / r["overlay"]).exists()
-    assert "missing" in (out / "rejects.jsonl").read_text()
+    rejected = "".join(p.read_text() for p in (out / "rejects").glob("*.jsonl"))
+    assert "missing" in rejected and "bad record" in rejected
     assert json.loads((out / "config.json").read_text())["num_cpus_per_worker"] == 0.5
+    again = predict.run_predict(config.replace(out=str(out), max_reject_rate=0.5))  # a rerun replaces the tables
+    assert again["predicted"] == 3 and len(list(predict.read_predictions(str(out)))) == 3
 
 
 def test_mlflow_registered_model_results_and_report(data, tmp_path):

@@ -286,7 +286,18 @@ def check_readable(uri: str) -> None:
 
 
 def check_writable(uri: str) -> None:
-    """Fail fast, naming the URI, when a probe object cannot be written below `uri`."""
+    """Fail fast, naming the URI, when a probe object cannot be written below `uri`.
+
+    An s3:// URI whose bucket does not exist fails before the probe: some S3-compatible stores
+    (SeaweedFS with admin rights, for one) create a missing bucket on the first write instead."""
+    if is_s3(uri):
+        bucket = split_s3(uri)[0]
+        try:
+            missing = not filesystem(uri)[0].exists(bucket)
+        except PermissionError:  # no right to look at the bucket itself: the probe decides
+            missing = False
+        if missing:
+            raise PermissionError(f"cannot write to {uri}: the bucket {bucket!r} does not exist")
     probe = join(uri, f".bpiml-write-probe-{os.getpid()}")
     try:
         write_bytes(probe, b"ok")

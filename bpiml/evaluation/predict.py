@@ -1,12 +1,18 @@
 """Prediction: one image from the command line (`bpiml predict`), or a whole store on Ray Data.
 
-`run_predict` maps an actor pool (the model loaded once per actor) over a store's images and writes
+`run_predict` streams a store's manifest (one file or shards, local or s3://) through an actor
+pool (the model loaded once per actor) and writes
 
     <out>/masks/<name>.png        0/255 mask at the image's size (<name>: `bpiml.data.naming.file_stem`)
     <out>/overlays/<name>.jpg     the image with the mask tinted (optional)
-    <out>/predictions.jsonl       id, image, pred_mask, overlay, height, width, score, mask_area
-    <out>/rejects.jsonl           images that could not be read or written (`bpiml.data.rejects`)
+    <out>/predictions/            the table id, image, pred_mask, overlay, height, width, score, mask_area,
+                                  as JSONL shards (`bpiml.data.parts`; read it with `read_predictions`)
+    <out>/rejects/                lines and images that could not be read or written (`bpiml.data.rejects`)
     <out>/summary.json, config.json
+
+Nothing of the store passes through the driver: lines are parsed in read tasks, rows are written as
+part files by a Ray Data sink as they finish and merged into shards at the end, counts come from a
+counter actor. A rerun into the same `--out` replaces the previous tables.
 """
 
 from __future__ import annotations
@@ -15,15 +21,19 @@ import argparse
 import json
 import logging
 import time
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 import torch
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
 
 from bpiml.config import BaseConfig, check_range, field
-from bpiml.data import imageio, manifest, naming, rejects, storage
+from bpiml.data import imageio, manifest, naming, parts, rejects, storage
 from bpiml.evaluation.inference import (
     check_model,
     load_model,
@@ -31,11 +41,17 @@ from bpiml.evaluation.inference import (
     predict_probs,
 )
 from bpiml.evaluation.visual import overlay
+from bpiml.pseudolabel.commit import compact
+from bpiml.runtime.counter import add_counts, start_counter
+from bpiml.runtime.datasets import READ_CPUS, read_lines
 from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
 
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ("id", "image", "pred_mask", "overlay", "height", "width", "score", "mask_area", "error")
+PREDICTIONS_DIR, REJECTS_DIR = "predictions", "rejects"
+SHARD_ROWS = 20_000
+WRITE_CPUS = 0.25
 
 
 # --- one image -------------------------------------------------------------------------------
@@ -131,8 +147,10 @@ class Predictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, uris = [str(i) for i in batch["id"]], [str(u) for u in batch["image"]]
         images: dict[int, np.ndarray] = {}
-        errors = [""] * len(ids)
+        errors = [str(e) for e in batch["error"]] if "error" in batch else [""] * len(ids)
         for k, uri in enumerate(uris):
+            if errors[k]:  # a manifest line that is not a record: passed through as a reject
+                continue
             try:
                 images[k] = imageio.decode_image(storage.read_bytes(uri), uri)[0]
             except Exception as err:  # one bad image becomes a reject row
@@ -152,52 +170,100 @@ class Predictor:
         return {k: np.asarray(v) for k, v in rows.items()}
 
 
-def _records(config: PredictConfig) -> list[manifest.Record]:
-    records = manifest.read_manifest(config.store)
-    if config.split:
-        records = [r for r in records if r.split == config.split]
-    if config.limit:
-        records = records[: config.limit]
-    if not records:
-        raise ValueError(f"{config.store}: no records to predict (split={config.split!r})")
-    return records
+def manifest_items(batch: dict[str, Any], store: str, split: str | None) -> dict[str, np.ndarray]:
+    """Manifest lines -> {id, image URI, error} rows of the wanted split (a bad line: an error row)."""
+    ids, images, errors = [], [], []
+    for text in batch["text"]:
+        value = manifest.parse_line(str(text))
+        try:
+            if isinstance(value, Exception):
+                raise value
+            record = manifest.Record.from_dict(value)
+        except ValueError as err:
+            ids.append(str(value.get("id", "")) if isinstance(value, dict) else "")
+            images.append(str(text)[:200])
+            errors.append(f"bad record: {err}")
+            continue
+        if split and record.split != split:
+            continue
+        ids.append(record.id)
+        images.append(manifest.image_uri(store, record))
+        errors.append("")
+    return {"id": np.asarray(ids, dtype=object), "image": np.asarray(images, dtype=object),
+            "error": np.asarray(errors, dtype=object)}
+
+
+class PredictionSink(Datasink):
+    """Each block of finished rows -> a part of `predictions/` and one of `rejects/`; counts to the counter."""
+
+    def __init__(self, out: str, run_id: str, counter: Any, rows_per_write: int) -> None:
+        self.out, self.run_id, self.counter, self.rows_per_write = out, run_id, counter, rows_per_write
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_write
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> None:
+        for block in blocks:
+            rows = [dict(r) for r in BlockAccessor.for_block(block).iter_rows(public_row_format=True)]
+            ok = [_plain(r) for r in rows if not r["error"]]
+            bad = [rejects.Reject(str(r["id"]), str(r["image"]), "predict", str(r["error"])).to_dict()
+                   for r in rows if r["error"]]
+            parts.write_part(storage.join(self.out, REJECTS_DIR), self.run_id, bad)
+            parts.write_part(storage.join(self.out, PREDICTIONS_DIR), self.run_id, ok)
+            add_counts(self.counter, {"images": len(rows), "predicted": len(ok), "rejected": len(bad)})
+
+
+def read_predictions(out: str) -> Iterator[dict[str, Any]]:
+    """The rows of a prediction output's table (in no particular order)."""
+    return parts.iter_table(storage.join(out, PREDICTIONS_DIR))
+
+
+def _clear_tables(out: str) -> None:
+    for folder in (PREDICTIONS_DIR, REJECTS_DIR):
+        for uri in storage.list_files(storage.join(out, folder)):
+            storage.remove(uri)
 
 
 def run_predict(config: PredictConfig) -> dict[str, Any]:
     """Batch prediction over a store; returns a summary (also written as `summary.json`)."""
     config.validate()
-    records = _records(config)
+    files = manifest.manifest_files(config.store)
     storage.check_writable(config.out)
     tracking_uri = check_model(config.model, config.tracking_uri)  # fail before the cluster does any work
     config.save(storage.join(config.out, "config.json"))
     init_ray()
     check_gpus(config.num_gpus_per_worker, config.num_workers, "predict")
-    items = [{"id": r.id, "image": manifest.image_uri(config.store, r)} for r in records]
+    _clear_tables(config.out)
+    run_id = parts.new_run_id(time.strftime("%Y%m%d_%H%M%S"), uuid.uuid4().hex[:8])
+    counter = start_counter()
     start = time.perf_counter()
-    ds = ray.data.from_items(items).map_batches(
+    items = read_lines(files).map_batches(manifest_items, fn_kwargs={"store": config.store, "split": config.split},
+                                          batch_format="numpy", num_cpus=READ_CPUS)
+    if config.limit:
+        items = items.limit(config.limit)
+    items.map_batches(
         Predictor,
         fn_constructor_kwargs={"model_uri": config.model, "out": config.out, "threshold": config.threshold,
                                "overlays": config.overlays, "tracking_uri": tracking_uri},
         **actor_pool_kwargs(config.num_workers, config.num_cpus_per_worker, config.num_gpus_per_worker,
                             config.batch_size),
-    )
-    rows = sorted(ds.take_all(), key=lambda r: str(r["id"]))
+    ).write_datasink(PredictionSink(config.out, run_id, counter, config.batch_size * 4),
+                     ray_remote_args={"num_cpus": WRITE_CPUS})
+    counts = {k: int(v) for k, v in ray.get(counter.get.remote()).items()}
+    for folder in (PREDICTIONS_DIR, REJECTS_DIR):
+        compact(storage.join(config.out, folder), SHARD_ROWS, config.batch_size * 4)
     elapsed = time.perf_counter() - start
-    ok = [_plain(r) for r in rows if not r["error"]]
-    bad = [rejects.Reject(str(r["id"]), str(r["image"]), "predict", str(r["error"])) for r in rows if r["error"]]
-    _write_jsonl(storage.join(config.out, "predictions.jsonl"), ok)
-    rejects_uri = rejects.write_rejects(config.out, bad)
-    summary = {"images": len(rows), "predicted": len(ok), "rejected": len(bad), "seconds": round(elapsed, 3),
-               "images_per_s": round(len(rows) / elapsed, 3) if elapsed > 0 else None, "out": config.out}
+    images, ok, bad = counts.get("images", 0), counts.get("predicted", 0), counts.get("rejected", 0)
+    if not images:
+        raise ValueError(f"{config.store}: no records to predict (split={config.split!r})")
+    summary = {"images": images, "predicted": ok, "rejected": bad, "seconds": round(elapsed, 3),
+               "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None, "out": config.out}
     storage.write_bytes(storage.join(config.out, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
-    logger.info("predicted %d images (%d rejected) in %.1f s -> %s", len(ok), len(bad), elapsed, config.out)
-    rejects.check_reject_rate(len(bad), len(rows), config.max_reject_rate, "predict", rejects_uri)
+    logger.info("predicted %d images (%d rejected) in %.1f s -> %s", ok, bad, elapsed, config.out)
+    rejects.check_reject_rate(bad, images, config.max_reject_rate, "predict", storage.join(config.out, REJECTS_DIR))
     return summary
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items() if k != "error"}
-
-
-def _write_jsonl(uri: str, rows: list[dict[str, Any]]) -> None:
-    storage.write_bytes(uri, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())

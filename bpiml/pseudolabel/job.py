@@ -39,6 +39,7 @@ from bpiml.pseudolabel.store import (
 from bpiml.pseudolabel.summary import build_summary, format_summary
 from bpiml.pseudolabel.teachers import teacher_identity
 from bpiml.runtime import raycluster
+from bpiml.runtime.counter import start_counter
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
         write_index(cfg.out, {**(index or {}), "complete": False, "source": source, "runs": runs[-20:]})
         cfg.save(storage.join(cfg.out, "config.json"))
         logger.info("pseudo-labeling %s -> %s with teacher %s (run %s)", cfg.store, cfg.out, identity, run_id)
-        counter = plan.start_counter()
+        counter = start_counter()
         started = time.perf_counter()
         build_pipeline(cfg, files, identity, counter).write_datasink(
             PartSink(cfg.out, run_id, counter, cfg.part_rows), ray_remote_args={"num_cpus": WRITE_CPUS})

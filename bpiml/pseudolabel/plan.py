@@ -25,41 +25,14 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bpiml.data import parts, storage
 from bpiml.pseudolabel.rows import BAD_LINE_PREFIX, ROW_COLUMNS, columns, empty_row
 from bpiml.pseudolabel.store import SHARDS_DIR, mask_path
+from bpiml.runtime.counter import add_counts
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 
 COUNT_KEYS = ("input", "skipped", "new", "relabel", "duplicate", "superseded", "invalid")
-
-
-@ray.remote(num_cpus=0)
-class RunCounter:
-    """Counts that tasks add up for the driver (one call per block, so the driver holds no rows)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, float] = {}
-
-    def add(self, counts: dict[str, float]) -> None:
-        for key, value in counts.items():
-            self.counts[key] = self.counts.get(key, 0) + value
-
-    def get(self) -> dict[str, float]:
-        return dict(self.counts)
-
-
-def start_counter() -> Any:
-    """A RunCounter on the driver's own node: it lives exactly as long as the driver, so losing a
-    worker node (a spot node gone) never loses the run's counts."""
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return RunCounter.options(scheduling_strategy=here).remote()
-
-
-def add_counts(counter: Any, counts: dict[str, float]) -> None:
-    if counter is not None and counts:
-        ray.get(counter.add.remote(counts))
 
 
 # --- done rows ----------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from bpiml.data import parts, rejects, storage
-from bpiml.pseudolabel.plan import add_counts
 from bpiml.pseudolabel.store import REJECTS_DIR, SHARDS_DIR, SUPERSEDE_DIR
+from bpiml.runtime.counter import add_counts
 
 
 def _reject_row(row: dict[str, Any]) -> dict[str, Any]:
