@@ -89,3 +89,13 @@ def test_nested_configs_load_round_trip_and_get_prefixed_flags(tmp_path):
     args = parser.parse_args(["--config", str(tmp_path / "c.json"), "--inner-count", "8", "--epochs", "5"])
     assert Outer.from_cli(args) == Outer(epochs=5, inner=Example(name="file", count=8))
     assert "--inner-ratio" in parser.format_help() and "(default: 0.5)" in parser.format_help()
+
+
+def test_the_training_defaults_are_the_papers_recipe():
+    """docs/experiments.md "Defaults and the paper": 224 px, 20 epochs, BCE only, pretrained TinyViT-5M."""
+    from bpiml.train.config import TrainConfig
+
+    config = TrainConfig()
+    assert (config.epochs, config.model.img_size, config.dice_weight) == (20, 224, 0.0)
+    assert (config.model.backbone, config.model.backbone_weights) == ("tiny_vit_5m_224", "auto")
+    assert config.supervision == "pseudo" and config.register == ""

@@ -156,32 +156,28 @@ def mid_run(log: Path) -> None:
     assert 0 < labeled(log) < N_IMAGES, f"{labeled(log)} of {N_IMAGES} labeled when the kill came"
 
 
-# --- (a) and (e): a teacher actor, then a whole worker node ---------------------------------------
-def test_a_teacher_actor_killed_mid_run(local_stack: LocalStack, data) -> None:
-    log = data["shared"] / "a.log"
-    job = submit(local_stack, pseudolabel_args(data["bucket"], "pseudo-a"), hooks(log))
-    wait_for(lambda: parts(local_stack, data["bucket"], "pseudo-a") >= 2, 300, "two parts")
-    mid_run(log)
-    assert kill_processes("MapBatches.TeacherLabeler")[:1], "no teacher actor found"
-    assert finished(local_stack, job) == "SUCCEEDED", logs(local_stack, job)[-4000:]
-    check_exactly_once(local_stack, data["bucket"], "pseudo-a", data["ids"])
-    print(f"(a) teacher actor killed: {redone(log, N_IMAGES)} image(s) labeled twice")
-    assert redone(log, N_IMAGES) <= 16  # the batches in flight in the killed actor(s)
-
-
-def test_e_a_worker_node_killed_during_pseudo_labeling(local_stack: LocalStack, data) -> None:
-    log = data["shared"] / "e.log"
-    job = submit(local_stack, pseudolabel_args(data["bucket"], "pseudo-e"), hooks(log))
+# --- (a) and (e): a teacher actor, then a whole worker node, in one run ---------------------------
+def test_a_teacher_actor_then_e_a_worker_node_killed_mid_run(local_stack: LocalStack, data) -> None:
+    """(a) a teacher actor SIGKILLed: Ray restarts it; then (e) a whole worker node SIGKILLed: the
+    job finishes on the other node. One run, two faults (each job start costs ~40 s here)."""
+    log = data["shared"] / "ae.log"
+    job = submit(local_stack, pseudolabel_args(data["bucket"], "pseudo-ae"), hooks(log))
     try:
-        wait_for(lambda: parts(local_stack, data["bucket"], "pseudo-e") >= 2, 300, "two parts")
+        wait_for(lambda: parts(local_stack, data["bucket"], "pseudo-ae") >= 2, 300, "two parts")
         mid_run(log)
+        assert kill_processes("MapBatches.TeacherLabeler")[:1], "no teacher actor found"
+        at_actor_kill = labeled(log)
+        wait_for(lambda: labeled(log) >= at_actor_kill + 4, 300, "progress after the actor kill")
+        mid_run(log)
+        at_node_kill = labeled(log)
         os.killpg(local_stack.worker_pgid(2), signal.SIGKILL)
         assert finished(local_stack, job) == "SUCCEEDED", logs(local_stack, job)[-4000:]
     finally:
         restart_worker(local_stack, 2)
-    check_exactly_once(local_stack, data["bucket"], "pseudo-e", data["ids"])
-    print(f"(e) worker node killed: {redone(log, N_IMAGES)} image(s) labeled twice")
-    assert redone(log, N_IMAGES) <= 24
+    check_exactly_once(local_stack, data["bucket"], "pseudo-ae", data["ids"])
+    print(f"(a)+(e) teacher actor killed at {at_actor_kill} labeled, worker node at {at_node_kill}: "
+          f"{redone(log, N_IMAGES)} image(s) labeled twice")
+    assert redone(log, N_IMAGES) <= 16 + 24  # the blocks in flight in the killed actor, then on the node
 
 
 # --- (b): the driver, twice; then ray job stop --------------------------------------------------------
@@ -241,40 +237,38 @@ def mlflow_epochs(stack: LocalStack, bucket: str, run: str) -> tuple[str, list[i
     return runs[0].info.run_id, sorted(steps)
 
 
-def test_c_a_training_worker_killed_mid_run(local_stack: LocalStack, data) -> None:
-    if not keys(local_stack, data["bucket"], "pseudo-b/index.json"):
-        pytest.skip("needs the pseudo store of test_b")
-    job = submit(local_stack, train_args(data["bucket"], "kill-c"))
-    wait_for(lambda: checkpoints(local_stack, data["bucket"], "kill-c") >= 2, 600, "two checkpoints", poll=1)
-    seen = checkpoints(local_stack, data["bucket"], "kill-c")
-    assert kill_processes("RayTrainWorker")[:1], "no training worker found"
-    assert finished(local_stack, job, 900) == "SUCCEEDED", logs(local_stack, job)[-4000:]
-    text = logs(local_stack, job)
-    resumed = [int(m) for m in re.findall(r"resuming from \S+: epoch (\d+) done", text)]
-    # From the latest checkpoint Ray Train had registered: the one whose files were still being
-    # reported when the kill came may be lost, never more, and never back to epoch 0.
-    assert resumed and min(resumed) >= max(1, seen - 1), (seen, resumed, text[-3000:])
-    _, steps = mlflow_epochs(local_stack, data["bucket"], "kill-c")
-    assert steps == list(range(TRAIN_EPOCHS))  # every epoch once
-    print(f"(c) training worker killed with {seen} checkpoint(s) in S3: restarted from epoch {min(resumed)}, "
-          f"{seen - min(resumed) + 1} epoch(s) redone (the interrupted one included)")
+def resumed_epochs(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"resuming from \S+: epoch (\d+) done", text)]
 
 
-def test_d_the_training_job_killed_and_resubmitted(local_stack: LocalStack, data) -> None:
+def test_c_a_training_worker_then_d_the_training_job_killed(local_stack: LocalStack, data) -> None:
+    """(c) a training worker SIGKILLed: Ray Train restarts the workers from the latest checkpoint by
+    itself; then (d) the driver SIGKILLed and the same command resubmitted: it resumes the run. Each
+    restart comes from the latest checkpoint Ray Train had registered (the one still being reported
+    when the kill came may be lost, never more, never back to epoch 0); MLflow keeps one run with
+    every epoch once."""
     if not keys(local_stack, data["bucket"], "pseudo-b/index.json"):
         pytest.skip("needs the pseudo store of test_b")
-    args = train_args(data["bucket"], "kill-d")
+    bucket, run = data["bucket"], "kill-cd"
+    args = train_args(bucket, run)
     job = submit(local_stack, args)
-    wait_for(lambda: checkpoints(local_stack, data["bucket"], "kill-d") >= 2, 600, "two checkpoints", poll=1)
-    seen = checkpoints(local_stack, data["bucket"], "kill-d")
-    assert kill_processes(f"jobs/train.py --store s3://{data['bucket']}/pseudo-b --storage-path"), "no driver"
+    wait_for(lambda: checkpoints(local_stack, bucket, run) >= 2, 600, "two checkpoints", poll=1)
+    seen_c = checkpoints(local_stack, bucket, run)
+    assert kill_processes("RayTrainWorker")[:1], "no training worker found"
+    wait_for(lambda: resumed_epochs(logs(local_stack, job)), 300, "Ray Train to restart the workers", poll=2)
+    resumed_c = min(resumed_epochs(logs(local_stack, job)))
+    assert resumed_c >= max(1, seen_c - 1), (seen_c, resumed_c)
+    wait_for(lambda: checkpoints(local_stack, bucket, run) >= seen_c + 2, 600, "two more checkpoints", poll=1)
+    seen_d = checkpoints(local_stack, bucket, run)
+    assert kill_processes(f"jobs/train.py --store s3://{bucket}/pseudo-b --storage-path"), "no driver"
     assert finished(local_stack, job, 300) == "FAILED"
-    first_id, before = mlflow_epochs(local_stack, data["bucket"], "kill-d")
+    first_id, before = mlflow_epochs(local_stack, bucket, run)
     again = submit(local_stack, args, wait=True)
     text = logs(local_stack, again)
-    resumed = [int(m) for m in re.findall(r"resuming from \S+: epoch (\d+) done", text)]
-    assert resumed and resumed[0] >= max(1, seen - 1), (seen, resumed, text[-3000:])
-    run_id, steps = mlflow_epochs(local_stack, data["bucket"], "kill-d")
-    assert run_id == first_id and steps == list(range(TRAIN_EPOCHS))
-    print(f"(d) training job killed with {seen} checkpoint(s) in S3 and {len(before)} epoch(s) logged: "
-          f"resumed from epoch {resumed[0]}")
+    resumed_d = resumed_epochs(text)
+    assert resumed_d and resumed_d[0] >= max(1, seen_d - 1), (seen_d, resumed_d, text[-3000:])
+    run_id, steps = mlflow_epochs(local_stack, bucket, run)
+    assert run_id == first_id and steps == list(range(TRAIN_EPOCHS))  # one MLflow run, every epoch once
+    print(f"(c) training worker killed with {seen_c} checkpoint(s) in S3: restarted from epoch {resumed_c}; "
+          f"(d) driver killed with {seen_d} checkpoint(s) and {len(before)} epoch(s) logged: resumed from "
+          f"epoch {resumed_d[0]}")

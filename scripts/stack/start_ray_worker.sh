@@ -61,7 +61,11 @@ while time.monotonic() < deadline:
     out = subprocess.run([os.environ["VIRTUAL_ENV"] + "/bin/ray", "list", "nodes", "--format", "json",
                           "--address", open(os.path.join(os.environ["BPIML_STACK_DIR_RESOLVED"], "ray.dashboard")).read().strip()],
                          capture_output=True, text=True)
-    if out.returncode == 0 and any(n.get("node_ip") == node_ip and n.get("state") == "ALIVE" for n in json.loads(out.stdout or "[]")):
+    try:  # the state API may answer with a log line or nothing while the head is still starting
+        nodes = json.loads(out.stdout or "[]") if out.returncode == 0 else []
+    except ValueError:
+        nodes = []
+    if any(n.get("node_ip") == node_ip and n.get("state") == "ALIVE" for n in nodes if isinstance(n, dict)):
         sys.exit(0)
     time.sleep(1)
 sys.exit(1)
