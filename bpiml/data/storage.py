@@ -1,12 +1,10 @@
 """Local paths and `s3://` URIs behind one small API (fsspec underneath).
 
-Every store, output, checkpoint and weights location in bpiml is a URI: a local path
-(`data/store`, `/abs/path`, `file:///abs/path`) or `s3://bucket/prefix`. S3 endpoint and
-credentials come from the standard AWS environment/config; an S3-compatible endpoint
-(MinIO, SeaweedFS, a test server) is taken from `set_s3_endpoint()` or `AWS_ENDPOINT_URL_S3` /
-`AWS_ENDPOINT_URL`, so the same code serves AWS, self-hosted stores and tests.
-
-Large objects never pass through memory whole: `bpiml.data.cache` streams them in chunks.
+Every store, output, checkpoint and weights location is a URI: a local path (`data/store`,
+`/abs/path`, `file:///abs/path`) or `s3://bucket/prefix`. Credentials come from the standard AWS
+environment/config; an S3-compatible endpoint (MinIO, SeaweedFS, a test server) from
+`set_s3_endpoint()` or `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`. Large objects never pass
+through memory whole: `bpiml.data.cache` streams them in chunks.
 """
 
 from __future__ import annotations
@@ -286,18 +284,14 @@ def check_readable(uri: str) -> None:
 
 
 def check_writable(uri: str) -> None:
-    """Fail fast, naming the URI, when a probe object cannot be written below `uri`.
-
-    An s3:// URI whose bucket does not exist fails before the probe: some S3-compatible stores
-    (SeaweedFS with admin rights, for one) create a missing bucket on the first write instead."""
-    if is_s3(uri):
-        bucket = split_s3(uri)[0]
+    """Fail fast, naming the URI, when a probe object cannot be written below `uri`."""
+    if is_s3(uri):  # a missing bucket first: SeaweedFS with admin rights would create it on write
         try:
-            missing = not filesystem(uri)[0].exists(bucket)
+            missing = not filesystem(uri)[0].exists(split_s3(uri)[0])
         except PermissionError:  # no right to look at the bucket itself: the probe decides
             missing = False
         if missing:
-            raise PermissionError(f"cannot write to {uri}: the bucket {bucket!r} does not exist")
+            raise PermissionError(f"cannot write to {uri}: its bucket does not exist")
     probe = join(uri, f".bpiml-write-probe-{os.getpid()}")
     try:
         write_bytes(probe, b"ok")
