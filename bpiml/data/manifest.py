@@ -177,6 +177,18 @@ def parse_line(text: str, where: str = "") -> dict[str, Any] | ValueError:
     return value
 
 
+def parse_record(text: str) -> tuple[Record | None, str, ValueError | None]:
+    """One manifest line -> (record, its id, None), or (None, the id if it has one, what is wrong)."""
+    value = parse_line(text)
+    rid = str(value.get("id", "")) if isinstance(value, dict) else ""
+    if isinstance(value, Exception):
+        return None, rid, value
+    try:
+        return Record.from_dict(value), rid, None
+    except ValueError as err:
+        return None, rid, err
+
+
 def read_manifest(store_or_uri: str) -> list[Record]:
     """All records (of every shard), strictly: the first bad line raises ValueError naming `file:line`;
     duplicate ids raise. For small stores and tools; jobs stream the manifest with Ray Data instead."""

@@ -174,13 +174,9 @@ def manifest_items(batch: dict[str, Any], store: str, split: str | None) -> dict
     """Manifest lines -> {id, image URI, error} rows of the wanted split (a bad line: an error row)."""
     ids, images, errors = [], [], []
     for text in batch["text"]:
-        value = manifest.parse_line(str(text))
-        try:
-            if isinstance(value, Exception):
-                raise value
-            record = manifest.Record.from_dict(value)
-        except ValueError as err:
-            ids.append(str(value.get("id", "")) if isinstance(value, dict) else "")
+        record, rid, err = manifest.parse_record(str(text))
+        if record is None:
+            ids.append(rid)
             images.append(str(text)[:200])
             errors.append(f"bad record: {err}")
             continue

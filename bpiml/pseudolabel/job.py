@@ -21,7 +21,7 @@ from typing import Any
 import ray
 
 from bpiml.data import manifest as manifest_io
-from bpiml.data import rejects, storage
+from bpiml.data import parts, rejects, storage
 from bpiml.data.lock import WriterLock
 from bpiml.pseudolabel import commit, plan
 from bpiml.pseudolabel.config import PseudoLabelConfig
@@ -150,7 +150,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     with WriterLock(storage.join(cfg.out, LOCK_FILE), cfg.lock_ttl_s, "pseudo-labeling output") as lock:
         index = read_index(cfg.out)
         check_output(index, cfg, identity, source)
-        run_id = time.strftime("%Y%m%d_%H%M%S") + "." + uuid.uuid4().hex[:8]
+        run_id = parts.new_run_id(time.strftime("%Y%m%d_%H%M%S"), uuid.uuid4().hex[:8])
         runs = list((index or {}).get("runs", [])) + [run_id]
         write_index(cfg.out, {**(index or {}), "complete": False, "source": source, "runs": runs[-20:]})
         cfg.save(storage.join(cfg.out, "config.json"))

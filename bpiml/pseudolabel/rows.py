@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bpiml.data.manifest import Record, parse_line
+from bpiml.data.manifest import parse_record
 
 # Columns every row has between the plan and the sink (Ray Data batches need one schema).
 ROW_COLUMNS = ("id", "kind", "line", "fingerprint", "mask_fp", "status", "stage", "reason", "notes", "part",
@@ -59,16 +59,12 @@ def plain(value: Any) -> Any:
 # --- stage 0: manifest lines -> rows -------------------------------------------------------------
 def parse_line_row(text: str, identity: str) -> dict[str, Any]:
     """One manifest line -> a row to plan; a line that is not a valid record becomes a reject row."""
-    value = parse_line(text)
-    rid = str(value.get("id", "")) if isinstance(value, dict) else ""
-    try:
-        if isinstance(value, Exception):
-            raise value
-        record = Record.from_dict(value).to_dict()
-    except ValueError as err:
+    parsed, rid, err = parse_record(text)
+    if parsed is None:
         key = BAD_LINE_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:24]
         return empty_row(id=key if not rid else rid, status="rejected", stage="manifest",
                          reason=f"bad record: {err}", line=text[:500])
+    record = parsed.to_dict()
     fingerprint, mask_fp = fingerprints(record, identity)
     return empty_row(id=record["id"], line=json.dumps(record, ensure_ascii=False), fingerprint=fingerprint,
                      mask_fp=mask_fp, status="label", teacher_identity=identity)
