@@ -265,25 +265,6 @@ def test_registered_model_loads_by_alias_and_predicts_any_size(runs) -> None:
     assert logits.shape == (1, 1, 77, 53) and torch.isfinite(logits).all()
 
 
-def test_two_workers_on_the_pseudo_labeled_sample_store(ray_local, tmp_path: Path) -> None:
-    """The real chain: sample store -> pseudo-labeling job (GrabCut) -> 2-worker training whose loss falls."""
-    from bpiml.data.sample import make_sample_store
-    from bpiml.pseudolabel.config import PseudoLabelConfig
-    from bpiml.pseudolabel.job import run_pseudolabel
-    from bpiml.train.job import run_training
-
-    store = make_sample_store(str(tmp_path / "sample"), n_images=12, seed=0, size=96)
-    run_pseudolabel(PseudoLabelConfig(store=store, out=str(tmp_path / "pseudo"), teacher="grabcut", num_actors=1))
-    result = run_training(TrainConfig(
-        store=str(tmp_path / "pseudo"), storage_path=str(tmp_path / "runs"), run_name="sample", epochs=3,
-        batch_size=4, lr=2e-3, warmup_epochs=0.5, num_workers=2, cpus_per_worker=0.5, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-        experiment="sample", register="sample-student@champion", log_images=0, model=TINY, dice_weight=0.5,
-    ))
-    losses = [row["loss"] for row in result.history]
-    assert losses[-1] < losses[0], losses
-    assert result.best_checkpoint and result.registered_model_uri == "models:/sample-student@champion"
-
-
 def test_gt_supervision_keeps_authentic_images_as_empty_targets(store: Path, tmp_path: Path) -> None:
     lines = (store / "manifest.jsonl").read_text().splitlines()
     extra = dict(json.loads(lines[0]), id="authentic", boxes=[], mask=None)
