@@ -153,6 +153,7 @@ def test_evaluator_batch_step_with_oracle(data, tmp_path):
 def test_aggregate_and_table_text():
     rows = [
         {"set": "a", "degradation": "none", "manipulated": True, "score": 0.9, "f1": 1.0, "iou": 1.0, "auc": 1.0, "error": ""},
+        {"set": "a", "degradation": "none", "manipulated": True, "score": 0.8, "f1": 1.0, "iou": 1.0, "auc": 1.0, "error": ""},
         {"set": "a", "degradation": "none", "manipulated": False, "score": 0.2, "f1": math.nan, "iou": math.nan, "auc": math.nan, "error": ""},
         {"set": "b", "degradation": "none", "manipulated": True, "score": 0.4, "f1": 0.5, "iou": 0.25, "auc": 0.5, "error": ""},
         {"set": "b", "degradation": "none", "manipulated": True, "score": 0.4, "f1": 0.0, "iou": 0.0, "auc": 0.5, "error": "x"},
@@ -161,7 +162,9 @@ def test_aggregate_and_table_text():
     by = {r["name"]: r for r in table}
     assert by["a"]["pixel_f1"] == 1.0 and by["a"]["image_auc"] == 1.0 and by["a"]["image_bacc"] == 1.0
     assert by["b"]["n_images"] == 1 and math.isnan(by["b"]["image_auc"])  # failed row left out, no authentic
-    assert by["average"]["pixel_f1"] == pytest.approx(0.75) and by["average"]["image_auc"] == 1.0
+    assert by["average"]["pixel_f1"] == pytest.approx(0.75) and by["average"]["image_auc"] == 1.0  # each set once
+    assert by["pooled"]["pixel_f1"] == pytest.approx(2.5 / 3) and by["pooled"]["n_images"] == 4  # each image once
+    assert by["pooled"]["kind"] == "pooled" and [r["name"] for r in table] == ["a", "b", "average", "pooled", "g"]
     assert by["g"]["pixel_iou"] == pytest.approx(0.25) and by["g"]["kind"] == "group"
     text = tables.format_table(table)
     assert "[average]" in text and "pix_F1" in text and "-" in text.splitlines()[-1]
@@ -182,7 +185,7 @@ def test_evaluation_job_on_ray(data, local_ray, tmp_path, capsys):
     assert result["images"] == 16 and result["failed"] == 0
     table = result["table"]
     names = {(r["name"], r["degradation"]) for r in table}
-    assert names == {(n, d) for n in ("set_a", "set_b", "average", "in_dist", "both") for d in ("none", "jpeg:70")}
+    assert names == {(n, d) for n in ("set_a", "set_b", "average", "pooled", "in_dist", "both") for d in ("none", "jpeg:70")}
     for r in table:
         assert r["n_images"] == {"set_a": 4, "set_b": 4, "in_dist": 4}.get(r["name"], 8)
         assert r["n_authentic"] == r["n_images"] / 4

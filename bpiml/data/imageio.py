@@ -158,6 +158,30 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+PROB_FORMATS = ("png", "npy", "none")  # probability maps: 8-bit PNG (p * 255), float16 .npy, or not written
+
+
+def encode_probs(prob: np.ndarray, fmt: str) -> bytes:
+    """HxW probabilities in [0, 1] -> `png` (one channel, round(p * 255)) or `npy` (float16) bytes."""
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.ndim != 2 or prob.size == 0:
+        raise ValueError(f"probability map must be a non-empty HxW array, got shape {prob.shape}")
+    if fmt == "png":
+        return encode_image((np.clip(prob, 0.0, 1.0) * 255).round().astype(np.uint8), "png")
+    if fmt == "npy":
+        buf = io.BytesIO()
+        np.save(buf, prob.astype(np.float16), allow_pickle=False)
+        return buf.getvalue()
+    raise ValueError(f"probability format must be png or npy, got {fmt!r}")
+
+
+def decode_probs(data: bytes, name: str = "") -> np.ndarray:
+    """`encode_probs` bytes (PNG or .npy) -> HxW float32 probabilities in [0, 1]."""
+    if data[:6] == b"\x93NUMPY":
+        return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+    return decode_image(data, name)[0][..., 0].astype(np.float32) / 255.0
+
+
 _FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 

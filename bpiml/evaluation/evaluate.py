@@ -9,8 +9,11 @@ Test sets are given as `name=URI` (or just `URI`, named after its file/folder):
 One actor pool (model loaded once per actor) computes per-image metrics for every
 (set, degradation, image); rows come back to the driver, which averages them with
 `bpiml.metrics.summarize` (pixel metrics over manipulated images, image-level AUC and balanced
-accuracy where authentic images exist), then adds the mean over sets and the declared groups.
-Outputs in `out`: results.json, results.csv, per_image.jsonl, config.json, preds/<set>/<id>.png.
+accuracy where authentic images exist), then adds the mean over sets (`average`, each set once),
+the mean pooled over images (`pooled`, each image once) and the declared groups.
+Outputs in `out`: results.json/.csv/.txt (the table), per_image.jsonl/.csv (every metric of every
+image), config.json, rejects, and for the clean pass preds/<set>/<image>.png (thresholded) and
+probs/<set>/<image>.png|npy (probabilities), named by `naming.file_stem` of the image's id.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import numpy as np
 import ray
 import torch
 
-from bpiml.config import BaseConfig, check_range, field
-from bpiml.data import degrade, imageio, naming, rejects, storage
+from bpiml.config import BaseConfig, check_choice, check_range, field
+from bpiml.data import degrade, imageio, inputs, naming, rejects, storage
 from bpiml.evaluation import metrics
 from bpiml.evaluation.inference import check_model, load_model, predict_batch
 from bpiml.evaluation.tables import (
@@ -37,6 +40,7 @@ from bpiml.evaluation.tables import (
     format_table,
     json_safe,
     log_to_mlflow,
+    rows_csv,
     table_csv,
 )
 from bpiml.evaluation.testsets import load_test_set, parse_datasets, parse_groups
@@ -50,7 +54,9 @@ logger = logging.getLogger(__name__)
 class EvalConfig(BaseConfig):
     model: str = field("", help="models:/<name>@<alias>, runs:/<id>/<path>, or a checkpoint path/URI")
     tracking_uri: str = field("", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then the project sqlite)")
-    datasets: list[str] = field([], help="test sets as name=URI (IMDL-BenCo list JSON or store); repeatable")
+    datasets: list[str] = field([], help="test sets as name=URI: a store, an IMDL-BenCo list .json, a COCO .json or a "
+                                         "folder of images; repeatable")
+    import_dir: str = field("", help="where a COCO file or folder is imported once (default: <out>/inputs)")
     split: str | None = field("test", help="split used for store test sets (\"\" or unset: all records)")
     groups: list[str] = field([], help="name=set1,set2 groups whose averages are reported; repeatable")
     degrade: list[str] = field([], help="degradations re-evaluated on every set, e.g. jpeg:90,jpeg:50,resize:0.5")
@@ -58,6 +64,8 @@ class EvalConfig(BaseConfig):
     threshold: float = field(0.5, help="probability threshold for pixel and image decisions")
     limit: int = field(0, help="evaluate only the first N images of each set (0 = all)")
     save_masks: bool = field(True, help="write the clean predicted masks to preds/<set>/<id>.png (for reports)")
+    probs: str = field("png", help="also write the clean probability maps to probs/<set>/<id>.<png|npy>: "
+                                   "png (8-bit), npy (float16) or none")
     batch_size: int = field(8, help="images per model call")
     num_workers: int = field(1, help="actors in the evaluation pool (each loads the model once)")
     num_cpus_per_worker: float = field(1.0, help="CPUs per actor (fractional allowed)")
@@ -83,6 +91,7 @@ class EvalConfig(BaseConfig):
         check_range("num_cpus_per_worker", self.num_cpus_per_worker, 0.01)
         check_range("num_gpus_per_worker", self.num_gpus_per_worker, 0.0)
         check_range("max_reject_rate", self.max_reject_rate, 0.0, 1.0)
+        check_choice("probs", self.probs, imageio.PROB_FORMATS)
         names = list(parse_datasets(self.datasets))
         groups = parse_groups(self.groups)
         for group, members in groups.items():
@@ -94,18 +103,19 @@ class EvalConfig(BaseConfig):
 
 # --- the batch step -------------------------------------------------------------------------
 EVAL_COLUMNS = ("set", "degradation", "id", "image", "mask", "manipulated", "score", "f1", "iou", "auc", "pred_mask",
-                "error")
+                "pred_probs", "error")
 
 
 class Evaluator:
     """Ray Data batch step: rows {set, degradation, id, image, mask} -> per-image metric rows."""
 
     def __init__(self, model_uri: str, threshold: float = 0.5, out: str = "", save_masks: bool = False,
-                 model: Any | None = None, tracking_uri: str = "") -> None:
+                 model: Any | None = None, tracking_uri: str = "", probs: str = "none") -> None:
         self.model = model if model is not None else load_model(model_uri, tracking_uri)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
         self.threshold, self.out, self.save_masks = threshold, out, save_masks and bool(out)
+        self.probs = probs if out else "none"
 
     @staticmethod
     def _load(image_uri: str, mask_uri: str, degradation: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -116,10 +126,14 @@ class Evaluator:
     def _score(self, prob: np.ndarray, gt: np.ndarray | None, set_name: str, rid: str, clean: bool) -> dict[str, Any]:
         if gt is not None and gt.shape != prob.shape:  # resized inputs, or a mask of another size
             prob = cv2.resize(prob, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-        row = dict(metrics.image_row(prob, gt, self.threshold), pred_mask="")
+        row = dict(metrics.image_row(prob, gt, self.threshold), pred_mask="", pred_probs="")
+        folder, name = naming.file_stem(set_name), naming.file_stem(rid)
         if self.save_masks and clean:
-            row["pred_mask"] = f"preds/{naming.file_stem(set_name)}/{naming.file_stem(rid)}.png"
+            row["pred_mask"] = f"preds/{folder}/{name}.png"
             storage.write_bytes(storage.join(self.out, row["pred_mask"]), imageio.encode_mask_png(prob > self.threshold))
+        if self.probs != "none" and clean:
+            row["pred_probs"] = f"probs/{folder}/{name}.{self.probs}"
+            storage.write_bytes(storage.join(self.out, row["pred_probs"]), imageio.encode_probs(prob, self.probs))
         return row
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -134,7 +148,7 @@ class Evaluator:
         probs = dict(zip(loaded, predict_batch(self.model, [image for image, _ in loaded.values()], self.device)))
         out: dict[str, list[Any]] = {k: [] for k in EVAL_COLUMNS}
         empty = {"manipulated": False, "score": math.nan, "f1": math.nan, "iou": math.nan, "auc": math.nan,
-                 "pred_mask": ""}
+                 "pred_mask": "", "pred_probs": ""}
         for k in range(n):
             row = dict(empty)
             if k in probs:
@@ -145,7 +159,7 @@ class Evaluator:
                     errors[k] = f"{type(err).__name__}: {err}"
             for key in ("set", "degradation", "id", "image", "mask"):
                 out[key].append(str(batch[key][k]))
-            for key in ("manipulated", "score", "f1", "iou", "auc", "pred_mask"):
+            for key in ("manipulated", "score", "f1", "iou", "auc", "pred_mask", "pred_probs"):
                 out[key].append(row[key])
             out["error"].append(errors[k])
         return {k: np.asarray(v) for k, v in out.items()}
@@ -154,7 +168,11 @@ class Evaluator:
 def collect_items(config: EvalConfig, sets: dict[str, str], degradations: list[str]) -> list[dict[str, str]]:
     items: list[dict[str, str]] = []
     for name, uri in sets.items():
-        listed = load_test_set(uri, config.split)
+        split = config.split
+        if not uri.endswith(".json") or inputs.detect(uri) == "coco":  # IMDL lists and stores are read as they are
+            uri, kind = inputs.as_store(uri, config.import_dir or storage.join(config.out, "inputs"))
+            split = split if kind == "store" else None  # an imported folder or COCO file is the test set
+        listed = load_test_set(uri, split)
         if config.limit:
             listed = listed[: config.limit]
         if not listed:
@@ -170,7 +188,7 @@ def score_items(config: EvalConfig, items: list[dict[str, str]], tracking_uri: s
     ds = ray.data.from_items(items).map_batches(
         Evaluator,
         fn_constructor_kwargs={"model_uri": config.model, "threshold": config.threshold, "out": config.out,
-                               "save_masks": config.save_masks, "tracking_uri": tracking_uri},
+                               "save_masks": config.save_masks, "tracking_uri": tracking_uri, "probs": config.probs},
         **actor_pool_kwargs(config.num_workers, config.num_cpus_per_worker, config.num_gpus_per_worker, config.batch_size),
     )
     rows = [{k: json_safe(v) for k, v in r.items()} for r in ds.take_all()]
@@ -190,6 +208,7 @@ def write_outputs(config: EvalConfig, rows: list[dict[str, Any]], table: list[di
         "results.csv": table_csv(table),
         "results.txt": format_table(table) + "\n",
         "per_image.jsonl": "".join(json.dumps({k: json_safe(v) for k, v in r.items()}) + "\n" for r in rows),
+        "per_image.csv": rows_csv(rows, EVAL_COLUMNS),
     }
     for name, text in files.items():
         storage.write_bytes(storage.join(config.out, name), text.encode())
@@ -206,9 +225,9 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     config.validate()
     sets = parse_datasets(config.datasets)
     degradations = [d.name for d in degrade.parse_list(config.degrade)]
+    storage.check_writable(config.out)
     items = collect_items(config, sets, degradations)
     tracking_uri = check_model(config.model, config.tracking_uri)  # fail before the cluster does any work
-    storage.check_writable(config.out)
     config.save(storage.join(config.out, "config.json"))
     init_ray()
     check_gpus(config.num_gpus_per_worker, config.num_workers, "evaluate")

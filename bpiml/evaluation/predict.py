@@ -4,8 +4,9 @@
 pool (the model loaded once per actor) and writes
 
     <out>/masks/<name>.png        0/255 mask at the image's size (<name>: `bpiml.data.naming.file_stem`)
+    <out>/probs/<name>.png|npy    the probability map: 8-bit PNG (p * 255) or float16 .npy (`--probs`)
     <out>/overlays/<name>.jpg     the image with the mask tinted (optional)
-    <out>/predictions/            the table id, image, pred_mask, overlay, height, width, score, mask_area,
+    <out>/predictions/            the table id, image, pred_mask, pred_probs, overlay, height, width, score, mask_area,
                                   as JSONL shards (`bpiml.data.parts`; read it with `read_predictions`)
     <out>/rejects/                lines and images that could not be read or written (`bpiml.data.rejects`)
     <out>/summary.json, config.json
@@ -32,8 +33,8 @@ import torch
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from bpiml.config import BaseConfig, check_range, field
-from bpiml.data import imageio, manifest, naming, parts, rejects, storage
+from bpiml.config import BaseConfig, check_choice, check_range, field
+from bpiml.data import imageio, inputs, manifest, naming, parts, rejects, storage
 from bpiml.evaluation.inference import (
     check_model,
     load_model,
@@ -48,7 +49,7 @@ from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ("id", "image", "pred_mask", "overlay", "height", "width", "score", "mask_area", "error")
+PREDICTION_COLUMNS = ("id", "image", "pred_mask", "pred_probs", "overlay", "height", "width", "score", "mask_area", "error")
 PREDICTIONS_DIR, REJECTS_DIR = "predictions", "rejects"
 SHARD_ROWS = 20_000
 WRITE_CPUS = 0.25
@@ -61,7 +62,7 @@ def _single_image_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", required=True, help="image path or s3:// URI")
     parser.add_argument("--out", required=True, help="output mask PNG (0/255)")
     parser.add_argument("--overlay", default=None, help="optional overlay image (PNG or JPEG by extension)")
-    parser.add_argument("--probs", default=None, help="optional probability map as an 8-bit PNG")
+    parser.add_argument("--probs", default=None, help="optional probability map: 8-bit PNG, or float16 when it ends in .npy")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the mask")
     parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: env, then project sqlite)")
     return parser
@@ -81,7 +82,7 @@ def cli_predict(argv: list[str] | None = None) -> int:
                 time.perf_counter() - start, float(probs.max()), 100.0 * float(mask.mean()))
     storage.write_bytes(args.out, imageio.encode_mask_png(mask))
     if args.probs:
-        storage.write_bytes(args.probs, imageio.encode_image((probs * 255).round().astype(np.uint8), "png"))
+        storage.write_bytes(args.probs, imageio.encode_probs(probs, "npy" if args.probs.endswith(".npy") else "png"))
     if args.overlay:
         fmt = "jpg" if args.overlay.lower().endswith((".jpg", ".jpeg")) else "png"
         storage.write_bytes(args.overlay, imageio.encode_image(overlay(image, mask), fmt, 90))
@@ -95,11 +96,13 @@ def cli_predict(argv: list[str] | None = None) -> int:
 class PredictConfig(BaseConfig):
     model: str = field("", help="models:/<name>@<alias>, runs:/<id>/<path>, or a checkpoint path/URI")
     tracking_uri: str = field("", help="MLflow tracking URI for models:/ and runs:/ (default: env, then project sqlite)")
-    store: str = field("", help="input store root (local or s3://) holding manifest.jsonl")
+    store: str = field("", help="input: a store, an IMDL-BenCo list .json, a COCO .json or a folder of images (local or s3://)")
+    import_dir: str = field("", help="where an input that is not a store is imported once (default: <out>/inputs)")
     out: str = field("", help="output folder (local or s3://)")
     split: str | None = field(None, help="only records of this split (train/val/test); all when unset")
     threshold: float = field(0.5, help="probability threshold for the written masks")
     overlays: bool = field(True, help="also write overlays/<id>.jpg")
+    probs: str = field("png", help="probability maps in probs/<id>.<ext>: png (8-bit), npy (float16) or none")
     batch_size: int = field(8, help="images per model call")
     num_workers: int = field(1, help="actors in the prediction pool (each loads the model once)")
     num_cpus_per_worker: float = field(1.0, help="CPUs per actor (fractional allowed, e.g. 0.5)")
@@ -118,6 +121,7 @@ class PredictConfig(BaseConfig):
         check_range("num_gpus_per_worker", self.num_gpus_per_worker, 0.0)
         check_range("limit", self.limit, 0)
         check_range("max_reject_rate", self.max_reject_rate, 0.0, 1.0)
+        check_choice("probs", self.probs, imageio.PROB_FORMATS)
         if self.split is not None and self.split not in manifest.SPLITS:
             raise ValueError(f"split must be train, val, test or unset, got {self.split!r}")
 
@@ -126,18 +130,21 @@ class Predictor:
     """Ray Data batch step: model loaded once per actor; one batch of image URIs -> written masks."""
 
     def __init__(self, model_uri: str, out: str, threshold: float = 0.5, overlays: bool = True,
-                 model: Any | None = None, tracking_uri: str = "") -> None:
+                 model: Any | None = None, tracking_uri: str = "", probs: str = "none") -> None:
         self.model = model if model is not None else load_model(model_uri, tracking_uri)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
-        self.out, self.threshold, self.overlays = out, threshold, overlays
+        self.out, self.threshold, self.overlays, self.probs = out, threshold, overlays, probs
 
     def _write(self, rid: str, image: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
         mask = prob > self.threshold
         name = naming.file_stem(rid)
-        row = {"pred_mask": f"masks/{name}.png", "overlay": "", "height": prob.shape[0], "width": prob.shape[1],
+        row = {"pred_mask": f"masks/{name}.png", "pred_probs": "", "overlay": "", "height": prob.shape[0], "width": prob.shape[1],
                "score": float(prob.max()), "mask_area": float(mask.mean())}
         storage.write_bytes(storage.join(self.out, row["pred_mask"]), imageio.encode_mask_png(mask))
+        if self.probs != "none":
+            row["pred_probs"] = f"probs/{name}.{self.probs}"
+            storage.write_bytes(storage.join(self.out, row["pred_probs"]), imageio.encode_probs(prob, self.probs))
         if self.overlays:
             row["overlay"] = f"overlays/{name}.jpg"
             storage.write_bytes(storage.join(self.out, row["overlay"]),
@@ -157,7 +164,7 @@ class Predictor:
                 errors[k] = f"{type(err).__name__}: {err}"
         probs = dict(zip(images, predict_batch(self.model, list(images.values()), self.device)))
         rows: dict[str, list[Any]] = {key: [] for key in PREDICTION_COLUMNS}
-        empty = {"pred_mask": "", "overlay": "", "height": 0, "width": 0, "score": float("nan"), "mask_area": float("nan")}
+        empty = {"pred_mask": "", "pred_probs": "", "overlay": "", "height": 0, "width": 0, "score": float("nan"), "mask_area": float("nan")}
         for k, rid in enumerate(ids):
             row = dict(empty)
             if k in probs:
@@ -224,6 +231,8 @@ def _clear_tables(out: str) -> None:
 def run_predict(config: PredictConfig) -> dict[str, Any]:
     """Batch prediction over a store; returns a summary (also written as `summary.json`)."""
     config.validate()
+    store, _ = inputs.as_store(config.store, config.import_dir or storage.join(config.out, "inputs"))
+    config = config.replace(store=store)
     files = manifest.manifest_files(config.store)
     storage.check_writable(config.out)
     tracking_uri = check_model(config.model, config.tracking_uri)  # fail before the cluster does any work
@@ -241,7 +250,7 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
     items.map_batches(
         Predictor,
         fn_constructor_kwargs={"model_uri": config.model, "out": config.out, "threshold": config.threshold,
-                               "overlays": config.overlays, "tracking_uri": tracking_uri},
+                               "overlays": config.overlays, "tracking_uri": tracking_uri, "probs": config.probs},
         **actor_pool_kwargs(config.num_workers, config.num_cpus_per_worker, config.num_gpus_per_worker,
                             config.batch_size),
     ).write_datasink(PredictionSink(config.out, run_id, counter, config.batch_size * 4),

@@ -28,18 +28,24 @@ def _nanmean(values: list[float]) -> float:
 
 def aggregate(rows: list[dict[str, Any]], set_names: list[str], groups: dict[str, list[str]],
               degradations: list[str], threshold: float = 0.5) -> list[dict[str, Any]]:
-    """Table rows: one per (set, degradation), then `average` over sets and one per group."""
+    """Table rows: one per (set, degradation), then `average` (the mean over sets, each set weighted
+    once), `pooled` (every image of every set weighted once) and one mean per group."""
     table = []
     for deg in degradations:
         per_set: dict[str, dict[str, float]] = {}
+        pooled: list[dict[str, Any]] = []
         for name in set_names:
             selected = [r for r in rows if r["set"] == name and r["degradation"] == deg and not r.get("error")]
             per_set[name] = metrics.summarize(selected, threshold)
+            pooled += selected
             table.append({"kind": "set", "name": name, "degradation": deg, **per_set[name]})
         for kind, name, members in [("average", "average", set_names)] + [("group", g, m) for g, m in groups.items()]:
             summary: dict[str, Any] = {k: int(sum(per_set[m][k] for m in members)) for k in COUNT_KEYS}
             summary.update({k: _nanmean([per_set[m][k] for m in members]) for k in METRIC_KEYS})
             table.append({"kind": kind, "name": name, "degradation": deg, **summary})
+            if kind == "average":
+                table.append({"kind": "pooled", "name": "pooled", "degradation": deg,
+                              **metrics.summarize(pooled, threshold)})
     return table
 
 
@@ -64,6 +70,17 @@ def table_csv(table: list[dict[str, Any]]) -> str:
     writer.writeheader()
     for r in table:
         writer.writerow({k: ("" if isinstance(r[k], float) and math.isnan(r[k]) else r[k]) for k in columns})
+    return buf.getvalue()
+
+
+def rows_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str]) -> str:
+    """Per-image rows as CSV (nan and None as empty cells)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else r[k]
+                         for k in columns})
     return buf.getvalue()
 
 

@@ -14,6 +14,7 @@ import re
 
 from bpiml.data import manifest
 from bpiml.data.importers.imdl import parse_imdl_list
+from bpiml.data.importers.summary import unique_ids
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def load_test_set(uri: str, split: str | None = "test") -> list[dict[str, str]]:
         if bad:
             raise ValueError(f"{uri}: {bad[0]['reason']} (entries are [image, mask or \"Negative\"], paths inside "
                              "the list's folder, absolute, or s3:// URIs)")
-        return [{"id": image, "image": image, "mask": mask or ""} for image, mask in listed.pairs]
+        ids = unique_ids([image for image, _ in listed.pairs])  # the image's name, as the importer names it
+        return [{"id": rid, "image": image, "mask": mask or ""} for rid, (image, mask) in zip(ids, listed.pairs)]
     records = manifest.read_manifest(uri)
     if split:
         records = [r for r in records if r.split == split]

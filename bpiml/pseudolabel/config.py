@@ -14,7 +14,8 @@ DEFAULT_OUT = ".bpiml/sample-pseudo"
 
 @dataclasses.dataclass
 class PseudoLabelConfig(BaseConfig):
-    store: str = field(DEFAULT_STORE, "input store (local folder or s3://bucket/prefix) holding manifest.jsonl")
+    store: str = field(DEFAULT_STORE, "input: a store, an IMDL-BenCo list .json, a COCO .json or a folder of images (local or s3://)")
+    import_dir: str = field("", "where an input that is not a store is imported once (default: <out>/inputs)")
     out: str = field(DEFAULT_OUT, "output pseudo-labeled store (masks, sharded manifest, rejects, summary)")
     teacher: str = field("auto", "sam | grabcut | box | auto (sam when --checkpoint is given, else grabcut)")
     checkpoint: str | None = field(None, "SAM weights: vit_b | vit_l | vit_h (official, by name), a path or s3:// URI")

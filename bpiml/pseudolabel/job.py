@@ -21,7 +21,7 @@ from typing import Any
 import ray
 
 from bpiml.data import manifest as manifest_io
-from bpiml.data import parts, rejects, storage
+from bpiml.data import inputs, parts, rejects, storage
 from bpiml.data.lock import WriterLock
 from bpiml.pseudolabel import commit, plan
 from bpiml.pseudolabel.config import PseudoLabelConfig
@@ -116,6 +116,8 @@ def _prepare(cfg: PseudoLabelConfig) -> PseudoLabelConfig:
         storage.set_s3_endpoint(cfg.s3_endpoint)
     # Local paths become absolute: Ray workers and the training job run in other folders.
     cfg = cfg.replace(store=storage.absolute(cfg.store), out=storage.absolute(cfg.out))
+    store, _ = inputs.as_store(cfg.store, cfg.import_dir or storage.join(cfg.out, "inputs"), inputs.FOR_TRAINING)
+    cfg = cfg.replace(store=storage.absolute(store))
     if cfg.resolved_teacher == "grabcut" and cfg.teacher == "auto":
         logger.warning("=" * 78)
         logger.warning("NO SAM CHECKPOINT GIVEN: using the classical GrabCut teacher instead of SAM.")

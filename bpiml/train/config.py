@@ -20,7 +20,9 @@ _REGISTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9][A-Za-z0-9._-]*
 
 @dataclasses.dataclass
 class TrainConfig(BaseConfig):
-    store: str = field(DEFAULT_STORE, "pseudo-labeled store (local folder or s3://bucket/prefix)")
+    store: str = field(DEFAULT_STORE, "pseudo-labeled store (local or s3://); with --supervision gt also an IMDL-BenCo "
+                                      "list, a COCO .json or any store with GT masks")
+    import_dir: str = field("", "where an input that is not a store is imported once (default: <storage-path>/inputs)")
     storage_path: str = field(DEFAULT_STORAGE_PATH, "where runs keep checkpoints (local folder or s3://)")
     run_name: str = field("", "run name; the same name + storage path resumes; '' = student-<hash of this config>")
     epochs: int = field(20, "total epochs (a resumed run continues up to this number; the paper: 20)")
@@ -104,7 +106,7 @@ class TrainConfig(BaseConfig):
 
     def default_run_name(self) -> str:
         """student-<hash>: the same command (epochs aside) names the same run, so rerunning it resumes."""
-        values = {k: v for k, v in self.to_dict().items() if k not in ("epochs", "run_name", "register", "log_every")}
+        values = {k: v for k, v in self.to_dict().items() if k not in ("epochs", "run_name", "register", "log_every", "import_dir")}
         digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"student-{digest}"
 

@@ -21,7 +21,7 @@ from typing import Any
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from bpiml.data import cache, storage
+from bpiml.data import cache, inputs, storage
 from bpiml.model import pretrained
 from bpiml.runtime import raycluster, tracking
 from bpiml.train.config import DEFAULT_STORE, TrainConfig, TrainResult
@@ -32,12 +32,16 @@ from bpiml.train.registry import finish_run, read_run_state, write_run_state
 
 logger = logging.getLogger(__name__)
 
-def check_training_inputs(config: TrainConfig) -> TrainingData:
-    """Fail fast on the store (has train samples, the first one readable) and the storage path (writable)."""
+def _check_default_store(config: TrainConfig) -> None:
     if config.store == DEFAULT_STORE and not storage.exists(config.store):
         raise FileNotFoundError(
             f"the embedded default store {DEFAULT_STORE!r} (pseudo-labeled sample) does not exist under "
             f"{os.getcwd()}; make it with `python jobs/pseudolabel.py` (its defaults write it), or pass --store")
+
+
+def check_training_inputs(config: TrainConfig) -> TrainingData:
+    """Fail fast on the store (has train samples, the first one readable) and the storage path (writable)."""
+    _check_default_store(config)
     data = training_data(config)
     if not data.n_train:
         skipped = ", ".join(f"{n} {why}" for why, n in data.skipped.items()) or "none in that split"
@@ -67,6 +71,7 @@ def resolve_use_gpu(requested: bool | None) -> bool:
 
 def _prepare(config: TrainConfig) -> TrainConfig:
     config.validate()
+    _check_default_store(config)
     raycluster.init_ray()
     use_gpu = resolve_use_gpu(config.use_gpu)
     # The data tasks (decode, augment) need CPUs beside the workers, or Ray Data waits for them forever.
@@ -74,8 +79,10 @@ def _prepare(config: TrainConfig) -> TrainConfig:
                                   config.num_workers * use_gpu, config.resource_wait_s,
                                   f"training ({config.num_workers} workers x {config.cpus_per_worker:g} CPUs + "
                                   f"{DECODE_CPUS:g} for data tasks)")
-    return config.replace(use_gpu=use_gpu, storage_path=storage.absolute(config.storage_path),
-                          store=storage.absolute(config.store),
+    storage_path = storage.absolute(config.storage_path)
+    store, _ = inputs.as_store(storage.absolute(config.store), config.import_dir or storage.join(storage_path, "inputs"),
+                               inputs.FOR_TRAINING)
+    return config.replace(use_gpu=use_gpu, storage_path=storage_path, store=storage.absolute(store),
                           run_name=config.run_name or config.default_run_name())
 
 
