@@ -61,9 +61,10 @@ class Placer:
             return
         if self.link:
             bad = [s for s in outside if inside(self.data_root, s) is None]
-            if bad:
-                raise ValueError(f"link=True links {self.data_root} into the store, but {bad[0]!r} is not under it; "
-                                 "set data_root to a folder holding all the files, or use copy=True")
+            if bad:  # e.g. a list of absolute paths elsewhere: link the folder that holds them all
+                wider = os.path.commonpath([os.path.realpath(p.removeprefix("file://")) for p in [self.data_root, *bad]])
+                logger.info("linking %s (it holds every listed file; %s does not)", wider, self.data_root)
+                self.data_root = wider
             return
         raise ValueError(
             f"{len(outside)} file(s) lie outside the output store {self.out!r} (e.g. {outside[0]!r}) and manifest "
