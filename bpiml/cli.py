@@ -28,7 +28,11 @@ def usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = ["usage: bpiml <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "run `bpiml <command> --help` for a command's options"]
+    lines += ["", "examples:",
+              "  bpiml import-imdl --index data/casia/index.json --out stores/casia --split-by-scene --pad 0.05",
+              "  bpiml predict --model models:/bpiml-student@champion --image photo.jpg --out mask.png --probs p.png",
+              "  bpiml evaluate --model models:/bpiml-student@champion --dataset cvip=data/cvip/index.json --out eval/",
+              "", "run `bpiml <command> --help` for a command's options; the Ray jobs are jobs/*.py (docs/cli.md)"]
     return "\n".join(lines)
 
 

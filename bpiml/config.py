@@ -79,8 +79,11 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _help(f: dataclasses.Field, default: Any) -> str:
-    text = f.metadata.get("help", "")
-    return text if "default" in text.lower() else f"{text} (default: {default})"
+    text = f.metadata.get("help", "") + (" (repeatable)" if f.metadata.get("repeat") else "")
+    if "default" in text.lower() or default in ("", None) or default == []:  # nothing worth showing
+        return text.replace("%", "%%")
+    shown = ("on" if default else "off") if isinstance(default, bool) else default
+    return f"{text} (default: {shown})".replace("%", "%%")
 
 
 @dataclasses.dataclass
@@ -143,15 +146,18 @@ class BaseConfig:
 
     # --- command line -------------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser | Any, prefix: str = "") -> None:
-        """One `--flag` per field (`snake_case` -> `--snake-case`), nested configs as `--<name>-<field>`.
+    def add_arguments(cls, parser: argparse.ArgumentParser | Any, prefix: str = "",
+                      groups: argparse.ArgumentParser | None = None) -> None:
+        """One `--flag` per field (`snake_case` -> `--snake-case`), nested configs as `--<name>-<field>`
+        (in a group `<name> options` of `groups` when given).
 
         Defaults are suppressed (the namespace holds only what was given) and shown in the help.
         """
         for f in dataclasses.fields(cls):
             nested = _nested_cls(cls, f.name)
             if nested is not None:
-                nested.add_arguments(parser, prefix=f"{prefix}{f.name}.")
+                target = groups.add_argument_group(f"{f.name} options") if groups is not None else parser
+                nested.add_arguments(target, prefix=f"{prefix}{f.name}.", groups=groups)
                 continue
             dest = prefix + f.name
             flag = "--" + dest.replace(".", "-").replace("_", "-")
@@ -162,7 +168,10 @@ class BaseConfig:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
             elif typing.get_origin(kind) in (list, tuple):
                 item = (typing.get_args(kind) or (str,))[0]
-                parser.add_argument(flag, nargs="*", type=item, **common)
+                if f.metadata.get("repeat"):
+                    parser.add_argument(flag, f.metadata["repeat"], action="extend", nargs="+", type=item, **common)
+                else:
+                    parser.add_argument(flag, nargs="*", type=item, **common)
             else:
                 parser.add_argument(flag, type=kind if kind in (int, float, str) else str, **common)
 
@@ -207,10 +216,14 @@ def _drop_secrets(values: dict[str, Any]) -> dict[str, Any]:
     return {k: _drop_secrets(v) if isinstance(v, dict) else v for k, v in values.items() if not is_secret_key(k)}
 
 
-def field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with a one-line help text used for CLI flags and docs."""
+def field(default: Any, help: str, repeat: str | None = None) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with a one-line help text used for CLI flags and docs.
+
+    `repeat="--dataset"` (list fields): the flag may be given many times, also under that singular name,
+    and the values accumulate."""
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+        metadata = {"help": help, **({"repeat": repeat} if repeat else {})}
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     if isinstance(default, BaseConfig):
         return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})

@@ -22,7 +22,7 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
-from bpiml.runtime.logs import setup_logging  # noqa: E402
+from bpiml.runtime.jobcli import setup_console  # noqa: E402
 from bpiml.evaluation.evaluate import (  # noqa: E402
     EvalConfig,
     build_parser,
@@ -32,16 +32,11 @@ from bpiml.evaluation.evaluate import (  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser(prog="jobs/evaluate.py")
-    parser.description = __doc__
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--config", help="JSON/YAML config file; flags given explicitly override it")
-    parser.add_argument("--smoke-test", action="store_true", help="evaluate at most 4 images per set")
-    return parser.parse_args(argv)
+    return build_parser("jobs/evaluate.py", __doc__, smoke_test="evaluate at most 4 images per set").parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging()
+    setup_console(args)
     config = EvalConfig.from_cli(args, smoke_test={"limit": 4})
     print_result(run_evaluation(config))
     return 0

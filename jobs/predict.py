@@ -22,20 +22,20 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
-from bpiml.runtime.logs import setup_logging  # noqa: E402
+from bpiml.runtime.jobcli import job_parser, setup_console  # noqa: E402
 from bpiml.evaluation.predict import PredictConfig, run_predict  # noqa: E402
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return job_parser("jobs/predict.py", __doc__, PredictConfig, "predict at most 4 images")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    PredictConfig.add_arguments(parser)
-    parser.add_argument("--config", help="JSON/YAML config file; flags given explicitly override it")
-    parser.add_argument("--smoke-test", action="store_true", help="predict at most 4 images")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging()
+    setup_console(args)
     config = PredictConfig.from_cli(args, smoke_test={"limit": 4})
     print(json.dumps(run_predict(config), indent=2))
     return 0

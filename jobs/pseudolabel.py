@@ -21,29 +21,30 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
-from bpiml.runtime.logs import setup_logging  # noqa: E402
+from bpiml.runtime.jobcli import job_parser, setup_console  # noqa: E402
 from bpiml.data.sample import make_sample_store  # noqa: E402
 from bpiml.pseudolabel.config import DEFAULT_STORE, PseudoLabelConfig  # noqa: E402
 from bpiml.pseudolabel.job import run_pseudolabel  # noqa: E402
+from bpiml.pseudolabel.summary import Summary, format_summary  # noqa: E402
 
 SMOKE_TEST = {"limit": 4}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return job_parser("jobs/pseudolabel.py", __doc__, PseudoLabelConfig, f"a quick run: {SMOKE_TEST}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    PseudoLabelConfig.add_arguments(parser)
-    parser.add_argument("--config", help="JSON/YAML config file; flags given explicitly override it")
-    parser.add_argument("--smoke-test", action="store_true", help=f"a quick run: {SMOKE_TEST}")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging()
+    setup_console(args)
     config = PseudoLabelConfig.from_cli(args, smoke_test=SMOKE_TEST)
     if config.store == DEFAULT_STORE and not Path(DEFAULT_STORE, "manifest.jsonl").exists():
         logging.getLogger("bpiml").info("embedded default: writing the sample store to %s", DEFAULT_STORE)
         make_sample_store(DEFAULT_STORE)
-    run_pseudolabel(config)
+    print(format_summary(Summary(**run_pseudolabel(config))))
     return 0
 
 

@@ -28,22 +28,22 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
-from bpiml.runtime.logs import setup_logging  # noqa: E402
+from bpiml.runtime.jobcli import job_parser, setup_console  # noqa: E402
 from bpiml.train.job import TrainConfig, run_training  # noqa: E402
 
 SMOKE_TEST = {"epochs": 1, "limit": 8, "batch_size": 4, "log_images": 2}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return job_parser("jobs/train.py", __doc__, TrainConfig, f"a quick run: {SMOKE_TEST}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    TrainConfig.add_arguments(parser)
-    parser.add_argument("--config", help="JSON/YAML TrainConfig file; flags given explicitly override it")
-    parser.add_argument("--smoke-test", action="store_true", help=f"a quick run: {SMOKE_TEST}")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging()
+    setup_console(args)
     config = TrainConfig.from_cli(args, smoke_test=SMOKE_TEST)
     result = run_training(config)
     print(json.dumps({

@@ -134,10 +134,13 @@ def test_assign_splits_fractions_and_determinism():
 
 
 def test_cli_import_imdl(imdl, capsys):
-    assert cli_import_imdl(["--index", str(imdl / "index.json"), "--split-by-scene", "--pad", "0.05"]) == 0
+    assert cli_import_imdl(["--index", str(imdl / "index.json"), "--split-by-scene", "--pad", "0.05"]) == 2
+    assert "--out is required" in capsys.readouterr().err  # never into the dataset's folder unasked
+    assert cli_import_imdl(["--index", str(imdl / "index.json"), "--out", str(imdl), "--split-by-scene", "--pad",
+                            "0.05"]) == 0
     out = capsys.readouterr().out
     assert "wrote 4 records" in out and "skipped 7" in out and "splits:" in out
-    assert cli_import_imdl(["--index", str(imdl / "index.json"), "--split", "dev"]) == 2
+    assert cli_import_imdl(["--index", str(imdl / "index.json"), "--out", str(imdl), "--split", "dev"]) == 2
     assert "split must be one of" in capsys.readouterr().err
 
 
@@ -176,8 +179,12 @@ def test_coco(coco):
 
 
 def test_cli_import_coco(coco, capsys):
-    assert cli_import_coco(["--coco-json", str(coco / "ann.json"), "--split", "test", "--category-ids", "1"]) == 0
+    elsewhere = coco.parent / "elsewhere"
+    assert cli_import_coco(["--coco-json", str(coco / "ann.json"), "--out", str(elsewhere), "--split", "test",
+                            "--category-ids", "1"]) == 0
     assert "wrote 3 records" in capsys.readouterr().out
-    assert {r.split for r in read_manifest(str(coco))} == {"test"}
+    records = read_manifest(str(elsewhere))
+    assert {r.split for r in records} == {"test"} and not (coco / "manifest.jsonl").exists()
+    assert all(r.image.startswith("data/") for r in records)  # local data outside --out: linked, not copied
     (coco / "bad.json").write_text("[]")
-    assert cli_import_coco(["--coco-json", str(coco / "bad.json")]) == 2
+    assert cli_import_coco(["--coco-json", str(coco / "bad.json"), "--out", str(elsewhere)]) == 2

@@ -22,6 +22,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
+from bpiml.runtime.jobcli import HelpFormatter
 from bpiml.config import BaseConfig, check_range, field
 from bpiml.data import storage
 from bpiml.data.boxes import boxes_from_mask, pad_boxes
@@ -164,7 +165,7 @@ class SampleConfig(BaseConfig):
 
 def cli_make_sample(argv: list[str]) -> int:
     """`bpiml make-sample --out DIR [--n N] [--seed S] [--size PX]`"""
-    parser = argparse.ArgumentParser(prog="bpiml make-sample", description=SampleConfig.__doc__)
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="bpiml make-sample", description=SampleConfig.__doc__)
     SampleConfig.add_arguments(parser)
     try:
         c = SampleConfig.from_args(parser.parse_args(argv))

@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bpiml.runtime.jobcli import HelpFormatter
 from bpiml.data import imageio, manifest, storage
 from bpiml.evaluation import metrics
 from bpiml.pseudolabel.store import PseudoStore
@@ -125,7 +126,7 @@ def format_audit(report: dict[str, Any]) -> str:
 
 
 def cli_audit(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bpiml audit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="bpiml audit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", required=True, help="pseudo-labeled store (its manifest.jsonl names the GT masks)")
     parser.add_argument("--tolerance", type=float, default=2.0, help="boundary F1 tolerance in pixels")
     parser.add_argument("--worst-k", type=int, default=10, help="worst records listed per teacher")

@@ -44,6 +44,7 @@ from bpiml.evaluation.tables import (
     table_csv,
 )
 from bpiml.evaluation.testsets import load_test_set, parse_datasets, parse_groups
+from bpiml.runtime.jobcli import job_parser, setup_console
 from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
 
 logger = logging.getLogger(__name__)
@@ -55,11 +56,12 @@ class EvalConfig(BaseConfig):
     model: str = field("", help="models:/<name>@<alias>, runs:/<id>/<path>, or a checkpoint path/URI")
     tracking_uri: str = field("", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then the project sqlite)")
     datasets: list[str] = field([], help="test sets as name=URI: a store, an IMDL-BenCo list .json, a COCO .json or a "
-                                         "folder of images; repeatable")
+                                         "folder of images", repeat="--dataset")
     import_dir: str = field("", help="where a COCO file or folder is imported once (default: <out>/inputs)")
     split: str | None = field("test", help="split used for store test sets (\"\" or unset: all records)")
-    groups: list[str] = field([], help="name=set1,set2 groups whose averages are reported; repeatable")
-    degrade: list[str] = field([], help="degradations re-evaluated on every set, e.g. jpeg:90,jpeg:50,resize:0.5")
+    groups: list[str] = field([], help="name=set1,set2 groups whose averages are reported", repeat="--group")
+    degrade: list[str] = field([], help="degradations re-evaluated on every set, e.g. jpeg:90,jpeg:50,resize:0.5",
+                               repeat="--degradation")
     out: str = field("", help="output folder (local or s3://) for results.json/csv and per-image rows")
     threshold: float = field(0.5, help="probability threshold for pixel and image decisions")
     limit: int = field(0, help="evaluate only the first N images of each set (0 = all)")
@@ -247,16 +249,10 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     return {**result, "table": table, "out": config.out, "mlflow_run_id": run_id}
 
 
-def build_parser(prog: str = "bpiml evaluate") -> argparse.ArgumentParser:
+def build_parser(prog: str = "bpiml evaluate", doc: str | None = None,
+                 smoke_test: str | None = None) -> argparse.ArgumentParser:
     """EvalConfig flags; the list flags repeat and accumulate (`--dataset a=x --dataset b=y`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], conflict_handler="resolve")
-    EvalConfig.add_arguments(parser)
-    for dest, flags, what in (("datasets", ("--datasets", "--dataset"), "test set name=URI"),
-                              ("groups", ("--groups", "--group"), "group name=set1,set2"),
-                              ("degrade", ("--degrade",), "degradations, e.g. jpeg:90,jpeg:50,resize:0.5")):
-        parser.add_argument(*flags, dest=dest, action="extend", nargs="+", default=argparse.SUPPRESS,
-                            help=f"{what} (repeatable)")
-    return parser
+    return job_parser(prog, doc or __doc__.split("\n\n")[0], EvalConfig, smoke_test)
 
 
 def print_result(result: dict[str, Any]) -> None:
@@ -267,5 +263,6 @@ def print_result(result: dict[str, Any]) -> None:
 
 def cli_evaluate(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_console(args)
     print_result(run_evaluation(EvalConfig.from_args(args)))
     return 0

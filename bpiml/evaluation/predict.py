@@ -33,6 +33,7 @@ import torch
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
+from bpiml.runtime.jobcli import HelpFormatter
 from bpiml.config import BaseConfig, check_choice, check_range, field
 from bpiml.data import imageio, inputs, manifest, naming, parts, rejects, storage
 from bpiml.evaluation.inference import (
@@ -57,7 +58,7 @@ WRITE_CPUS = 0.25
 
 # --- one image -------------------------------------------------------------------------------
 def _single_image_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bpiml predict", description="Predict a manipulation mask for one image.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="bpiml predict", description="Predict a manipulation mask for one image.")
     parser.add_argument("--model", required=True, help="models:/<name>@<alias>, runs:/..., or a checkpoint path/URI")
     parser.add_argument("--image", required=True, help="image path or s3:// URI")
     parser.add_argument("--out", required=True, help="output mask PNG (0/255)")

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bpiml.runtime.jobcli import HelpFormatter
 from bpiml.data import imageio, manifest, naming, storage
 from bpiml.evaluation import metrics
 from bpiml.evaluation.audit import audit_pseudo_labels
@@ -168,7 +169,7 @@ def mlflow_curves(run_id: str, keys: Sequence[str] | None = None, tracking_uri: 
 
 
 def cli_report(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bpiml report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="bpiml report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval", dest="eval_dir", default=None, help="evaluation output folder (per_image.jsonl, preds/)")
     parser.add_argument("--store", default=None, help="pseudo-labeled store (boxes, pseudo masks, audit)")
     parser.add_argument("--set", dest="set_name", default=None, help="only samples of this evaluation test set")

@@ -12,6 +12,7 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bpiml.runtime.jobcli import HelpFormatter
 from bpiml.model.student import Student, StudentConfig
 
 PARAM_BUDGET = 9_600_000
@@ -43,7 +44,7 @@ def model_info(config: StudentConfig, img_size: int = 224) -> dict:
 
 
 def cli_model_info(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bpiml model-info", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="bpiml model-info", description=__doc__.splitlines()[0])
     StudentConfig.add_arguments(parser)
     args = parser.parse_args(argv)
     base = StudentConfig.from_args(args)

@@ -169,7 +169,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
         write_index(cfg.out, {"complete": True, "source": source, "runs": runs[-20:],
                               "teacher": {"identity": identity, "name": cfg.resolved_teacher},
                               "records": committed["stats"]["records"], "teachers": committed["stats"]["teachers"]})
-    logger.info("\n%s", format_summary(summary))
+    logger.debug("\n%s", format_summary(summary))  # jobs/pseudolabel.py prints it
     if summary.images_in_manifest == 0:
         raise ValueError(f"{cfg.store}: the manifest has no records (files: {', '.join(files[:3])})")
     rejects.check_reject_rate(summary.rejected, summary.images_in_manifest, cfg.max_reject_rate,

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 # Workers get credentials from their node (instance role, ~/.aws, or the environment the Ray
 # node was started with - the local stack scripts start the head with them).
 FORWARDED_ENV = (
+    "BPIML_LOG_LEVEL",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "AWS_REGION",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import math
 import tempfile
 import time
@@ -111,7 +112,8 @@ class Worker:
 def _setup_logging(rank: int) -> None:
     root = logging.getLogger("bpiml")
     if rank == 0 and not root.handlers:
-        logs.setup_logging(logging.INFO, root)  # not propagated: Ray's root handler would print lines twice
+        level = logging.getLevelName(os.environ.get("BPIML_LOG_LEVEL", "INFO"))  # the driver's --quiet/--verbose
+        logs.setup_logging(level if isinstance(level, int) else logging.INFO, root)  # not propagated: no double lines
 
 
 def build(loop_config: dict[str, Any]) -> Worker:
