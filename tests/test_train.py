@@ -202,7 +202,7 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def runs(ray_local, store: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The same run trained for 3 epochs, then rerun with epochs=5 (resumes)."""
+    """The same run trained for 3 epochs, rerun with epochs=4 (resumes), then the same again (done: returns)."""
     from bpiml.train.job import run_training
 
     root = tmp_path_factory.mktemp("train-runs")
@@ -214,12 +214,15 @@ def runs(ray_local, store: Path, tmp_path_factory: pytest.TempPathFactory):
     first = run_training(cfg)
     # The rerun prunes checkpoints (best + latest are kept): read the first run's one now.
     first_state = torch.load(Path(first.best_checkpoint) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    second = run_training(cfg.replace(epochs=5))
-    return cfg, first, first_state, second
+    second = run_training(cfg.replace(epochs=4))
+    files = lambda: sorted(str(p) for p in Path(cfg.storage_path).rglob("*") if p.name != "bpiml_run.json")  # noqa: E731
+    before = files()
+    third = run_training(cfg.replace(epochs=4))
+    return cfg, first, first_state, second, (third, before == files())
 
 
 def test_training_loss_falls_and_checkpoints(runs) -> None:
-    cfg, first, state, _ = runs
+    cfg, first, state, _, _ = runs
     losses = [row["loss"] for row in first.history]
     assert len(losses) == 3 and first.start_epoch == 0
     assert losses[-1] < losses[0]
@@ -231,19 +234,32 @@ def test_training_loss_falls_and_checkpoints(runs) -> None:
 
 
 def test_rerun_resumes_from_latest_checkpoint(runs) -> None:
-    _, first, _, second = runs
+    _, first, _, second, _ = runs
     assert second.start_epoch == 3
-    assert [row["epoch"] for row in second.history] == [0, 1, 2, 3, 4]
+    assert [row["epoch"] for row in second.history] == [0, 1, 2, 3]
     assert second.history[:3] == first.history
     assert second.mlflow_run_id == first.mlflow_run_id
     state = torch.load(Path(second.latest_checkpoint) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert state["epoch"] == 4 and state["mlflow_run_id"] == first.mlflow_run_id
+    assert state["epoch"] == 3 and state["mlflow_run_id"] == first.mlflow_run_id
+
+
+def test_a_finished_run_rerun_returns_its_result_without_training(runs) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _, _, _, second, (third, untouched) = runs
+    assert third.history == second.history and third.best_checkpoint == second.best_checkpoint
+    assert third.start_epoch == 4 and third.mlflow_run_id == second.mlflow_run_id
+    assert third.registered_model_uri == second.registered_model_uri and third.model_version == second.model_version
+    client = MlflowClient(third.tracking_uri)
+    assert sorted(m.step for m in client.get_metric_history(third.mlflow_run_id, "loss")) == [0, 1, 2, 3]
+    assert client.get_run(third.mlflow_run_id).info.status == "FINISHED"
+    assert untouched  # no worker group ran: no new checkpoint, no new Ray Train state
 
 
 def test_mlflow_run_has_params_metrics_and_artifacts(runs) -> None:
     from mlflow.tracking import MlflowClient
 
-    _, _, _, second = runs
+    _, _, _, second, _ = runs
     client = MlflowClient(second.tracking_uri)
     run = client.get_run(second.mlflow_run_id)
     assert run.data.params["memory_bank_size"] == "16x32"
@@ -251,13 +267,13 @@ def test_mlflow_run_has_params_metrics_and_artifacts(runs) -> None:
     assert run.data.params["model.alpha"] == "0.5"
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
-    assert sorted(steps) == [0, 1, 2, 3, 4]
+    assert sorted(steps) == [0, 1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "overlays"} <= artifacts
 
 
 def test_registered_model_loads_by_alias_and_predicts_any_size(runs) -> None:
-    _, _, _, second = runs
+    _, _, _, second, _ = runs
     assert second.registered_model_uri == "models:/tiny-student@champion"
     model = load_model(second.registered_model_uri, second.tracking_uri)
     with torch.no_grad():

@@ -64,10 +64,10 @@ def image_files(uri: str) -> list[str]:
 
 def detect(uri: str) -> str:
     """`store`, `imdl`, `coco` or `folder`; FileNotFoundError naming the four forms when it is none."""
+    storage.check_readable(uri)  # names a missing path, a missing bucket, refused or missing credentials
     if uri.endswith(".jsonl"):
         return "store"
     if uri.endswith(".json"):
-        storage.check_readable(uri)
         return _json_kind(uri)
     try:
         manifest.manifest_files(uri)
@@ -76,7 +76,6 @@ def detect(uri: str) -> str:
         pass
     if image_files(uri):
         return "folder"
-    storage.check_readable(uri)  # names a missing path, a missing bucket or refused credentials
     raise FileNotFoundError(f"{uri} holds no manifest and no images; an input is {FORMS}")
 
 
@@ -124,6 +123,14 @@ def import_dir(uri: str, kind: str, import_root: str, options: dict[str, Any]) -
     if name in ("index", "annotations", "item"):  # a generic file name: say which dataset
         name = naming.slug(posixpath.basename(storage.parent(uri.rstrip("/"))))
     return storage.join(import_root, f"{kind}-{name}-{_fingerprint(uri, kind, options)}")
+
+
+def require_boxes(uri: str, kind: str, job: str) -> None:
+    """A folder of images has no boxes: say what `job` needs instead of labeling or training on nothing."""
+    if kind == "folder":
+        raise ValueError(f"{uri} is a folder of images without boxes or masks: {job} needs a store whose "
+                         "manifest.jsonl gives each image's boxes (docs/data-formats.md), an IMDL-BenCo list or a "
+                         "COCO file; a plain folder is for jobs/predict.py")
 
 
 def as_store(uri: str, import_root: str, options: dict[str, Any] | None = None) -> tuple[str, str]:

@@ -1,10 +1,9 @@
 """Local paths and `s3://` URIs behind one small API (fsspec underneath).
 
-Every store, output, checkpoint and weights location is a URI: a local path (`data/store`,
-`/abs/path`, `file:///abs/path`) or `s3://bucket/prefix`. Credentials come from the standard AWS
-environment/config; an S3-compatible endpoint (MinIO, SeaweedFS, a test server) from
-`set_s3_endpoint()` or `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`. Large objects never pass
-through memory whole: `bpiml.data.cache` streams them in chunks.
+Every store, output, checkpoint and weights location is a local path (`data/store`, `/abs`,
+`file:///abs`) or `s3://bucket/prefix`. Credentials: the standard AWS environment (errors explained by
+`bpiml.data.access`); an S3-compatible endpoint (MinIO, SeaweedFS) from `set_s3_endpoint()` or
+`AWS_ENDPOINT_URL[_S3]`. Large objects stream in chunks (`bpiml.data.cache`).
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from typing import IO, Any
 import fsspec
 import pyarrow.fs as pafs
 from fsspec.core import url_to_fs
+
+from bpiml.data import access
 
 _endpoint_override: str | None = None
 
@@ -268,18 +269,13 @@ def remove(uri: str) -> None:
         pass
 
 
-def makedirs(uri: str) -> None:
-    if not is_s3(uri):
-        Path(local_path(uri)).mkdir(parents=True, exist_ok=True)
-
-
 def check_readable(uri: str) -> None:
     """Fail fast, naming the URI, when it cannot be read (missing, bad credentials, no bucket)."""
     try:
-        ok = exists(uri)
+        found = exists(uri)
     except Exception as err:  # credential/endpoint errors come in many types
-        raise PermissionError(f"cannot access {uri}: {type(err).__name__}: {err}") from err
-    if not ok:
+        raise access.error(uri, err) from err
+    if not found:
         raise FileNotFoundError(f"not found: {uri}")
 
 
@@ -297,4 +293,4 @@ def check_writable(uri: str) -> None:
         write_bytes(probe, b"ok")
         remove(probe)
     except Exception as err:
-        raise PermissionError(f"cannot write to {uri}: {type(err).__name__}: {err}") from err
+        raise access.error(uri, err, "write to") from err

@@ -116,6 +116,7 @@ def _prepare(cfg: PseudoLabelConfig) -> PseudoLabelConfig:
         storage.set_s3_endpoint(cfg.s3_endpoint)
     # Local paths become absolute: Ray workers and the training job run in other folders.
     cfg = cfg.replace(store=storage.absolute(cfg.store), out=storage.absolute(cfg.out))
+    inputs.require_boxes(cfg.store, inputs.detect(cfg.store), "pseudo-labeling")
     store, _ = inputs.as_store(cfg.store, cfg.import_dir or storage.join(cfg.out, "inputs"), inputs.FOR_TRAINING)
     cfg = cfg.replace(store=storage.absolute(store))
     if cfg.resolved_teacher == "grabcut" and cfg.teacher == "auto":

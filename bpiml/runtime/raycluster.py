@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 import uuid
 from typing import Any
@@ -73,6 +74,21 @@ def _state_api_env(address: str | None, dashboard_port: int | None) -> dict[str,
     return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"} if dashboard_port else {}
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A `host:port` GCS address must answer, or ConnectionError says what the address should be
+    (ray.init would otherwise retry for a minute and end in a gRPC traceback)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or address == "auto":
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(
+            f"nothing answers at RAY_ADDRESS={address} ({err}). Point it at a running head's GCS address, "
+            "host:6379 by default (`ray status` on the head shows it), or unset it to start a local Ray; "
+            "`ray job submit` sets it by itself for a job") from None
+
+
 def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     """Join the cluster at RAY_ADDRESS (set by `ray job submit`), else start a local Ray; idempotent."""
     if ray.is_initialized():
@@ -87,6 +103,7 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
             "or set RAY_ADDRESS to the head's GCS address (host:port) to run this script against it"
         )
     if address and address != "local":
+        check_reachable(address)
         if is_loopback_address(address) and os.environ.get(SWITCH) != "0":
             logger.warning("joining %s without %s=0 set before ray was imported; if the connection hangs, "
                            "export it before starting", address, SWITCH)

@@ -28,7 +28,7 @@ from bpiml.train.config import DEFAULT_STORE, TrainConfig, TrainResult
 from bpiml.train.data import TrainingData
 from bpiml.train.datasets import DECODE_CPUS, training_data
 from bpiml.train.loop import train_loop_per_worker
-from bpiml.train.registry import finish_run, read_run_state, write_run_state
+from bpiml.train.registry import finish_run, finished_result, read_run_state, write_run_state
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def _prepare(config: TrainConfig) -> TrainConfig:
                                   f"training ({config.num_workers} workers x {config.cpus_per_worker:g} CPUs + "
                                   f"{DECODE_CPUS:g} for data tasks)")
     storage_path = storage.absolute(config.storage_path)
+    inputs.require_boxes(config.store, inputs.detect(config.store), "training")
     store, _ = inputs.as_store(storage.absolute(config.store), config.import_dir or storage.join(storage_path, "inputs"),
                                inputs.FOR_TRAINING)
     return config.replace(use_gpu=use_gpu, storage_path=storage_path, store=storage.absolute(store),
@@ -161,6 +162,12 @@ def run_training(config: TrainConfig) -> TrainResult:
     logger.info("training %s: %d train / %d val images, %d worker(s) on %s, checkpoints in %s, MLflow run %s",
                 config.run_name, data.n_train, data.n_val, config.num_workers, "GPU" if config.use_gpu else "CPU",
                 run_dir, run_state["mlflow_run_id"])
+    finished = finished_result(config, run_state)
+    if finished is not None:
+        logger.info("run %s already trained %d epochs (best checkpoint %s): nothing to do; pass --epochs > %d to "
+                    "continue it", config.run_name, len(finished.history), finished.best_checkpoint, len(finished.history))
+        tracking.end_run(tracking_uri, run_state["mlflow_run_id"], status="FINISHED")
+        return finished
     try:
         result = _trainer(config, data, tracking_uri, run_state, run_dir).fit()
     except BaseException:

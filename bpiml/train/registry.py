@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -92,7 +93,7 @@ def finish_run(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str
         model_uri, version = register(config, state, checkpoint_uri(best) or "", numbers, data, tracking_uri, run_id,
                                       run_state.get("backbone_weights"))
         logger.info("registered %s (version %s) from epoch %d", model_uri, version, int(state["epoch"]))
-        write_run_state(run_dir, {**run_state, "registered": {**key, "model_uri": model_uri, "version": version}})
+        run_state = {**run_state, "registered": {**key, "model_uri": model_uri, "version": version}}
     tracking.end_run(tracking_uri, run_id, status="FINISHED")
     mlflow_errors = int(returned.get("mlflow_errors", 0))
     if mlflow_errors:
@@ -102,8 +103,29 @@ def finish_run(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str
     if skipped:
         logger.warning("%d sample(s) could not be read and were skipped each epoch; see %s", skipped,
                        storage.join(run_dir, "rejects"))
-    return TrainResult(run_name=config.run_name, run_dir=run_dir, best_checkpoint=checkpoint_uri(best),
+    done = TrainResult(run_name=config.run_name, run_dir=run_dir, best_checkpoint=checkpoint_uri(best),
                        latest_checkpoint=checkpoint_uri(result.checkpoint), best_metrics=numbers, history=history,
                        start_epoch=int(returned.get("start_epoch", len(history))), mlflow_run_id=run_id,
                        tracking_uri=tracking_uri, registered_model_uri=model_uri, model_version=version,
                        skipped_samples=skipped, mlflow_errors=mlflow_errors)
+    write_run_state(run_dir, {**run_state, "finished": {"epochs": len(history), "result": dataclasses.asdict(done)}})
+    return done
+
+
+def finished_result(config: TrainConfig, run_state: dict[str, Any]) -> TrainResult | None:
+    """The result of a run that already trained `config.epochs` epochs and registered what this call
+    asks for (None when there is work left): a rerun of a finished command returns at once."""
+    finished = run_state.get("finished") or {}
+    if int(finished.get("epochs", -1)) < config.epochs or not isinstance(finished.get("result"), dict):
+        return None
+    result = TrainResult(**finished["result"])
+    registered = run_state.get("registered") or {}
+    wanted = {"checkpoint": result.best_checkpoint, "register": config.register}
+    if config.register and any(registered.get(k) != v for k, v in wanted.items()):
+        return None  # registering (another name) needs the best checkpoint: let fit() restore and finish
+    if config.register:
+        logger.info("best checkpoint unchanged: %s (version %s) stays registered", registered["model_uri"],
+                    registered["version"])
+    return dataclasses.replace(result, start_epoch=len(result.history),
+                               registered_model_uri=registered.get("model_uri") if config.register else None,
+                               model_version=registered.get("version") if config.register else None)
