@@ -44,6 +44,7 @@ from bpiml.evaluation.inference import (
 )
 from bpiml.evaluation.visual import overlay
 from bpiml.pseudolabel.commit import compact
+from bpiml.runtime import progress
 from bpiml.runtime.counter import add_counts, start_counter
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
@@ -248,14 +249,16 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
                                           batch_format="numpy", num_cpus=READ_CPUS)
     if config.limit:
         items = items.limit(config.limit)
-    items.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"model_uri": config.model, "out": config.out, "threshold": config.threshold,
-                               "overlays": config.overlays, "tracking_uri": tracking_uri, "probs": config.probs},
-        **actor_pool_kwargs(config.num_workers, config.num_cpus_per_worker, config.num_gpus_per_worker,
-                            config.batch_size),
-    ).write_datasink(PredictionSink(config.out, run_id, counter, config.batch_size * 4),
-                     ray_remote_args={"num_cpus": WRITE_CPUS})
+    total = None if config.split else progress.count_records(files)  # a split's size is known only at the end
+    with progress.report(counter, "predict", ("images",), min(total, config.limit or total) if total else None):
+        items.map_batches(
+            Predictor,
+            fn_constructor_kwargs={"model_uri": config.model, "out": config.out, "threshold": config.threshold,
+                                   "overlays": config.overlays, "tracking_uri": tracking_uri, "probs": config.probs},
+            **actor_pool_kwargs(config.num_workers, config.num_cpus_per_worker, config.num_gpus_per_worker,
+                                config.batch_size),
+        ).write_datasink(PredictionSink(config.out, run_id, counter, config.batch_size * 4),
+                         ray_remote_args={"num_cpus": WRITE_CPUS})
     counts = {k: int(v) for k, v in ray.get(counter.get.remote()).items()}
     for folder in (PREDICTIONS_DIR, REJECTS_DIR):
         compact(storage.join(config.out, folder), SHARD_ROWS, config.batch_size * 4)

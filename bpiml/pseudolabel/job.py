@@ -38,7 +38,7 @@ from bpiml.pseudolabel.store import (
 )
 from bpiml.pseudolabel.summary import build_summary, format_summary
 from bpiml.pseudolabel.teachers import teacher_identity
-from bpiml.runtime import raycluster
+from bpiml.runtime import progress, raycluster
 from bpiml.runtime.counter import start_counter
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 
@@ -160,8 +160,11 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
         logger.info("pseudo-labeling %s -> %s with teacher %s (run %s)", cfg.store, cfg.out, identity, run_id)
         counter = start_counter()
         started = time.perf_counter()
-        build_pipeline(cfg, files, identity, counter).write_datasink(
-            PartSink(cfg.out, run_id, counter, cfg.part_rows), ray_remote_args={"num_cpus": WRITE_CPUS})
+        total = progress.count_records(files)
+        with progress.report(counter, "pseudo-labeling", ("labeled", "rejected", "skipped"),
+                             min(total, cfg.limit) if total is not None and cfg.limit else total):
+            build_pipeline(cfg, files, identity, counter).write_datasink(
+                PartSink(cfg.out, run_id, counter, cfg.part_rows), ray_remote_args={"num_cpus": WRITE_CPUS})
         counts = ray.get(counter.get.remote())
         elapsed = time.perf_counter() - started
         committed = _commit(cfg, run_id, lock)

@@ -56,11 +56,12 @@ def log_level(args: argparse.Namespace) -> int:
 
 
 def setup_console(args: argparse.Namespace) -> None:
-    """Log at the level the flags ask for; `--quiet` also turns Ray Data's progress bars off."""
+    """Log at the level the flags ask for. Ray Data's progress bars (totals estimated from block
+    metadata) show only with `--verbose`: the jobs log their own progress with the true total."""
     level = log_level(args)
     setup_logging(level)
     os.environ["BPIML_LOG_LEVEL"] = logging.getLevelName(level)  # the training workers log at the same level
-    if level > logging.INFO:
+    if level > logging.DEBUG:
         from ray.data import DataContext  # here: the console flags parse before ray is imported
 
         DataContext.get_current().enable_progress_bars = False
