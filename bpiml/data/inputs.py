@@ -64,7 +64,10 @@ def image_files(uri: str) -> list[str]:
 
 def detect(uri: str) -> str:
     """`store`, `imdl`, `coco` or `folder`; FileNotFoundError naming the four forms when it is none."""
-    storage.check_readable(uri)  # names a missing path, a missing bucket, refused or missing credentials
+    try:  # names a missing path, a missing bucket, refused or missing credentials
+        storage.check_readable(uri)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; an input is {FORMS}") from None
     if uri.endswith(".jsonl"):
         return "store"
     if uri.endswith(".json"):
