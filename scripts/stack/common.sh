@@ -60,6 +60,17 @@ port_busy() {
     "$PY" -c 'import socket, sys; s = socket.socket(); s.settimeout(0.5); sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$1"
 }
 
+# wait_port_free PORT SECONDS: true once nothing accepts connections on 127.0.0.1:PORT (a service
+# stopped a moment ago may still hold it while the kernel closes its sockets).
+wait_port_free() {
+    local port="$1" seconds="${2:-10}"
+    for _ in $(seq 1 $((seconds * 4))); do
+        port_busy "$port" || return 0
+        sleep 0.25
+    done
+    return 1
+}
+
 # alive NAME: true while any process of the process group recorded for NAME still runs.
 alive() {
     local pidfile="$STACK_DIR/$1.pid"
@@ -118,6 +129,10 @@ stop_group() {
         if group_alive "$pgid"; then
             log "$name: still running after ${grace}s, sending KILL to group $pgid"
             kill -KILL -- "-$pgid" 2>/dev/null || true
+            for _ in $(seq 1 50); do  # a killed process holds its ports until it is gone
+                group_alive "$pgid" || break
+                sleep 0.2
+            done
         fi
         log "$name: stopped (process group $pgid)"
     else

@@ -56,7 +56,7 @@ PYEOF
 fi
 
 PORT="${BPIML_MLFLOW_PORT:-$(free_port)}"
-port_busy "$PORT" && die "mlflow: port $PORT on $HOST is already in use (set BPIML_MLFLOW_PORT)"
+wait_port_free "$PORT" 10 || die "mlflow: port $PORT on $HOST is already in use (set BPIML_MLFLOW_PORT)"
 
 start=$SECONDS
 start_group mlflow "$VENV/bin/mlflow" server \

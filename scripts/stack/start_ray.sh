@@ -43,7 +43,7 @@ pick_port() {
     local var="$1" default="$2" port
     if [[ -n "${!var:-}" ]]; then
         port="${!var}"
-        port_busy "$port" && die "ray: port $port on $HOST is already in use ($var)"
+        wait_port_free "$port" 10 || die "ray: port $port on $HOST is already in use ($var)"
     else
         port="$default"
         if port_busy "$port"; then
