@@ -4,6 +4,8 @@ functions, module-level imports unless a comment says why one must be lazy."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bpiml"
@@ -80,3 +82,13 @@ def test_function_level_imports_say_why() -> None:
                     if not before.startswith("#") and "#" not in same:
                         unexplained.append(f"{name}:{node.lineno}: {same.strip()}")
     assert not unexplained, unexplained
+
+
+def test_the_pseudo_labeling_driver_does_not_import_torch() -> None:
+    """Its driver runs on the head (no GPU, little memory): torch alone is ~0.5 GB of RSS there.
+    Only the teacher actors import it (bpiml.pseudolabel.labeler, lazily)."""
+    code = ("import sys, bpiml.pseudolabel.job\n"
+            "torch = sorted(m for m in sys.modules if m.split('.')[0] == 'torch')\n"
+            "sys.exit(f'imported: {torch[:3]}' if torch else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

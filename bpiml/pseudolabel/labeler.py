@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from bpiml.data import storage
 from bpiml.pseudolabel.config import PseudoLabelConfig
@@ -50,8 +49,7 @@ class TeacherLabeler:
                            len(images), type(err).__name__, err)
             out: list[np.ndarray | Exception] = []
             for image, image_boxes in zip(images, boxes):
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                _free_accelerator_cache()
                 out += self._predict([image], [image_boxes])
             return out
 
@@ -68,6 +66,13 @@ class TeacherLabeler:
             else:
                 masks[i] = np.asarray(result, dtype=np.uint8)
         return {**columns(rows), "mask": masks, "teacher_version": [self.teacher.version] * len(rows)}
+
+
+def _free_accelerator_cache() -> None:
+    import torch  # noqa: PLC0415 - only the actors need torch; the driver that plans the job does not
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _test_hooks(ids: list[str]) -> None:
