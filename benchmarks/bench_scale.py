@@ -2,10 +2,12 @@
 
 For each N a synthetic store of N records (distinct ids and boxes, pointing at a few tiny images)
 is pseudo-labeled with the box teacher, then the training datasets are built from the output and
-one epoch of the train dataset is streamed (decode + augment, no model). Each N runs in a fresh
-driver process with its own local Ray; a thread samples the driver's RSS and the object store's
-bytes in use. Printed per N: driver peak RSS, object-store peak, images/s of both stages; then the
-ratios largest N / smallest N (flat in N means ~1.0 for RSS and images/s).
+one epoch of the train dataset is streamed (decode + augment, no model). Each stage at each N runs
+in a fresh driver process with its own local Ray, importing what that job's driver imports (the
+pseudo-labeling driver no torch, the training driver torch); a thread samples the driver's RSS and
+the object store's bytes in use. Printed per N and stage: driver peak RSS and its baseline after
+imports and `ray.init`, object-store peak, images/s; then the ratios largest N / smallest N (flat
+in N means ~1.0 for RSS and images/s).
 
     python benchmarks/bench_scale.py                              # N = 20k and 100k (~15 min on 2 cores)
     python benchmarks/bench_scale.py --sizes 2000 10000           # quick
@@ -78,37 +80,68 @@ def make_store(root: Path, n: int, n_images: int = 8) -> None:
                                 "boxes": [[x, y, x + 12, y + 12]], "split": split}) + "\n")
 
 
-def one(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, float]:
+def _start(cpus: int) -> tuple[float, Sampler]:
     import ray
 
-    from bpiml.pseudolabel.config import PseudoLabelConfig
-    from bpiml.pseudolabel.job import run_pseudolabel
-    from bpiml.train.config import TrainConfig
-    from bpiml.train.datasets import training_data
-
-    store, out = work / f"store-{n}", work / f"pseudo-{n}"
-    make_store(store, n)
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     baseline = rss_mb()
     sampler = Sampler()
     sampler.start()
+    return baseline, sampler
+
+
+def _finish(sampler: Sampler, baseline: float) -> dict[str, float]:
+    import ray
+
+    sampler.stop.set()
+    sampler.join()
+    ray.shutdown()
+    return {"baseline_mb": baseline, "object_store_peak_mb": sampler.store_peak,
+            "peak_mb": max(sampler.rss_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def pseudolabel(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, float]:
+    """The pseudo-labeling driver, as `jobs/pseudolabel.py` runs it (it imports no torch)."""
+    from bpiml.pseudolabel.config import PseudoLabelConfig
+    from bpiml.pseudolabel.job import run_pseudolabel
+
+    baseline, sampler = _start(cpus)
     started = time.perf_counter()
-    summary = run_pseudolabel(PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_actors=1,
-                                                cpus_per_actor=0.5, batch_size=64, part_rows=part_rows))
-    label_s = time.perf_counter() - started
-    config = TrainConfig(store=str(out), num_workers=1, cache_decoded=False, batch_size=64)
+    summary = run_pseudolabel(PseudoLabelConfig(store=str(work / f"store-{n}"), out=str(work / f"pseudo-{n}"),
+                                                teacher="box", num_actors=1, cpus_per_actor=0.5, batch_size=64,
+                                                part_rows=part_rows))
+    seconds = time.perf_counter() - started
+    return {**_finish(sampler, baseline), "rows": summary["labeled_this_run"],
+            "img_s": summary["labeled_this_run"] / seconds}
+
+
+def train_data(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, float]:
+    """The training driver's data path (`bpiml.train.datasets`): one epoch streamed, decode + augment."""
+    from bpiml.train.config import TrainConfig
+    from bpiml.train.datasets import training_data
+
+    baseline, sampler = _start(cpus)
+    config = TrainConfig(store=str(work / f"pseudo-{n}"), num_workers=1, cache_decoded=False, batch_size=64)
     config = config.replace(model=config.model.replace(img_size=64, backbone_weights="none"))
     started = time.perf_counter()
     data = training_data(config)
     rows = sum(len(b["id"]) for b in data.train.iter_batches(batch_size=256, batch_format="numpy"))
-    train_s = time.perf_counter() - started
-    sampler.stop.set()
-    sampler.join()
-    ray.shutdown()
-    return {"n": n, "labeled": summary["labeled_this_run"], "label_img_s": summary["labeled_this_run"] / label_s,
-            "train_rows": rows, "train_img_s": rows / train_s, "driver_baseline_mb": baseline,
-            "driver_peak_mb": max(sampler.rss_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "object_store_peak_mb": sampler.store_peak}
+    seconds = time.perf_counter() - started
+    return {**_finish(sampler, baseline), "rows": rows, "img_s": rows / seconds}
+
+
+STAGES = {"pseudolabel": pseudolabel, "train_data": train_data}
+
+
+def run_stage(stage: str, n: int, work: str, cpus: int, part_rows: int) -> dict[str, float]:
+    """One stage at one N in a fresh driver process (a job's driver starts empty too)."""
+    done = subprocess.run([sys.executable, __file__, "--stage", stage, "--one", str(n), "--work", work,
+                           "--cpus", str(cpus), "--part-rows", str(part_rows)],
+                          capture_output=True, text=True, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{stage} at N={n} failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def main() -> None:
@@ -117,30 +150,30 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--part-rows", type=int, default=256)
     parser.add_argument("--work", help="scratch folder (default: a temp folder, removed)")
+    parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one(args.one, Path(args.work), args.cpus, args.part_rows)), flush=True)
+        result = STAGES[args.stage](args.one, Path(args.work), args.cpus, args.part_rows)
+        print("RESULT " + json.dumps(result), flush=True)
         return
-    results = []
+    results: dict[int, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.work) as work:
         for n in args.sizes:
-            done = subprocess.run([sys.executable, __file__, "--one", str(n), "--work", work, "--cpus", str(args.cpus),
-                                   "--part-rows", str(args.part_rows)], capture_output=True, text=True, check=False)
-            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"N={n} failed:\n{(done.stdout + done.stderr)[-4000:]}")
-            results.append(json.loads(line[len("RESULT "):]))
-            r = results[-1]
-            print(f"N={n:>9,}  driver peak {r['driver_peak_mb']:7.0f} MB (baseline {r['driver_baseline_mb']:.0f})  "
-                  f"object store peak {r['object_store_peak_mb']:7.1f} MB  pseudo-label {r['label_img_s']:7.0f} img/s  "
-                  f"train data {r['train_img_s']:7.0f} img/s", flush=True)
-    small, large = results[0], results[-1]
-    print(f"\nlargest / smallest N ({large['n']:,} / {small['n']:,} = {large['n'] / small['n']:.0f}x records):")
-    print(f"  driver peak RSS        {large['driver_peak_mb'] / small['driver_peak_mb']:.2f}x")
-    print(f"  object store peak      {large['object_store_peak_mb'] / max(small['object_store_peak_mb'], 1e-9):.2f}x")
-    print(f"  pseudo-label images/s  {large['label_img_s'] / small['label_img_s']:.2f}x")
-    print(f"  train data images/s    {large['train_img_s'] / small['train_img_s']:.2f}x")
+            make_store(Path(work) / f"store-{n}", n)
+            results[n] = {stage: run_stage(stage, n, work, args.cpus, args.part_rows) for stage in STAGES}
+            for stage, r in results[n].items():
+                print(f"N={n:>9,}  {stage:<11}  driver peak {r['peak_mb']:6.0f} MB (baseline {r['baseline_mb']:4.0f}, "
+                      f"+{r['peak_mb'] - r['baseline_mb']:4.0f})  object store peak {r['object_store_peak_mb']:7.1f} MB  "
+                      f"{r['img_s']:6.0f} img/s  ({r['rows']:,} rows)", flush=True)
+    small, large = args.sizes[0], args.sizes[-1]
+    print(f"\nlargest / smallest N ({large:,} / {small:,} = {large / small:.0f}x records):")
+    for stage in STAGES:
+        a, b = results[small][stage], results[large][stage]
+        print(f"  {stage:<11}  driver peak RSS {b['peak_mb'] / a['peak_mb']:.2f}x   "
+              f"above baseline {b['peak_mb'] - b['baseline_mb']:.0f} / {a['peak_mb'] - a['baseline_mb']:.0f} MB   "
+              f"object store peak {b['object_store_peak_mb'] / max(a['object_store_peak_mb'], 1e-9):.2f}x   "
+              f"images/s {b['img_s'] / a['img_s']:.2f}x")
 
 
 if __name__ == "__main__":

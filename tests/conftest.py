@@ -28,16 +28,21 @@ def one_torch_thread():
 STACK_FIXTURES = {"local_stack", "s3_env"}
 
 
+def _uses_stack(item: pytest.Item) -> bool:
+    return bool(STACK_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """For `pytest -n 2 --dist loadgroup` (scripts/test.sh): the tests on the local stack form one
+    group, since one stack serves them all and they take most of the time; every other module runs
+    whole in one worker, so its fixtures (a local Ray, a training run) start once. (Marked here, as
+    items are collected: xdist reads the groups in its own collection_modifyitems.)"""
+    item.add_marker(pytest.mark.xdist_group("stack" if _uses_stack(item) else item.module.__name__))
+
+
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ARG001 - pytest hook
-    """For `pytest -n 2 --dist loadgroup` (scripts/test.sh): the modules that use the local stack run
-    in one worker, first, since they take most of the time and one stack serves them all; every
-    other module runs whole in one worker, so its fixtures (a local Ray, a training run) start once.
-    Without xdist the marks do nothing and only the order changes (stack modules first)."""
-    stack_modules = {item.module.__name__ for item in items if STACK_FIXTURES & set(item.fixturenames)}
-    for item in items:
-        group = "stack" if item.module.__name__ in stack_modules else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.module.__name__ not in stack_modules)  # stable: order within kept
+    """The stack's tests first (the longest group starts at once); the order within is kept."""
+    items.sort(key=lambda item: not _uses_stack(item))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN001, ARG001 - pytest hook
