@@ -1,4 +1,4 @@
-"""Training: config checks, data/augmentation, and a real 2-worker Ray Train run with resume + MLflow."""
+"""Training: config checks, data/augmentation, and a real Ray Train run with resume + MLflow (two workers: test_e2e, test_kill)."""
 
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ def runs(ray_local, store: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("train-runs")
     cfg = TrainConfig(
         store=str(store), storage_path=str(root / "runs"), run_name="tiny", epochs=3, batch_size=4, lr=2e-3,
-        warmup_epochs=0.5, num_workers=2, cpus_per_worker=0.5, tracking_uri=f"sqlite:///{root}/mlflow.db", experiment="test-train",
+        warmup_epochs=0.5, num_workers=1, cpus_per_worker=0.5, tracking_uri=f"sqlite:///{root}/mlflow.db", experiment="test-train",
         register="tiny-student@champion", log_images=2, model=TINY, dice_weight=0.5,
     )
     first = run_training(cfg)
