@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -115,17 +116,24 @@ def pseudolabel(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, floa
             "img_s": summary["labeled_this_run"] / seconds}
 
 
+def _consume(dataset: Any) -> int:
+    return sum(len(b["id"]) for b in dataset.iter_batches(batch_size=64, batch_format="numpy"))
+
+
 def train_data(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, float]:
     """The training driver's data path (`bpiml.train.datasets`): one epoch streamed, decode + augment."""
+    import ray
+
     from bpiml.train.config import TrainConfig
     from bpiml.train.datasets import training_data
 
+    consume = ray.remote(num_cpus=0.25)(_consume)
     baseline, sampler = _start(cpus)
     config = TrainConfig(store=str(work / f"pseudo-{n}"), num_workers=1, cache_decoded=False, batch_size=64)
     config = config.replace(model=config.model.replace(img_size=64, backbone_weights="none"))
     started = time.perf_counter()
     data = training_data(config)
-    rows = sum(len(b["id"]) for b in data.train.iter_batches(batch_size=256, batch_format="numpy"))
+    rows = ray.get(consume.remote(data.train))  # in a worker, as a training worker reads its shard
     seconds = time.perf_counter() - started
     return {**_finish(sampler, baseline), "rows": rows, "img_s": rows / seconds}
 
