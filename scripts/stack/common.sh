@@ -110,6 +110,15 @@ EOF
     done
 }
 
+# wait_group_gone PGID SECONDS: true once no process of the group runs, false after SECONDS.
+wait_group_gone() {
+    for _ in $(seq 1 $(($2 * 5))); do
+        group_alive "$1" || return 0
+        sleep 0.2
+    done
+    ! group_alive "$1"
+}
+
 # stop_group NAME [GRACE_SECONDS]: TERM, then after GRACE_SECONDS (default 10) KILL, the process
 # group recorded in NAME.pid; remove the records. Only a group whose id we wrote ourselves is touched.
 stop_group() {
@@ -122,17 +131,10 @@ stop_group() {
     pgid="$(cat "$pidfile")"
     if [[ "$pgid" =~ ^[0-9]+$ ]] && (( pgid > 1 )) && group_alive "$pgid"; then
         kill -TERM -- "-$pgid" 2>/dev/null || true
-        for _ in $(seq 1 $((grace * 5))); do
-            group_alive "$pgid" || break
-            sleep 0.2
-        done
-        if group_alive "$pgid"; then
+        if ! wait_group_gone "$pgid" "$grace"; then
             log "$name: still running after ${grace}s, sending KILL to group $pgid"
             kill -KILL -- "-$pgid" 2>/dev/null || true
-            for _ in $(seq 1 50); do  # a killed process holds its ports until it is gone
-                group_alive "$pgid" || break
-                sleep 0.2
-            done
+            wait_group_gone "$pgid" 10 || true  # a killed process holds its ports until it is gone
         fi
         log "$name: stopped (process group $pgid)"
     else
