@@ -53,6 +53,17 @@ def bundled_photos() -> tuple[tuple[str, np.ndarray], ...]:
     return tuple(photos)
 
 
+def write_bundled_photos(folder: str) -> list[str]:
+    """Write the bundled photos into `folder` as PNG (the synthesizer's embedded default pool)."""
+    uris = []
+    for name, photo in bundled_photos():
+        uri = storage.join(folder, f"{name}.png")
+        if not storage.exists(uri):
+            storage.write_bytes(uri, encode_image(photo, "png"))
+        uris.append(uri)
+    return uris
+
+
 def _crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """A random square crop (50-100% of the short side) resized to size x size."""
     h, w = photo.shape[:2]

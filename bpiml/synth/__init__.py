@@ -1,0 +1,1 @@
+"""Forgery synthesis: ordinary photos -> spliced, copy-moved and inpainted images with exact masks."""

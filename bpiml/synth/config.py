@@ -1,0 +1,80 @@
+"""The synthesizer job's configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from bpiml.config import BaseConfig, check_range, field
+
+DEFAULT_PHOTOS = ".bpiml/photos"  # the embedded default: scikit-image's bundled photos, written there on first use
+DEFAULT_OUT = ".bpiml/synth"
+MIX_KEYS = ("splice", "copy_move", "removal", "authentic")
+
+
+@dataclasses.dataclass
+class SynthConfig(BaseConfig):
+    photos: str = field(DEFAULT_PHOTOS, "photo pool: a folder of images or a store (its authentic records), local or s3://")
+    out: str = field(DEFAULT_OUT, "output store: images/, masks/, manifest/part-*.jsonl, summary.json, gallery.html")
+    n: int = field(1000, "images to make (a rerun with a larger n adds the missing ones)")
+    seed: int = field(0, "random seed: the same seed and options make the same images, byte for byte")
+    splice: float = field(0.35, "share of splicing forgeries (a region of another photo)")
+    copy_move: float = field(0.3, "share of copy-move forgeries (a region copied within the image, scaled/rotated/flipped)")
+    removal: float = field(0.15, "share of removals (a region inpainted away)")
+    authentic: float = field(0.2, "share of authentic images (same post-processing, no boxes, empty mask)")
+    shapes: str = field("", "a store whose GT masks lend object shapes to the regions ('' = polygons and superpixels)")
+    all_photos: bool = field(False, "with a store as the pool, use every record's image, not only the authentic ones")
+    max_side: int = field(512, "base photos are cropped and resized so their long side is at most this")
+    post_steps: int = field(3, "at most this many post-processing steps (resize, blur, noise, JPEG) per image")
+    val_fraction: float = field(0.05, "share of images in the val split")
+    box_pad: float = field(0.05, "boxes: tight mask boxes grown by this share of their side (like import-imdl --pad)")
+    box_jitter: float = field(0.1, "boxes: each edge moved by up to this share of the side (a human's coarse box)")
+    merge_distance: int = field(4, "boxes: components closer than this many pixels share one box")
+    part_rows: int = field(64, "images per task and per manifest part: a killed run redoes at most the parts in flight")
+    cpus_per_task: float = field(1.0, "CPUs per synthesis task")
+    concurrency: int = field(0, "at most this many tasks at once (0 = as many as the cluster's CPUs allow)")
+    gallery: int = field(24, "samples shown on gallery.html (0 = no gallery)")
+    max_reject_rate: float = field(0.05, "fail the job (after writing everything) when more images fail")
+    lock_ttl_s: float = field(120.0, "a writer lock without heartbeat for this long is taken over")
+    s3_endpoint: str | None = field(None, "S3-compatible endpoint URL (MinIO, SeaweedFS); default: AWS environment")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.photos or not self.out:
+            raise ValueError("photos and out must both be given")
+        if self.photos.rstrip("/") == self.out.rstrip("/"):
+            raise ValueError(f"out must differ from photos, both are {self.out!r}")
+        check_range("n", self.n, 1)
+        check_range("seed", self.seed, 0)
+        for key in MIX_KEYS:
+            check_range(key, getattr(self, key), 0)
+        if sum(getattr(self, k) for k in MIX_KEYS) <= 0:
+            raise ValueError(f"at least one of {', '.join(MIX_KEYS)} must be > 0")
+        check_range("max_side", self.max_side, 64, 8192)
+        check_range("post_steps", self.post_steps, 0, 8)
+        check_range("val_fraction", self.val_fraction, 0, 1)
+        check_range("box_pad", self.box_pad, 0, 1)
+        check_range("box_jitter", self.box_jitter, 0, 0.49)
+        check_range("merge_distance", self.merge_distance, -1)
+        check_range("part_rows", self.part_rows, 1, 100_000)
+        check_range("cpus_per_task", self.cpus_per_task, 0.05)
+        check_range("concurrency", self.concurrency, 0)
+        check_range("gallery", self.gallery, 0, 1000)
+        check_range("max_reject_rate", self.max_reject_rate, 0, 1)
+        check_range("lock_ttl_s", self.lock_ttl_s, 1)
+
+    def mix(self) -> dict[str, float]:
+        """Manipulation kind ("splice", "copy-move", "removal", "authentic") -> probability."""
+        total = sum(getattr(self, k) for k in MIX_KEYS)
+        return {k.replace("_", "-"): getattr(self, k) / total for k in MIX_KEYS}
+
+    def recipe(self) -> dict[str, object]:
+        """What decides the images, byte for byte: an output keeps one recipe (n, part_rows and the
+        resources may change between runs: parts are named by the index range they hold)."""
+        keep = ("photos", "seed", "splice", "copy_move", "removal", "authentic", "shapes", "all_photos", "max_side",
+                "post_steps", "val_fraction", "box_pad", "box_jitter", "merge_distance")
+        return {k: getattr(self, k) for k in keep}
+
+    def recipe_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.recipe(), sort_keys=True).encode()).hexdigest()[:16]
