@@ -104,8 +104,8 @@ class EvalConfig(BaseConfig):
 
 
 # --- the batch step -------------------------------------------------------------------------
-EVAL_COLUMNS = ("set", "degradation", "id", "image", "mask", "manipulated", "score", "f1", "iou", "auc", "pred_mask",
-                "pred_probs", "error")
+EVAL_COLUMNS = ("set", "degradation", "id", "image", "mask", "manipulated", "score", "f1", "iou", "auc", "area",
+                "pred_mask", "pred_probs", "error")
 
 
 class Evaluator:
@@ -150,7 +150,7 @@ class Evaluator:
         probs = dict(zip(loaded, predict_batch(self.model, [image for image, _ in loaded.values()], self.device)))
         out: dict[str, list[Any]] = {k: [] for k in EVAL_COLUMNS}
         empty = {"manipulated": False, "score": math.nan, "f1": math.nan, "iou": math.nan, "auc": math.nan,
-                 "pred_mask": "", "pred_probs": ""}
+                 "area": math.nan, "pred_mask": "", "pred_probs": ""}
         for k in range(n):
             row = dict(empty)
             if k in probs:
@@ -161,7 +161,7 @@ class Evaluator:
                     errors[k] = f"{type(err).__name__}: {err}"
             for key in ("set", "degradation", "id", "image", "mask"):
                 out[key].append(str(batch[key][k]))
-            for key in ("manipulated", "score", "f1", "iou", "auc", "pred_mask", "pred_probs"):
+            for key in ("manipulated", "score", "f1", "iou", "auc", "area", "pred_mask", "pred_probs"):
                 out[key].append(row[key])
             out["error"].append(errors[k])
         return {k: np.asarray(v) for k, v in out.items()}
@@ -195,7 +195,7 @@ def score_items(config: EvalConfig, items: list[dict[str, str]], tracking_uri: s
     )
     rows = [{k: json_safe(v) for k, v in r.items()} for r in ds.take_all()]
     for r in rows:  # back to nan for averaging
-        for k in ("score", "f1", "iou", "auc"):
+        for k in ("score", "f1", "iou", "auc", "area"):
             r[k] = math.nan if r[k] is None else float(r[k])
         r["manipulated"] = bool(r["manipulated"])
     return rows

@@ -154,7 +154,8 @@ def image_row(prob: np.ndarray, gt: np.ndarray | None, threshold: float = THRESH
     prob = np.asarray(prob, dtype=np.float32)
     gt_bool = np.zeros(prob.shape, dtype=bool) if gt is None else _as_bool(gt)
     manipulated = bool(gt_bool.any())
-    row: dict[str, float | bool] = {"manipulated": manipulated, "score": image_score(prob)}
+    row: dict[str, float | bool] = {"manipulated": manipulated, "score": image_score(prob),
+                                    "area": float((prob >= threshold).mean()) if prob.size else math.nan}
     if manipulated:
         row.update(f1=pixel_f1(prob, gt_bool, threshold), iou=pixel_iou(prob, gt_bool, threshold),
                    auc=pixel_auc(prob, gt_bool))
@@ -224,4 +225,8 @@ def summarize(rows: Iterable[Mapping[str, object]], threshold: float = THRESHOLD
     }
     if n_auth:
         out.update(detection_metrics(scores, labels, threshold))
+    # the share of each authentic image predicted forged (calibration: 0 is right), nan without authentic images
+    areas = [float(r["area"]) for r in rows if not r.get("manipulated") and r.get("area") is not None]  # type: ignore[arg-type]
+    areas = [a for a in areas if not math.isnan(a)]
+    out["authentic_area"] = float(np.mean(areas)) if areas else math.nan
     return out
