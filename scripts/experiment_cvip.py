@@ -119,13 +119,13 @@ def import_store(data: str, work: Path, quick: bool) -> str:
 
 
 # --- 2. pseudo-labels ---------------------------------------------------------------------------
-def pseudo_label(store: str, work: Path) -> dict[str, dict[str, Any]]:
+def pseudo_label(store: str, work: Path, teachers: tuple[str, ...] = TEACHERS) -> dict[str, dict[str, Any]]:
     """teacher -> summary.json of `<work>/pseudo-<teacher>` (already-labeled images are skipped)."""
     from bpiml.pseudolabel.config import PseudoLabelConfig
     from bpiml.pseudolabel.job import run_pseudolabel
 
     out = {}
-    for teacher in TEACHERS:
+    for teacher in teachers:
         cfg = PseudoLabelConfig(store=store, out=str(work / f"pseudo-{teacher}"), teacher=teacher,
                                 num_actors=2, cpus_per_actor=0.5, batch_size=4)
         out[teacher] = run_pseudolabel(cfg)

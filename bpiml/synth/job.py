@@ -21,6 +21,7 @@ import re
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 import ray
 
@@ -74,9 +75,10 @@ def _pools(refs: tuple[Any, Any]) -> tuple[Pool, Pool | None]:
 
 
 def synthesize_block(batch: dict[str, np.ndarray], out: str, recipe: make.Recipe, refs: tuple[Any, Any],
-                     delay_s: float = 0.0) -> dict[str, np.ndarray]:
+                     threads: int = 1, delay_s: float = 0.0) -> dict[str, np.ndarray]:
     """Make images [start, end): files first, then rejects, then the manifest part (the commit)."""
     pool, shapes = _pools(refs)
+    cv2.setNumThreads(threads)  # a task holds `cpus_per_task` CPUs: OpenCV's pool would take every core
     rows = []
     for start, end in zip(batch["start"], batch["end"]):
         time.sleep(delay_s)
@@ -151,6 +153,7 @@ def _run_blocks(cfg: SynthConfig, todo: list[tuple[int, int]], pool: Pool, shape
     results = items.map_batches(synthesize_block, batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_task,
                                 concurrency=cfg.concurrency or None,
                                 fn_kwargs={"out": cfg.out, "recipe": recipe_of(cfg), "refs": refs,
+                                           "threads": max(1, int(cfg.cpus_per_task)),
                                            "delay_s": float(os.environ.get(DELAY_ENV, 0) or 0)})
     counts: dict[str, float] = {"made": 0, "rejected": 0, "task_seconds": 0.0}
     started = last = time.monotonic()

@@ -22,7 +22,8 @@ from bpiml.synth.pool import Pool
 
 logger = logging.getLogger(__name__)
 
-PHOTO_CACHE = 64  # decoded pool photos kept per worker process (a pool of a few hundred photos is mostly hits)
+PHOTO_CACHE = 256  # pool photos kept per worker process, shrunk (~2 MB each at max_side 512)
+MIN_CROP = 0.6  # a crop keeps at least this share of each side of its photo
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,14 @@ def record_id(seed: int, index: int) -> str:
 
 
 @functools.lru_cache(maxsize=PHOTO_CACHE)
-def load_photo(uri: str) -> np.ndarray:
-    """A pool photo as HxWx3 uint8 (cached per process; raises imageio.DecodeError on a bad file)."""
+def load_photo(uri: str, max_side: int) -> np.ndarray:
+    """A pool photo as HxWx3 uint8, shrunk so that its smallest crop still has `max_side` pixels on its
+    long side (cached per process; raises imageio.DecodeError on a bad file)."""
     image, _ = imageio.load_image(uri)
+    scale = max_side / MIN_CROP / max(image.shape[:2])
+    if scale < 1.0:
+        size = (max(8, round(image.shape[1] * scale)), max(8, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return image
 
 
@@ -58,7 +64,7 @@ def load_shape(uri: str) -> np.ndarray:
 def crop_resize(photo: np.ndarray, max_side: int, rng: np.random.Generator) -> np.ndarray:
     """A random crop (60-100% of each side), resized so its long side is at most `max_side`."""
     h, w = photo.shape[:2]
-    ch, cw = max(8, int(h * rng.uniform(0.6, 1.0))), max(8, int(w * rng.uniform(0.6, 1.0)))
+    ch, cw = max(8, int(h * rng.uniform(MIN_CROP, 1.0))), max(8, int(w * rng.uniform(MIN_CROP, 1.0)))
     ch, cw = min(ch, h), min(cw, w)
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     crop = photo[y:y + ch, x:x + cw]
@@ -91,7 +97,7 @@ def _forge(kind: str, base: np.ndarray, pool: Pool, shapes: Pool | None, recipe:
     donor, donor_name = None, None
     if kind == "splice":
         donor_name = pool.paths[int(rng.integers(len(pool.paths)))]
-        donor = crop_resize(load_photo(storage.join(pool.root, donor_name)), recipe.max_side, rng)
+        donor = crop_resize(load_photo(storage.join(pool.root, donor_name), recipe.max_side), recipe.max_side, rng)
     shape_masks = []
     if shapes is not None:
         shape_masks = [load_shape(storage.join(shapes.root, shapes.paths[int(rng.integers(len(shapes.paths)))]))]
@@ -109,7 +115,7 @@ def make_one(index: int, pool: Pool, shapes: Pool | None, recipe: Recipe
     rid = record_id(recipe.seed, index)
     kind = _draw_kind(recipe, rng)
     photo = pool.paths[int(rng.integers(len(pool.paths)))]
-    base = crop_resize(load_photo(storage.join(pool.root, photo)), recipe.max_side, rng)
+    base = crop_resize(load_photo(storage.join(pool.root, photo), recipe.max_side), recipe.max_side, rng)
     image, mask, info = _forge(kind, base, pool, shapes, recipe, rng)
     chain = post.random_chain(rng, recipe.post_steps) if recipe.post_steps else []
     image, mask = post.apply_chain(image, mask, chain)

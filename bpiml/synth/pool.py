@@ -52,8 +52,9 @@ def photo_pool(photos: str, all_photos: bool = False) -> Pool:
     """The photos of a folder or store; FileNotFoundError/ValueError naming `photos` when there are none."""
     root = storage.absolute(photos)
     kind = inputs.detect(root)
-    if kind == "folder":
-        paths = [storage.relative_to(root, u) for u in inputs.image_files(root)]
+    if kind == "folder":  # paths as listed below the root (a symlinked photo keeps its link's name)
+        prefix = root.rstrip("/") + "/"
+        paths = [u[len(prefix):] for u in inputs.image_files(root) if u.startswith(prefix)]
     elif kind == "store":
         root = manifest.store_root(root)
         paths = _store_paths(root, want_masks=False, all_records=all_photos)
