@@ -1,7 +1,8 @@
 """How fast does the synthesizer make images, per CPU core, and does it scale with Ray workers?
 
-Three measurements side by side, each in a fresh process:
-- `one core, no Ray`: `bpiml.synth.make.make_one` + encode in a loop (the per-core ceiling, files not written);
+Four measurements side by side, each in fresh processes:
+- `1 process, no Ray`: `bpiml.synth.make.make_one` + encode in a loop (the per-core ceiling, files not written);
+- `2 processes, no Ray`: two such loops at once, half the images each: how the machine itself scales;
 - `ray, 1 worker` and `ray, 2 workers`: the whole job (`run_synthesis`) on a local Ray with 1 and 2 CPUs,
   `--concurrency` 1 and 2, writing the store to a temporary folder.
 Printed: images/s (wall clock, Ray start-up of the tasks included), images/s per core, and images per
@@ -62,18 +63,27 @@ def with_ray(photos: str, n: int, max_side: int, workers: int) -> dict[str, floa
             "task_rate": run["images_per_task_second"]}
 
 
-def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
-    """Run one measurement in a child process (its own imports, caches and Ray)."""
+def measure(kind: str, copies: int = 1) -> dict[str, float]:
+    """Run one measurement in `copies` child processes at once (each its own imports, caches and Ray);
+    several copies add up their images and take the slowest one's seconds."""
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import bench_synth as b; "
             f"print('RESULT', json.dumps(b.{kind}))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
-    return json.loads(line.split(" ", 1)[1])
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(copies)]
+    results = []
+    for child in children:
+        out, err = child.communicate()
+        line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"{kind} failed:\n{err[-3000:]}")
+        results.append(json.loads(line.split(" ", 1)[1]))
+    if copies == 1:
+        return results[0]
+    return {"images": sum(r["images"] for r in results), "seconds": max(r["seconds"] for r in results),
+            "cores": copies, "task_rate": sum(r["task_rate"] for r in results) / copies}
 
 
-def main() -> int:
+def main() -> int:  # noqa: D103
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", default="", help="folder of photos or store (default: scikit-image's photos)")
     parser.add_argument("--n", type=int, default=512, help="images per measurement")
@@ -86,17 +96,19 @@ def main() -> int:
         photos = tempfile.mkdtemp(prefix="bench-synth-photos-")
         write_bundled_photos(photos)
     rows = {
-        "one core, no Ray": measure(f"bare({photos!r}, {args.n}, {args.max_side})", args),
-        "ray, 1 worker": measure(f"with_ray({photos!r}, {args.n}, {args.max_side}, 1)", args),
-        "ray, 2 workers": measure(f"with_ray({photos!r}, {args.n}, {args.max_side}, 2)", args),
+        "1 process, no Ray": measure(f"bare({photos!r}, {args.n}, {args.max_side})"),
+        "2 processes, no Ray": measure(f"bare({photos!r}, {args.n // 2}, {args.max_side})", copies=2),
+        "ray, 1 worker": measure(f"with_ray({photos!r}, {args.n}, {args.max_side}, 1)"),
+        "ray, 2 workers": measure(f"with_ray({photos!r}, {args.n}, {args.max_side}, 2)"),
     }
     print(f"{'measurement':<18} {'images':>7} {'seconds':>8} {'images/s':>9} {'per core':>9} {'per task-second':>16}")
     for name, r in rows.items():
         rate = r["images"] / r["seconds"]
         print(f"{name:<18} {r['images']:>7.0f} {r['seconds']:>8.1f} {rate:>9.1f} {rate / r['cores']:>9.1f} "
               f"{r['task_rate']:>16.1f}")
-    one, two = (rows[k]["images"] / rows[k]["seconds"] for k in ("ray, 1 worker", "ray, 2 workers"))
-    print(f"scaling 2 workers / 1 worker: {two / one:.2f}x (2.00 = linear)")
+    rate = {k: r["images"] / r["seconds"] for k, r in rows.items()}
+    print(f"scaling 2 workers / 1 worker: {rate['ray, 2 workers'] / rate['ray, 1 worker']:.2f}x (2.00 = linear); "
+          f"the machine itself, 2 bare processes / 1: {rate['2 processes, no Ray'] / rate['1 process, no Ray']:.2f}x")
     return 0
 
 
