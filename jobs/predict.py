@@ -3,7 +3,8 @@
     python jobs/predict.py --model models:/bpiml-student@champion --store s3://b/store --split test \\
         --out s3://b/predictions/run1 --num-workers 4 --num-cpus-per-worker 0.5
     ray job submit --working-dir . -- python jobs/predict.py ... --num-gpus-per-worker 0.25
-Writes masks/<id>.png, overlays/<id>.jpg, predictions.jsonl, rejects.jsonl, summary.json, config.json.
+Writes masks/<id>.png, probs/<id>.png, overlays/<id>.jpg, the tables predictions/ and rejects/,
+summary.json, config.json.
 """
 
 from __future__ import annotations

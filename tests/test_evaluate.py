@@ -11,7 +11,7 @@ from torch import nn
 
 from bpiml.data import degrade, imageio, manifest
 from bpiml.data.rejects import RejectRateError
-from bpiml.evaluation import evaluate, inference, predict, tables
+from bpiml.evaluation import evaluate, inference, predict, streaming_metrics, tables, testsets
 from bpiml.model.student import StudentConfig, build_student
 
 
@@ -80,28 +80,32 @@ def local_ray():
     ray.shutdown()
 
 
-def test_load_test_set_json_and_store(data, tmp_path):
-    items = evaluate.load_test_set(str(data["sets"]["set_a"]))
+def test_load_test_list_and_store_items(data, tmp_path):
+    items = testsets.load_test_list(str(data["sets"]["set_a"]))
     assert len(items) == 4 and items[-1]["mask"] == ""
     assert items[0]["image"].endswith("set_a/Tp/im0.png") and items[0]["mask"].endswith("set_a/Gt/im0.png")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([["../../etc/passwd", "Negative"]]))
     with pytest.raises(ValueError, match="escapes"):
-        evaluate.load_test_set(str(bad))
+        testsets.load_test_list(str(bad))
     bad.write_text(json.dumps([["a.png"]]))
     with pytest.raises(ValueError, match="entry 0"):
-        evaluate.load_test_set(str(bad))
-    store = data["sets"]["set_a"].parent
-    manifest.write_manifest([
+        testsets.load_test_list(str(bad))
+    store = str(data["sets"]["set_a"].parent)
+    lines = [json.dumps(r) for r in [
         {"id": "t0", "image": "Tp/im0.png", "boxes": [[10, 5, 30, 25]], "mask": "Gt/im0.png", "split": "test"},
         {"id": "t1", "image": "Tp/im1.png", "boxes": [[10, 5, 30, 25]], "mask": None, "split": "test"},  # skipped
         {"id": "a0", "image": "Au/au0.png", "boxes": [], "mask": None, "split": "test"},
         {"id": "tr", "image": "Tp/im2.png", "boxes": [[1, 1, 2, 2]], "mask": "Gt/im2.png", "split": "train"},
-    ], str(tmp_path / "manifest.jsonl"))
-    # a manifest elsewhere resolves paths against its own folder, so copy it into the set's folder
-    (store / "manifest.jsonl").write_bytes((tmp_path / "manifest.jsonl").read_bytes())
-    items = evaluate.load_test_set(str(store), "test")
-    assert [(i["id"], bool(i["mask"])) for i in items] == [("t0", True), ("a0", False)]
+    ]] + ["not a record"]
+    rows = testsets.manifest_items({"text": np.array(lines, dtype=object)}, store, "test", need_gt=True)
+    assert rows["id"].tolist() == ["t0", "a0", ""] and rows["mask"][0] == f"{store}/Gt/im0.png"
+    assert rows["mask"][1] == "" and rows["error"][2].startswith("bad record") and rows["image"][2] == "not a record"
+    assert testsets.manifest_items({"text": np.array(lines, dtype=object)}, store, None)["id"].tolist() == [
+        "t0", "t1", "a0", "tr", ""]  # prediction: every record
+    tripled = testsets.with_degradations(rows, "s", ["none", "jpeg:70"])
+    assert tripled["degradation"].tolist() == ["none"] * 3 + ["jpeg:70"] * 3 and set(tripled["set"]) == {"s"}
+    assert tripled["id"].tolist() == ["t0", "a0", ""] * 2
 
 
 def test_parse_datasets_groups_and_config_errors():
@@ -134,10 +138,12 @@ def _batch(items, degradation="none", name="set_a"):
 
 
 def test_evaluator_batch_step_with_oracle(data, tmp_path):
-    items = evaluate.load_test_set(str(data["sets"]["set_a"]))
+    items = testsets.load_test_list(str(data["sets"]["set_a"]))
     items.append({"id": "missing", "image": str(tmp_path / "nope.png"), "mask": ""})
     step = evaluate.Evaluator("", out=str(tmp_path / "out"), save_masks=True, model=RedOracle())
     rows = step(_batch(items))
+    passed = step({**_batch(items[:2]), "error": np.array(["", "bad record: x"])})  # a bad line: not loaded
+    assert passed["error"].tolist() == ["", "bad record: x"] and math.isnan(passed["score"][1])
     assert list(rows["f1"][:3]) == [1.0, 1.0, 1.0] and list(rows["iou"][:3]) == [1.0, 1.0, 1.0]
     assert list(rows["auc"][:3]) == [1.0, 1.0, 1.0]
     assert rows["manipulated"].tolist() == [True, True, True, False, False]
@@ -166,6 +172,10 @@ def test_aggregate_and_table_text():
     assert by["pooled"]["pixel_f1"] == pytest.approx(2.5 / 3) and by["pooled"]["n_images"] == 4  # each image once
     assert by["pooled"]["kind"] == "pooled" and [r["name"] for r in table] == ["a", "b", "average", "pooled", "g"]
     assert by["g"]["pixel_iou"] == pytest.approx(0.25) and by["g"]["kind"] == "group"
+    stats = streaming_metrics.collect(streaming_metrics.block_sums(rows, 0.5))
+    streamed = tables.stats_table(stats, ["a", "b"], {"g": ["b"]}, ["none"])
+    assert [{k: v for k, v in r.items() if not isinstance(v, float) or not math.isnan(v)} for r in streamed] == [
+        {k: v for k, v in r.items() if not isinstance(v, float) or not math.isnan(v)} for r in table]
     text = tables.format_table(table)
     assert "[average]" in text and "pix_F1" in text and "-" in text.splitlines()[-1]
     assert tables.table_csv(table).splitlines()[0].startswith("kind,name,degradation,n_images")
@@ -195,12 +205,76 @@ def test_evaluation_job_on_ray(data, local_ray, tmp_path, capsys):
     assert by[("in_dist", "none")]["pixel_f1"] == pytest.approx(by[("set_a", "none")]["pixel_f1"])
     assert by[("both", "none")]["pixel_auc"] == pytest.approx(
         (by[("set_a", "none")]["pixel_auc"] + by[("set_b", "none")]["pixel_auc"]) / 2)
-    per_image = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
-    assert len(per_image) == 16
+    per_image = list(tables.read_per_image(str(out)))
+    assert len(per_image) == 16 and not (out / "per_image.jsonl").exists()
+    assert all(p.name.startswith(("shard-", "_")) for p in (out / "per_image").iterdir())  # parts merged
     saved = [r["pred_mask"] for r in per_image if r["degradation"] == "none"]
     assert all((out / p).exists() for p in saved) and len(saved) == 8
     assert (out / "results.csv").read_text().count("\n") == len(table) + 1
     assert json.loads((out / "config.json").read_text())["degrade"] == ["jpeg:70"]
+    rows = [{**r, "error": ""} for r in per_image]  # the streamed table is the in-memory one over the same rows
+    args = (["set_a", "set_b"], {"in_dist": ["set_a"], "both": ["set_a", "set_b"]}, ["none", "jpeg:70"])
+    exact = tables.aggregate(rows, *args)
+    binned = tables.stats_table(streaming_metrics.collect(streaming_metrics.block_sums(rows, 0.5)), *args)
+    assert [r["name"] for r in exact] == [r["name"] for r in table] == [r["name"] for r in binned]
+    for got, want, hist in zip(result["table"], exact, binned):
+        assert {k: got[k] for k in tables.COUNT_KEYS} == {k: want[k] for k in tables.COUNT_KEYS}
+        for key in tables.METRIC_KEYS:  # image AUC from histograms: same bins, any order of blocks
+            assert got[key] == pytest.approx(want[key] if key != "image_auc" else hist[key], rel=1e-9), (got, key)
+
+
+def _sharded_store(data, root):
+    """set_a as a store whose manifest is two shards: 3 manipulated, 1 authentic, 1 with boxes but no mask
+    (skipped), 1 of the train split, and one line that is not a record."""
+    shutil.copytree(data["sets"]["set_a"].parent, root, ignore=shutil.ignore_patterns("*.json"))
+    records = [{"id": f"im{i}", "image": f"Tp/im{i}.png", "boxes": [[10, 5, 30, 25]], "mask": f"Gt/im{i}.png",
+                "split": "test"} for i in range(3)]
+    records += [{"id": "au0", "image": "Au/au0.png", "boxes": [], "split": "test"},
+                {"id": "nomask", "image": "Tp/im0.png", "boxes": [[1, 1, 9, 9]], "split": "test"},
+                {"id": "tr", "image": "Tp/im1.png", "boxes": [], "split": "train"}]
+    (root / "manifest").mkdir()
+    (root / "manifest" / "shard-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+    (root / "manifest" / "shard-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[3:]) + "{oops\n")
+    return root
+
+
+def test_evaluation_streams_a_sharded_store_without_rows_on_the_driver(data, local_ray, tmp_path, monkeypatch,
+                                                                        caplog):
+    import ray
+
+    store, out = _sharded_store(data, tmp_path / "store"), tmp_path / "eval_store"
+    reads = []
+    read_text = ray.data.read_text
+    monkeypatch.setattr(ray.data, "read_text", lambda paths, **kw: reads.append(sorted(paths)) or read_text(paths, **kw))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver asked for the rows")
+
+    for name in ("take_all", "take", "take_batch", "iter_rows", "iter_batches", "to_pandas", "count"):
+        monkeypatch.setattr(ray.data.Dataset, name, refuse)
+    monkeypatch.setattr(ray.data, "from_items", refuse)
+    config = evaluate.EvalConfig(model=str(data["ckpt"]), datasets=[f"store={store}"], degrade=["jpeg:70"],
+                                 out=str(out), num_workers=1, num_cpus_per_worker=0.5, batch_size=4, mlflow=False,
+                                 max_reject_rate=0.25)
+    result = evaluate.run_evaluation(config)
+    monkeypatch.undo()
+    assert reads == [[str(store / "manifest" / "shard-0.jsonl"), str(store / "manifest" / "shard-1.jsonl")]]
+    by = {(r["name"], r["degradation"]): r for r in result["table"]}
+    for deg in ("none", "jpeg:70"):
+        assert (by[("store", deg)]["n_images"], by[("store", deg)]["n_authentic"]) == (4, 1)
+    assert (result["images"], result["failed"]) == (10, 2)  # the bad line: one reject per degradation
+    assert "1 record(s) with boxes but no GT mask skipped" in caplog.text
+    rows = list(tables.read_per_image(str(out)))
+    assert sorted(r["id"] for r in rows) == sorted(["im0", "im1", "im2", "au0"] * 2)
+    rejected = [json.loads(line) for p in (out / "rejects").glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(rejected) == 2 and all(r["reason"].startswith("bad record") and r["stage"] == "evaluate"
+                                      for r in rejected)
+    # --limit per set, a store and an IMDL-BenCo list together; a rerun replaces the tables
+    again = evaluate.run_evaluation(config.replace(datasets=[f"store={store}", f"set_b={data['sets']['set_b']}"],
+                                                   degrade=[], limit=2, max_reject_rate=0.5))
+    by = {r["name"]: r for r in again["table"]}
+    assert again["images"] == 4 and by["set_b"]["n_images"] == 2 and by["store"]["n_images"] <= 2
+    assert len(list(tables.read_per_image(str(out)))) == by["store"]["n_images"] + 2
 
 
 def test_batch_prediction_job_on_ray(data, local_ray, tmp_path):

@@ -166,6 +166,7 @@ def test_training_reads_an_imdl_list_with_gt_supervision(ray_local, data, tmp_pa
 
 def test_evaluate_reads_every_form_names_outputs_by_image_and_pools(ray_local, data, tmp_path) -> None:
     from bpiml.evaluation.evaluate import EvalConfig, run_evaluation
+    from bpiml.evaluation.tables import read_per_image
 
     out = tmp_path / "eval"
     sets = {k: data[k] for k in ("store", "imdl", "coco", "folder")}
@@ -179,11 +180,10 @@ def test_evaluate_reads_every_form_names_outputs_by_image_and_pools(ray_local, d
     assert by["folder"]["n_images"] == N_FORGED and by["pooled"]["n_images"] == sum(by[k]["n_images"] for k in sets)
     saved = json.loads((out / "results.json").read_text())
     assert {r["name"] for r in saved["table"]} == set(by) and "pooled" in by
-    rows = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
+    rows = list(read_per_image(str(out)))
     imdl_rows = [r for r in rows if r["set"] == "imdl"]
     assert sorted(r["id"] for r in imdl_rows) == sorted([f"f{i}" for i in range(N_FORGED)] + ["a0", "a1"])
     for r in imdl_rows:  # named by the image, not by the list entry's path
         assert r["pred_probs"] == f"probs/{file_stem('imdl')}/{file_stem(r['id'])}.npy"
         assert (out / r["pred_probs"]).exists() and (out / r["pred_mask"]).exists()
-    header = (out / "per_image.csv").read_text().splitlines()[0].split(",")
-    assert {"set", "id", "f1", "iou", "auc", "score", "pred_probs"} <= set(header)
+    assert all({"set", "id", "f1", "iou", "auc", "score", "area", "pred_probs"} <= set(r) for r in rows)

@@ -10,9 +10,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from bpiml.data import imageio, manifest
+from bpiml.data import imageio, manifest, parts
 from bpiml.data.naming import file_stem
-from bpiml.evaluation import audit, report, report_html, visual
+from bpiml.evaluation import audit, report, report_html, tables, visual
 
 H, W = 32, 40
 
@@ -94,8 +94,8 @@ def _fake_evaluation(eval_dir, src):
         rows.append({"set": "s", "degradation": "none", "id": f"im{i}", "image": str(src / "images" / f"im{i}.png"),
                      "mask": str(src / "masks" / f"im{i}.png"), "manipulated": True, "score": 0.9,
                      "f1": metrics.pixel_f1(pred, _gt(i)), "iou": metrics.pixel_iou(pred, _gt(i)), "auc": None,
-                     "pred_mask": f"preds/s/im{i}.png", "error": ""})
-    (eval_dir / "per_image.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+                     "pred_mask": f"preds/s/im{i}.png"})
+    parts.write_part(str(eval_dir / tables.PER_IMAGE_DIR), "20261203_000000.test", rows)
     table = [{"kind": "set", "name": "s", "degradation": "none", "n_images": 4, "n_manipulated": 4, "n_authentic": 0,
               "pixel_f1": 0.7, "pixel_iou": 0.6, "pixel_auc": None, "image_auc": None, "image_bacc": None}]
     (eval_dir / "results.json").write_text(json.dumps({"table": table}))

@@ -1,28 +1,34 @@
-"""Evaluation job: a model against named test sets, clean and degraded, on Ray Data.
+"""Evaluation job: a model against named test sets, clean and degraded, on Ray Data, streamed end to end.
 
-Test sets are given as `name=URI` (or just `URI`, named after its file/folder):
-- an IMDL-BenCo list JSON `[[image, mask], [image, "Negative"], ...]`; relative paths are resolved
-  against the JSON's folder (and may not climb above it), absolute local paths / s3:// URIs are kept;
-- a store (root or `manifest.jsonl`): records of `split` with a GT mask are manipulated, records
-  without boxes and mask are authentic, records with boxes but no mask are skipped (counted).
+Test sets are given as `name=URI` (or just `URI`, named after its file/folder): an IMDL-BenCo list
+JSON, a store (root, `manifest.jsonl` or `manifest/*.jsonl` shards), a COCO file or a folder of
+images (imported into a store once); see `testsets` for which records are scored.
 
-One actor pool (model loaded once per actor) computes per-image metrics for every
-(set, degradation, image); rows come back to the driver, which averages them with
-`bpiml.metrics.summarize` (pixel metrics over manipulated images, image-level AUC and balanced
-accuracy where authentic images exist), then adds the mean over sets (`average`, each set once),
-the mean pooled over images (`pooled`, each image once) and the declared groups.
-Outputs in `out`: results.json/.csv/.txt (the table), per_image.jsonl/.csv (every metric of every
-image), config.json, rejects, and for the clean pass preds/<set>/<image>.png (thresholded) and
+Nothing proportional to the test sets is held on the driver: a store's manifest lines become items
+in read tasks (an IMDL-BenCo list, one small JSON document, is read on the driver), one actor pool
+(model loaded once per actor) scores every (set, degradation, image), and a Ray Data sink writes the
+per-image rows as parts and sends each block's partial statistics (`streaming_metrics`) to a counter
+actor. The driver merges them (2 x 10,000 histogram bins and a few sums per set and degradation)
+into the table: per set, the mean over sets (`average`, each set once), the mean pooled over images
+(`pooled`, each image once) and the declared groups, with the values `metrics.summarize` gives over
+the rows (image AUC from score histograms: within 1e-3 of the exact one, or a warning says so).
+
+Outputs in `out`: results.json/.csv/.txt (the table), `per_image/` (every metric of every scored
+image, JSONL shards: `tables.read_per_image`), `rejects/` (images that could not be scored),
+config.json, and for the clean pass preds/<set>/<image>.png (thresholded) and
 probs/<set>/<image>.png|npy (probabilities), named by `naming.file_stem` of the image's id.
+A rerun into the same `out` replaces the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,24 +38,35 @@ import ray
 import torch
 
 from bpiml.config import BaseConfig, check_choice, check_range, field
-from bpiml.data import degrade, imageio, inputs, naming, rejects, storage
+from bpiml.data import degrade, imageio, naming, parts, rejects, storage
 from bpiml.evaluation import metrics
 from bpiml.evaluation.inference import check_model, load_model, predict_batch
+from bpiml.evaluation.sink import (
+    REJECTS_DIR,
+    WRITE_CPUS,
+    TableSink,
+    clear_tables,
+    finish_tables,
+)
+from bpiml.evaluation.streaming_metrics import Stats, block_sums, collect
 from bpiml.evaluation.tables import (
-    aggregate,
+    PER_IMAGE_DIR,
     format_table,
     json_safe,
     log_to_mlflow,
-    rows_csv,
+    stats_table,
     table_csv,
 )
-from bpiml.evaluation.testsets import load_test_set, parse_datasets, parse_groups
+from bpiml.evaluation.testsets import EvalSet, parse_datasets, parse_groups
+from bpiml.runtime import progress
+from bpiml.runtime.counter import start_counter
 from bpiml.runtime.jobcli import job_parser, setup_console
 from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
 
 logger = logging.getLogger(__name__)
 
-
+PART_ROWS = 1024  # per-image rows per part file, and per partial-statistics message
+OLD_FILES = ("per_image.jsonl", "per_image.csv", "rejects.jsonl")  # whole-table files of earlier versions
 
 @dataclass
 class EvalConfig(BaseConfig):
@@ -62,7 +79,7 @@ class EvalConfig(BaseConfig):
     groups: list[str] = field([], help="name=set1,set2 groups whose averages are reported", repeat="--group")
     degrade: list[str] = field([], help="degradations re-evaluated on every set, e.g. jpeg:90,jpeg:50,resize:0.5",
                                repeat="--degradation")
-    out: str = field("", help="output folder (local or s3://) for results.json/csv and per-image rows")
+    out: str = field("", help="output folder (local or s3://) for results.json/csv/txt, per_image/ and rejects/")
     threshold: float = field(0.5, help="probability threshold for pixel and image decisions")
     limit: int = field(0, help="evaluate only the first N images of each set (0 = all)")
     save_masks: bool = field(True, help="write the clean predicted masks to preds/<set>/<id>.png (for reports)")
@@ -109,7 +126,8 @@ EVAL_COLUMNS = ("set", "degradation", "id", "image", "mask", "manipulated", "sco
 
 
 class Evaluator:
-    """Ray Data batch step: rows {set, degradation, id, image, mask} -> per-image metric rows."""
+    """Ray Data batch step: rows {set, degradation, id, image, mask[, error]} -> per-image metric rows
+    (`EVAL_COLUMNS`; `error` "" when scored)."""
 
     def __init__(self, model_uri: str, threshold: float = 0.5, out: str = "", save_masks: bool = False,
                  model: Any | None = None, tracking_uri: str = "", probs: str = "none") -> None:
@@ -141,8 +159,10 @@ class Evaluator:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
         loaded: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        errors = [""] * n
+        errors = [str(e) for e in batch["error"]] if "error" in batch else [""] * n
         for k in range(n):
+            if errors[k]:  # a manifest line that is not a record: passed through as a reject
+                continue
             try:
                 loaded[k] = self._load(str(batch["image"][k]), str(batch["mask"][k]), str(batch["degradation"][k]))
             except Exception as err:  # noqa: BLE001 - a bad file becomes a reject row, not a failed job
@@ -167,54 +187,53 @@ class Evaluator:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-def collect_items(config: EvalConfig, sets: dict[str, str], degradations: list[str]) -> list[dict[str, str]]:
-    items: list[dict[str, str]] = []
-    for name, uri in sets.items():
-        split = config.split
-        if not uri.endswith(".json") or inputs.detect(uri) == "coco":  # IMDL lists and stores are read as they are
-            uri, kind = inputs.as_store(uri, config.import_dir or storage.join(config.out, "inputs"))
-            split = split if kind == "store" else None  # an imported folder or COCO file is the test set
-        listed = load_test_set(uri, split)
-        if config.limit:
-            listed = listed[: config.limit]
-        if not listed:
-            raise ValueError(f"test set {name!r} ({uri}) has no images (split={config.split!r})")
-        logger.info("test set %s: %d images (%d authentic) from %s", name, len(listed),
-                    sum(1 for it in listed if not it["mask"]), uri)
-        items += [{"set": name, "degradation": d, **it} for d in degradations for it in listed]
-    return items
+def _items(config: EvalConfig, eval_sets: list[EvalSet], degradations: list[str], counter: Any) -> ray.data.Dataset:
+    """Every set's items for every degradation, as one dataset (`--limit` applies per set)."""
+    datasets = [s.dataset(degradations, counter, config.limit) for s in eval_sets]
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
-def score_items(config: EvalConfig, items: list[dict[str, str]], tracking_uri: str) -> list[dict[str, Any]]:
-    """Per-image rows (metrics as floats, nan where undefined) from an actor pool over `items`."""
-    ds = ray.data.from_items(items).map_batches(
+def score_items(config: EvalConfig, items: ray.data.Dataset, tracking_uri: str, run_id: str, counter: Any,
+                stats: Any) -> None:
+    """Per-image rows from an actor pool over `items`, written as parts of `per_image/` and `rejects/`;
+    their partial statistics (`streaming_metrics.block_sums`) go to the `stats` counter."""
+    scored = items.map_batches(
         Evaluator,
         fn_constructor_kwargs={"model_uri": config.model, "threshold": config.threshold, "out": config.out,
                                "save_masks": config.save_masks, "tracking_uri": tracking_uri, "probs": config.probs},
         **actor_pool_kwargs(config.num_workers, config.num_cpus_per_worker, config.num_gpus_per_worker, config.batch_size),
     )
-    rows = [{k: json_safe(v) for k, v in r.items()} for r in ds.take_all()]
-    for r in rows:  # back to nan for averaging
-        for k in ("score", "f1", "iou", "auc", "area"):
-            r[k] = math.nan if r[k] is None else float(r[k])
-        r["manipulated"] = bool(r["manipulated"])
-    return rows
+    tally = functools.partial(block_sums, threshold=config.threshold)
+    scored.write_datasink(TableSink(config.out, PER_IMAGE_DIR, "evaluate", run_id, counter, PART_ROWS, [(stats, tally)]),
+                          ray_remote_args={"num_cpus": WRITE_CPUS})
 
 
-def write_outputs(config: EvalConfig, rows: list[dict[str, Any]], table: list[dict[str, Any]], elapsed: float,
-                  failed: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+def _check_counts(eval_sets: list[EvalSet], stats: dict[tuple[str, str], Stats], counts: dict[Any, float]) -> None:
+    """A set that yielded no image is an error; skipped records and loose AUC bins are reported."""
+    for s in eval_sets:
+        got = stats.get((s.name, degrade.CLEAN)) or Stats()
+        if not got.get("images") + got.get("failed"):
+            raise ValueError(f"test set {s.name!r} ({s.uri}) has no images (split={s.split!r})")
+        if counts.get(f"skipped/{s.name}"):
+            logger.warning("%s: %d record(s) with boxes but no GT mask skipped", s.uri, counts[f"skipped/{s.name}"])
+    for (name, deg), got in stats.items():
+        if got.tie_bound() > 1e-3:
+            logger.warning("image AUC of %s (%s) is within %.4f of the exact value (scores share histogram bins)",
+                           name, deg, got.tie_bound())
+
+
+def write_outputs(config: EvalConfig, counts: dict[str, int], table: list[dict[str, Any]],
+                  elapsed: float) -> tuple[dict[str, Any], dict[str, str]]:
     result = {"model": config.model, "threshold": config.threshold, "seconds": round(elapsed, 3),
-              "images": len(rows), "failed": len(failed), "table": [{k: json_safe(v) for k, v in r.items()} for r in table]}
+              "images": counts["images"], "failed": counts["rejected"],
+              "table": [{k: json_safe(v) for k, v in r.items()} for r in table]}
     files = {
         "results.json": json.dumps(result, indent=2) + "\n",
         "results.csv": table_csv(table),
         "results.txt": format_table(table) + "\n",
-        "per_image.jsonl": "".join(json.dumps({k: json_safe(v) for k, v in r.items()}) + "\n" for r in rows),
-        "per_image.csv": rows_csv(rows, EVAL_COLUMNS),
     }
     for name, text in files.items():
         storage.write_bytes(storage.join(config.out, name), text.encode())
-    rejects.write_rejects(config.out, [rejects.Reject(r["id"], r["image"], "evaluate", r["error"]) for r in failed])
     return result, files
 
 
@@ -225,28 +244,37 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     averages over what is left would not describe the test set.
     """
     config.validate()
-    sets = parse_datasets(config.datasets)
     degradations = [d.name for d in degrade.parse_list(config.degrade)]
     storage.check_writable(config.out)
-    items = collect_items(config, sets, degradations)
+    import_root = config.import_dir or storage.join(config.out, "inputs")
+    eval_sets = [EvalSet.open(name, uri, config.split or None, import_root, config.limit)
+                 for name, uri in parse_datasets(config.datasets).items()]
     tracking_uri = check_model(config.model, config.tracking_uri)  # fail before the cluster does any work
     config.save(storage.join(config.out, "config.json"))
     init_ray()
     check_gpus(config.num_gpus_per_worker, config.num_workers, "evaluate")
+    clear_tables(config.out, (PER_IMAGE_DIR,), OLD_FILES)
+    run_id = parts.new_run_id(time.strftime("%Y%m%d_%H%M%S"), uuid.uuid4().hex[:8])
+    counter, stats_counter = start_counter(), start_counter()
     start = time.perf_counter()
-    rows = sorted(score_items(config, items, tracking_uri),
-                  key=lambda r: (r["set"], degradations.index(r["degradation"]), r["id"]))
-    failed = [r for r in rows if r["error"]]
-    for r in failed[:10]:
-        logger.warning("failed %s (%s, %s): %s", r["id"], r["set"], r["degradation"], r["error"])
-    table = aggregate(rows, list(sets), parse_groups(config.groups), degradations, config.threshold)
-    result, files = write_outputs(config, rows, table, time.perf_counter() - start, failed)
-    rejects.check_reject_rate(len(failed), len(rows), config.max_reject_rate, "evaluate",
-                              storage.join(config.out, rejects.REJECTS_FILE))
-    run_id = log_to_mlflow(config, table, {k: v for k, v in files.items() if k != "per_image.jsonl"}, list(sets))
-    logger.info("evaluated %d predictions (%d failed) in %.1f s -> %s", len(rows), len(failed),
+    listed = [len(s.listed) * len(degradations) if s.listed is not None else None for s in eval_sets]
+    with progress.report(counter, "evaluate", ("images",), None if None in listed else sum(listed)):
+        score_items(config, _items(config, eval_sets, degradations, counter), tracking_uri, run_id, counter,
+                    stats_counter)
+    finish_tables(config.out, (PER_IMAGE_DIR,), PART_ROWS)
+    counts = ray.get(counter.get.remote())
+    stats = collect(ray.get(stats_counter.get.remote()))
+    _check_counts(eval_sets, stats, counts)
+    names = [s.name for s in eval_sets]
+    table = stats_table(stats, names, parse_groups(config.groups), degradations)
+    totals = {k: int(counts.get(k, 0)) for k in ("images", "rejected")}
+    result, files = write_outputs(config, totals, table, time.perf_counter() - start)
+    rejects.check_reject_rate(totals["rejected"], totals["images"], config.max_reject_rate, "evaluate",
+                              storage.join(config.out, REJECTS_DIR))
+    mlflow_run = log_to_mlflow(config, table, files, names)
+    logger.info("evaluated %d predictions (%d failed) in %.1f s -> %s", totals["images"], totals["rejected"],
                 time.perf_counter() - start, config.out)
-    return {**result, "table": table, "out": config.out, "mlflow_run_id": run_id}
+    return {**result, "table": table, "out": config.out, "mlflow_run_id": mlflow_run}
 
 
 def build_parser(prog: str = "bpiml evaluate", doc: str | None = None,

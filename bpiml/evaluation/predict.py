@@ -23,15 +23,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 import torch
-from ray.data import Datasink
-from ray.data.block import BlockAccessor
 
 from bpiml.runtime.jobcli import HelpFormatter
 from bpiml.config import BaseConfig, check_choice, check_range, field
@@ -42,19 +40,18 @@ from bpiml.evaluation.inference import (
     predict_batch,
     predict_probs,
 )
+from bpiml.evaluation.sink import REJECTS_DIR, WRITE_CPUS, TableSink, clear_tables, finish_tables
+from bpiml.evaluation.testsets import manifest_items
 from bpiml.evaluation.visual import overlay
-from bpiml.pseudolabel.commit import compact
 from bpiml.runtime import progress
-from bpiml.runtime.counter import add_counts, start_counter
+from bpiml.runtime.counter import start_counter
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
 
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ("id", "image", "pred_mask", "pred_probs", "overlay", "height", "width", "score", "mask_area", "error")
-PREDICTIONS_DIR, REJECTS_DIR = "predictions", "rejects"
-SHARD_ROWS = 20_000
-WRITE_CPUS = 0.25
+PREDICTIONS_DIR = "predictions"
 
 
 # --- one image -------------------------------------------------------------------------------
@@ -179,55 +176,9 @@ class Predictor:
         return {k: np.asarray(v) for k, v in rows.items()}
 
 
-def manifest_items(batch: dict[str, Any], store: str, split: str | None) -> dict[str, np.ndarray]:
-    """Manifest lines -> {id, image URI, error} rows of the wanted split (a bad line: an error row)."""
-    ids, images, errors = [], [], []
-    for text in batch["text"]:
-        record, rid, err = manifest.parse_record(str(text))
-        if record is None:
-            ids.append(rid)
-            images.append(str(text)[:200])
-            errors.append(f"bad record: {err}")
-            continue
-        if split and record.split != split:
-            continue
-        ids.append(record.id)
-        images.append(manifest.image_uri(store, record))
-        errors.append("")
-    return {"id": np.asarray(ids, dtype=object), "image": np.asarray(images, dtype=object),
-            "error": np.asarray(errors, dtype=object)}
-
-
-class PredictionSink(Datasink):
-    """Each block of finished rows -> a part of `predictions/` and one of `rejects/`; counts to the counter."""
-
-    def __init__(self, out: str, run_id: str, counter: Any, rows_per_write: int) -> None:
-        self.out, self.run_id, self.counter, self.rows_per_write = out, run_id, counter, rows_per_write
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_write
-
-    def write(self, blocks: Iterable[Any], ctx: Any) -> None:
-        for block in blocks:
-            rows = [dict(r) for r in BlockAccessor.for_block(block).iter_rows(public_row_format=True)]
-            ok = [_plain(r) for r in rows if not r["error"]]
-            bad = [rejects.Reject(str(r["id"]), str(r["image"]), "predict", str(r["error"])).to_dict()
-                   for r in rows if r["error"]]
-            parts.write_part(storage.join(self.out, REJECTS_DIR), self.run_id, bad)
-            parts.write_part(storage.join(self.out, PREDICTIONS_DIR), self.run_id, ok)
-            add_counts(self.counter, {"images": len(rows), "predicted": len(ok), "rejected": len(bad)})
-
-
 def read_predictions(out: str) -> Iterator[dict[str, Any]]:
     """The rows of a prediction output's table (in no particular order)."""
     return parts.iter_table(storage.join(out, PREDICTIONS_DIR))
-
-
-def _clear_tables(out: str) -> None:
-    for folder in (PREDICTIONS_DIR, REJECTS_DIR):
-        for uri in storage.list_files(storage.join(out, folder)):
-            storage.remove(uri)
 
 
 def run_predict(config: PredictConfig) -> dict[str, Any]:
@@ -241,7 +192,7 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
     config.save(storage.join(config.out, "config.json"))
     init_ray()
     check_gpus(config.num_gpus_per_worker, config.num_workers, "predict")
-    _clear_tables(config.out)
+    clear_tables(config.out, (PREDICTIONS_DIR,))
     run_id = parts.new_run_id(time.strftime("%Y%m%d_%H%M%S"), uuid.uuid4().hex[:8])
     counter = start_counter()
     start = time.perf_counter()
@@ -257,13 +208,12 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
                                    "overlays": config.overlays, "tracking_uri": tracking_uri, "probs": config.probs},
             **actor_pool_kwargs(config.num_workers, config.num_cpus_per_worker, config.num_gpus_per_worker,
                                 config.batch_size),
-        ).write_datasink(PredictionSink(config.out, run_id, counter, config.batch_size * 4),
+        ).write_datasink(TableSink(config.out, PREDICTIONS_DIR, "predict", run_id, counter, config.batch_size * 4),
                          ray_remote_args={"num_cpus": WRITE_CPUS})
     counts = {k: int(v) for k, v in ray.get(counter.get.remote()).items()}
-    for folder in (PREDICTIONS_DIR, REJECTS_DIR):
-        compact(storage.join(config.out, folder), SHARD_ROWS, config.batch_size * 4)
+    finish_tables(config.out, (PREDICTIONS_DIR,), config.batch_size * 4)
     elapsed = time.perf_counter() - start
-    images, ok, bad = counts.get("images", 0), counts.get("predicted", 0), counts.get("rejected", 0)
+    images, ok, bad = counts.get("images", 0), counts.get("written", 0), counts.get("rejected", 0)
     if not images:
         raise ValueError(f"{config.store}: no records to predict (split={config.split!r})")
     summary = {"images": images, "predicted": ok, "rejected": bad, "seconds": round(elapsed, 3),
@@ -273,6 +223,3 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
     rejects.check_reject_rate(bad, images, config.max_reject_rate, "predict", storage.join(config.out, REJECTS_DIR))
     return summary
 
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items() if k != "error"}

@@ -9,6 +9,7 @@ curves as inline SVG line charts (no plotting library needed). Files written to 
 from __future__ import annotations
 
 import argparse
+import heapq
 import html
 import json
 import logging
@@ -24,6 +25,7 @@ from bpiml.data import imageio, manifest, naming, storage
 from bpiml.evaluation import metrics
 from bpiml.evaluation.audit import audit_pseudo_labels
 from bpiml.evaluation.report_html import CSS, curves_html, fmt, html_table
+from bpiml.evaluation.tables import read_per_image
 from bpiml.evaluation.visual import PANELS, grid, sample_row
 from bpiml.pseudolabel.store import PseudoStore
 from bpiml.runtime import tracking
@@ -129,14 +131,13 @@ def report_samples(eval_dir: str | None, store: str | None, set_name: str | None
     """
     pseudo = pseudo_index(store) if store else {}
     if eval_dir:
-        text = storage.read_bytes(storage.join(eval_dir, "per_image.jsonl")).decode()
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        rows = [r for r in rows if r["degradation"] == "none" and not r.get("error")
-                and (set_name is None or r["set"] == set_name)]
-        rows.sort(key=lambda r: (r["f1"] is None, r["f1"] if r["f1"] is not None else 0.0))
+        rows = (r for r in read_per_image(eval_dir) if r["degradation"] == "none" and not r.get("error")
+                and (set_name is None or r["set"] == set_name))
+        worst = heapq.nsmallest(limit, rows, key=lambda r: (r["f1"] is None, r["f1"] if r["f1"] is not None else 0.0,
+                                                            r["set"], r["id"]))  # streamed: holds `limit` rows
         entries = [{"id": r["id"], "image": r["image"], "gt": r["mask"] or None, "f1": r["f1"], "iou": r["iou"],
                     "set": r["set"], "pred": storage.join(eval_dir, r["pred_mask"]) if r.get("pred_mask") else None}
-                   for r in rows[:limit]]
+                   for r in worst]
     else:
         order = {r["id"]: r["iou"] for r in audit_rows or []}
         chosen = sorted(pseudo.items(), key=lambda kv: order.get(kv[1]["id"], math.inf))[:limit]
@@ -170,7 +171,7 @@ def mlflow_curves(run_id: str, keys: Sequence[str] | None = None, tracking_uri: 
 
 def cli_report(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="bpiml report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--eval", dest="eval_dir", default=None, help="evaluation output folder (per_image.jsonl, preds/)")
+    parser.add_argument("--eval", dest="eval_dir", default=None, help="evaluation output folder (results.json, per_image/, preds/)")
     parser.add_argument("--store", default=None, help="pseudo-labeled store (boxes, pseudo masks, audit)")
     parser.add_argument("--set", dest="set_name", default=None, help="only samples of this evaluation test set")
     parser.add_argument("--out", required=True, help="report folder (local or s3://)")

@@ -1,4 +1,8 @@
-"""Evaluation tables: per-set, mean-over-sets and group rows; text, CSV and MLflow renderings."""
+"""Evaluation tables: per-set, mean-over-sets and group rows; text, CSV and MLflow renderings.
+
+An evaluation output holds the table (`results.json` / `.csv` / `.txt`) and the per-image table
+`per_image/` (JSONL parts or shards, `bpiml.data.parts`; read it with `read_per_image`).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,21 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from bpiml.data import parts, storage
 from bpiml.evaluation import metrics
+from bpiml.evaluation.streaming_metrics import Stats
 from bpiml.runtime import tracking
 
 logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("pixel_f1", "pixel_iou", "pixel_auc", "image_auc", "image_bacc")
 COUNT_KEYS = ("n_images", "n_manipulated", "n_authentic")
+PER_IMAGE_DIR = "per_image"
 
 
 def _nanmean(values: list[float]) -> float:
@@ -26,27 +34,47 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(kept)) if kept else math.nan
 
 
-def aggregate(rows: list[dict[str, Any]], set_names: list[str], groups: dict[str, list[str]],
-              degradations: list[str], threshold: float = 0.5) -> list[dict[str, Any]]:
-    """Table rows: one per (set, degradation), then `average` (the mean over sets, each set weighted
-    once), `pooled` (every image of every set weighted once) and one mean per group."""
+def _table(per_set: Callable[[str, str], dict[str, Any]], pooled: Callable[[str], dict[str, Any]],
+           set_names: list[str], groups: dict[str, list[str]], degradations: list[str]) -> list[dict[str, Any]]:
+    """Table rows: one per (set, degradation) from `per_set(name, degradation)`, then `average` (the mean
+    over sets, each set weighted once), `pooled` (`pooled(degradation)`: every image of every set
+    weighted once) and one mean per group."""
     table = []
     for deg in degradations:
-        per_set: dict[str, dict[str, float]] = {}
-        pooled: list[dict[str, Any]] = []
+        summaries: dict[str, dict[str, Any]] = {}
         for name in set_names:
-            selected = [r for r in rows if r["set"] == name and r["degradation"] == deg and not r.get("error")]
-            per_set[name] = metrics.summarize(selected, threshold)
-            pooled += selected
-            table.append({"kind": "set", "name": name, "degradation": deg, **per_set[name]})
+            summaries[name] = per_set(name, deg)
+            table.append({"kind": "set", "name": name, "degradation": deg, **summaries[name]})
         for kind, name, members in [("average", "average", set_names)] + [("group", g, m) for g, m in groups.items()]:
-            summary: dict[str, Any] = {k: int(sum(per_set[m][k] for m in members)) for k in COUNT_KEYS}
-            summary.update({k: _nanmean([per_set[m][k] for m in members]) for k in METRIC_KEYS})
+            summary: dict[str, Any] = {k: int(sum(summaries[m][k] for m in members)) for k in COUNT_KEYS}
+            summary.update({k: _nanmean([summaries[m][k] for m in members]) for k in METRIC_KEYS})
             table.append({"kind": kind, "name": name, "degradation": deg, **summary})
             if kind == "average":
-                table.append({"kind": "pooled", "name": "pooled", "degradation": deg,
-                              **metrics.summarize(pooled, threshold)})
+                table.append({"kind": "pooled", "name": "pooled", "degradation": deg, **pooled(deg)})
     return table
+
+
+def stats_table(stats: dict[tuple[str, str], Stats], set_names: list[str], groups: dict[str, list[str]],
+                degradations: list[str]) -> list[dict[str, Any]]:
+    """The table from merged partial statistics (`streaming_metrics.collect`): what the job computes."""
+    def of(name: str, deg: str) -> Stats:
+        return stats.get((name, deg)) or Stats()
+
+    return _table(lambda name, deg: of(name, deg).summary(),
+                  lambda deg: sum((of(name, deg) for name in set_names), Stats()).summary(),
+                  set_names, groups, degradations)
+
+
+def aggregate(rows: list[dict[str, Any]], set_names: list[str], groups: dict[str, list[str]],
+              degradations: list[str], threshold: float = 0.5) -> list[dict[str, Any]]:
+    """The table from per-image rows held in memory (`metrics.summarize`, exact image AUC): the
+    reference for `stats_table`, and for small tools; rows with an `error` are left out."""
+    def select(names: list[str], deg: str) -> list[dict[str, Any]]:
+        return [r for r in rows if r["set"] in names and r["degradation"] == deg and not r.get("error")]
+
+    return _table(lambda name, deg: metrics.summarize(select([name], deg), threshold),
+                  lambda deg: metrics.summarize(select(set_names, deg), threshold),
+                  set_names, groups, degradations)
 
 
 def format_table(table: list[dict[str, Any]]) -> str:
@@ -73,15 +101,9 @@ def table_csv(table: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def rows_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str]) -> str:
-    """Per-image rows as CSV (nan and None as empty cells)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: "" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else r[k]
-                         for k in columns})
-    return buf.getvalue()
+def read_per_image(eval_dir: str) -> Iterator[dict[str, Any]]:
+    """The per-image rows of an evaluation output (in no particular order), streamed file by file."""
+    return parts.iter_table(storage.join(eval_dir, PER_IMAGE_DIR))
 
 
 def json_safe(value: Any) -> Any:

@@ -15,16 +15,16 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 @ray.remote(num_cpus=0)
 class RunCounter:
-    """A dict of sums (one `add` per block)."""
+    """A dict of sums (one `add` per block); keys are names, or tuples (evaluation's partial statistics)."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, float] = {}
+        self.counts: dict[Any, float] = {}
 
-    def add(self, counts: dict[str, float]) -> None:
+    def add(self, counts: dict[Any, float]) -> None:
         for key, value in counts.items():
             self.counts[key] = self.counts.get(key, 0) + value
 
-    def get(self) -> dict[str, float]:
+    def get(self) -> dict[Any, float]:
         return dict(self.counts)
 
 
@@ -35,6 +35,6 @@ def start_counter() -> Any:
     return RunCounter.options(scheduling_strategy=here).remote()
 
 
-def add_counts(counter: Any, counts: dict[str, float]) -> None:
+def add_counts(counter: Any, counts: dict[Any, float]) -> None:
     if counter is not None and counts:
         ray.get(counter.add.remote(counts))
