@@ -169,7 +169,8 @@ class BaseConfig:
             elif typing.get_origin(kind) in (list, tuple):
                 item = (typing.get_args(kind) or (str,))[0]
                 if f.metadata.get("repeat"):
-                    parser.add_argument(flag, f.metadata["repeat"], action="extend", nargs="+", type=item, **common)
+                    names = dict.fromkeys([flag, f.metadata["repeat"]])  # the alias may be the flag itself
+                    parser.add_argument(*names, action="extend", nargs="+", type=item, **common)
                 else:
                     parser.add_argument(flag, nargs="*", type=item, **common)
             else:

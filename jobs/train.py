@@ -3,6 +3,8 @@
     python jobs/train.py                        # embedded default: .bpiml/sample-pseudo, local Ray + MLflow
     python jobs/train.py --smoke-test           # one short epoch on a few images
     python jobs/train.py --run-name exp1 --epochs 20       # rerun the same line later to resume exp1
+    python jobs/train.py --store boxes/ --supervision box --pretrain-store synth/ --pretrain-epochs 5
+    python jobs/train.py --store boxes/ --supervision box --add-store synth/,weight=1,supervision=gt
     ray job submit --working-dir . -- python jobs/train.py --store s3://b/pseudo --storage-path s3://b/runs \\
         --run-name exp1 --num-workers 8 --use-gpu
 

@@ -25,6 +25,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray of two CPUs for the module's tests (modules that defined their own keep theirs)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
 STACK_FIXTURES = {"local_stack", "s3_env"}
 
 

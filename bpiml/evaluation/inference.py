@@ -15,17 +15,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mlflow.tracking import MlflowClient
 
 from bpiml.model import checkpoint
-from bpiml.runtime.tracking import download_model, resolve_tracking_uri
+from bpiml.runtime.tracking import (  # noqa: F401 - MLFLOW_SCHEMES, is_mlflow_uri: their home is runtime.tracking
+    MLFLOW_SCHEMES,
+    check_registered_model,
+    download_model,
+    is_mlflow_uri,
+    resolve_tracking_uri,
+)
 
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 DEFAULT_IMG_SIZE = 224
-
-
-def is_mlflow_uri(uri: str) -> bool:
-    return uri.startswith(MLFLOW_SCHEMES)
 
 
 def load_model(uri: str, tracking_uri: str = "") -> Any:
@@ -36,13 +36,8 @@ def load_model(uri: str, tracking_uri: str = "") -> Any:
     """
     if not is_mlflow_uri(uri):
         return checkpoint.load_student(uri)
-    resolved = resolve_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            folder = download_model(uri, resolved, tmp)
-        except Exception as err:
-            raise FileNotFoundError(f"cannot load {uri} from MLflow at {resolved}: {type(err).__name__}: {err}") from err
-        return checkpoint.load_exported(folder)
+        return checkpoint.load_exported(download_model(uri, resolve_tracking_uri(tracking_uri), tmp))
 
 
 def check_model(uri: str, tracking_uri: str = "") -> str:
@@ -51,12 +46,7 @@ def check_model(uri: str, tracking_uri: str = "") -> str:
         checkpoint.find_checkpoint_file(uri)
         return ""
     resolved = resolve_tracking_uri(tracking_uri)
-    if uri.startswith("models:/"):
-        name = uri[len("models:/"):].split("@")[0].split("/")[0]
-        try:
-            MlflowClient(tracking_uri=resolved, registry_uri=resolved).get_registered_model(name)
-        except Exception as err:
-            raise FileNotFoundError(f"registered model {name!r} not found at {resolved}: {err}") from err
+    check_registered_model(uri, resolved)
     return resolved
 
 

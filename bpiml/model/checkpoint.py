@@ -7,7 +7,8 @@ without unpickling anything (`load_exported`), so a planted pickle in a model ar
 A training checkpoint is a folder (what Ray Train reports and keeps) holding
 
     checkpoint.pt       {"model_config", "model_state", "optimizer_state", "scheduler_state", "epoch",
-                         "train_config", "mlflow_run_id"}, read with torch.load(weights_only=True)
+                         "train_config", "mlflow_run_id"[, "init_from": the model the run started
+                         from, as `bpiml.train.init` records it]}, read with torch.load(weights_only=True)
     history.json        one row of epoch metrics per epoch since epoch 0
     train_config.json   the resolved training config
 
@@ -18,6 +19,7 @@ plain containers, loaded with `weights_only=True`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -76,6 +78,24 @@ def find_latest(run_dir: str) -> str | None:
     return storage.join(run_dir, stamped[-1]) if stamped else None
 
 
+def find_best(run_dir: str) -> str | None:
+    """The checkpoint folder below a run folder whose epoch scored best (`score` in its history, what
+    training ranks checkpoints by; the later one on a tie), or None when there is none."""
+    names = [os.path.basename(uri.rstrip("/")) for uri in storage.list_dirs(run_dir)] if storage.exists(run_dir) else []
+    best: tuple[float, str] | None = None
+    for name in sorted(n for n in names if _RAY_CHECKPOINT_DIR.match(n)):
+        folder = storage.join(run_dir, name)
+        history_uri = storage.join(folder, HISTORY_FILE)
+        try:
+            rows = json.loads(storage.read_bytes(history_uri)) if storage.exists(history_uri) else []
+            score = float(rows[-1].get("score", float("-inf"))) if rows else float("-inf")
+        except (ValueError, TypeError, AttributeError):  # a torn or foreign history: rank it last
+            score = float("-inf")
+        if best is None or score >= best[0]:
+            best = (score, folder)
+    return best[1] if best else None
+
+
 def find_checkpoint_file(uri: str) -> str:
     """A local path of the checkpoint named by `uri`: a torch file, a checkpoint folder holding one,
     or a run folder (its newest checkpoint). s3:// objects are downloaded to the local cache."""
@@ -129,8 +149,8 @@ def find_exported(folder: str | Path) -> Path | None:
     return None
 
 
-def load_exported(folder: str | Path) -> Student:
-    """The student of an exported folder, in eval mode on CPU. Tensors only: nothing is unpickled."""
+def read_exported(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Path]:
+    """(state dict, model config, metadata, weights file) of an exported folder. Tensors only: nothing is unpickled."""
     found = find_exported(folder)
     if found is None:
         names = sorted(p.name for p in Path(folder).rglob("*") if p.is_file())[:10]
@@ -142,4 +162,34 @@ def load_exported(folder: str | Path) -> Student:
         raise ValueError(f"{found / WEIGHTS_FILE} is not a safetensors file ({type(err).__name__}: {err}); "
                          "refusing to load it") from err
     config = json.loads((found / MODEL_CONFIG_FILE).read_text())
-    return student_from_state({"model_config": config, "model_state": state}, where=str(found))
+    meta_file = found / METADATA_FILE
+    metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return state, config, metadata if isinstance(metadata, dict) else {}, found / WEIGHTS_FILE
+
+
+def load_exported(folder: str | Path) -> Student:
+    """The student of an exported folder, in eval mode on CPU. Tensors only: nothing is unpickled."""
+    state, config, _, found = read_exported(folder)
+    return student_from_state({"model_config": config, "model_state": state}, where=str(found.parent))
+
+
+# --- starting from an earlier model --------------------------------------------------------------
+ARCHITECTURE_FREE = ("img_size", "backbone_weights")  # may differ between a model and one started from it
+
+
+def architecture_diff(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """`field (have -> want)` for each StudentConfig field, other than ARCHITECTURE_FREE, that differs."""
+    defaults = StudentConfig().to_dict()
+    keys = sorted((set(have) | set(want) | set(defaults)) - set(ARCHITECTURE_FREE))
+    return [f"{k} ({have.get(k, defaults.get(k))!r} -> {want.get(k, defaults.get(k))!r})" for k in keys
+            if have.get(k, defaults.get(k)) != want.get(k, defaults.get(k))]
+
+
+def state_fingerprint(state: dict[str, Any]) -> str:
+    """SHA-256 of a state dict's tensors (names, dtypes, shapes, bytes), wherever they live: equal weights, equal hash."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

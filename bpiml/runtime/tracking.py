@@ -167,8 +167,30 @@ def register_model_folder(tracking_uri: str, run_id: str, folder: str, registere
     return f"models:/{registered_model}/{version}", version
 
 
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")  # model URIs that name MLflow artifacts
+
+
+def is_mlflow_uri(uri: str) -> bool:
+    return uri.startswith(MLFLOW_SCHEMES)
+
+
 def download_model(uri: str, tracking_uri: str, dst: str) -> str:
-    """Download the artifacts behind `models:/...` or `runs:/...` into `dst`; returns the local folder."""
+    """Download the artifacts behind `models:/...` or `runs:/...` into `dst`; returns the local folder.
+    FileNotFoundError naming the URI and the tracking server when MLflow cannot give them."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri)
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri)
+    except Exception as err:  # MlflowException, OSError, a missing alias: all say "not there" to the caller
+        raise FileNotFoundError(f"cannot load {uri} from MLflow at {tracking_uri}: {type(err).__name__}: {err}") from err
+
+
+def check_registered_model(uri: str, tracking_uri: str) -> None:
+    """FileNotFoundError when the registered model a `models:/NAME...` URI names does not exist."""
+    if not uri.startswith("models:/"):
+        return
+    name = uri[len("models:/"):].split("@")[0].split("/")[0]
+    try:
+        client(tracking_uri).get_registered_model(name)
+    except Exception as err:
+        raise FileNotFoundError(f"registered model {name!r} not found at {tracking_uri}: {err}") from err

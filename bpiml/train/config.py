@@ -7,21 +7,86 @@ import hashlib
 import json
 import math
 import re
+from typing import Any
 
-from bpiml.config import BaseConfig, check_choice, check_range, field
+from bpiml.config import BaseConfig, check_choice, check_range, field, redact
 from bpiml.data.manifest import SPLITS
 from bpiml.model.student import StudentConfig
 
 SUPERVISIONS = ("pseudo", "gt", "box")
+STORE_KEYS = ("weight", "supervision")  # what an --add-store entry may set after its URI
 DEFAULT_STORE = ".bpiml/sample-pseudo"  # what `python jobs/pseudolabel.py` writes with its defaults
 DEFAULT_STORAGE_PATH = "runs"
 _REGISTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# Fields left out of the default run name while at their defaults: runs named before they existed keep their names.
+_NAMED_WHEN_SET = ("add_store", "store_weight", "init_from", "pretrain_store", "pretrain_epochs", "pretrain_supervision")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSpec:
+    """One training store and how it is used: `weight` sets its share of each epoch's samples."""
+
+    uri: str
+    weight: float = 1.0
+    supervision: str = "pseudo"
+
+    def record(self, role: str = "train") -> dict[str, Any]:
+        """What the registered model's metadata says of it (credentials redacted)."""
+        return {"uri": redact(self.uri), "weight": self.weight, "supervision": self.supervision, "role": role}
+
+    def entry(self) -> str:
+        """The --add-store form: URI,weight=W,supervision=S."""
+        return f"{self.uri},weight={self.weight!r},supervision={self.supervision}"
+
+
+def _weight(value: Any, where: str) -> float:
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: weight must be a number > 0, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(weight) or weight <= 0:
+        raise ValueError(f"{where}: weight must be a number > 0, got {value!r}")
+    return weight
+
+
+def parse_store_entry(entry: str, supervision: str) -> StoreSpec:
+    """`URI` or `URI,weight=W,supervision=S` -> StoreSpec; ValueError naming the entry."""
+    where = f"add_store entry {entry!r}"
+    if not isinstance(entry, str):
+        raise ValueError(f"{where}: expected 'URI[,weight=W][,supervision=S]', got {type(entry).__name__}")
+    uri, *options = [part.strip() for part in entry.split(",")]
+    if not uri or "=" in uri:
+        raise ValueError(f"{where}: must start with the store's URI, then ,weight=W and/or ,supervision=S")
+    values: dict[str, str] = {}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if not eq or key not in STORE_KEYS or key in values:
+            why = "given twice" if key in values else f"expected one of {[f'{k}=...' for k in STORE_KEYS]}"
+            raise ValueError(f"{where}: bad option {option!r} ({why})")
+        values[key] = value
+    chosen = values.get("supervision", supervision)
+    if chosen not in SUPERVISIONS:
+        raise ValueError(f"{where}: supervision must be one of {list(SUPERVISIONS)}, got {chosen!r}")
+    return StoreSpec(uri, _weight(values.get("weight", 1.0), where), chosen)
 
 
 @dataclasses.dataclass
 class TrainConfig(BaseConfig):
     store: str = field(DEFAULT_STORE, "pseudo-labeled store (local or s3://); with --supervision gt also an IMDL-BenCo "
                                       "list, a COCO .json or any store with GT masks")
+    store_weight: float = field(1.0, "the --store's mixing weight when stores are added (--add-store)")
+    add_store: list[str] = field([], "another training store: URI or URI,weight=W,supervision=pseudo|gt|box (weight 1 "
+                                     "and --supervision by default). An epoch, as many samples as all stores' train "
+                                     "records, takes weight/sum(weights) of them from each store, drawn anew each "
+                                     "epoch; validation stays on --store", repeat="--add-store")
+    init_from: str = field("", "start the student's weights from this model: a run folder (its best checkpoint), a "
+                               "checkpoint folder, an exported model folder, or models:/NAME@ALIAS|VERSION (weights "
+                               "only; optimizer and schedule start fresh; ignored when resuming a run that has "
+                               "checkpoints)")
+    pretrain_store: str = field("", "first train <run-name>-pretrain on this store (--pretrain-epochs, "
+                                    "--pretrain-supervision), then this run from its best checkpoint; both resume")
+    pretrain_epochs: int = field(0, "epochs of the pretraining run (with --pretrain-store)")
+    pretrain_supervision: str = field("gt", "training target of the pretraining run: pseudo | gt | box")
     import_dir: str = field("", "where an input that is not a store is imported once (default: <storage-path>/inputs)")
     storage_path: str = field(DEFAULT_STORAGE_PATH, "where runs keep checkpoints (local folder or s3://)")
     run_name: str = field("", "run name; the same name + storage path resumes; '' = student-<hash of this config>")
@@ -95,6 +160,37 @@ class TrainConfig(BaseConfig):
             raise ValueError("experiment must name an MLflow experiment, got ''")
         if self.register and not _REGISTER.match(self.register):
             raise ValueError(f"register must be NAME or NAME@ALIAS (letters, digits, . _ -), got {self.register!r}")
+        self._validate_stores()
+
+    def _validate_stores(self) -> None:
+        _weight(self.store_weight, "store_weight")
+        if not isinstance(self.add_store, list):
+            raise ValueError(f"add_store must be a list of 'URI[,weight=W][,supervision=S]', got {self.add_store!r}")
+        self.stores()  # each entry parses
+        if not isinstance(self.init_from, str) or not isinstance(self.pretrain_store, str):
+            raise ValueError(f"init_from and pretrain_store must be strings, got {self.init_from!r}, "
+                             f"{self.pretrain_store!r}")
+        check_range("pretrain_epochs", self.pretrain_epochs, 0)
+        check_choice("pretrain_supervision", self.pretrain_supervision, SUPERVISIONS)
+        if self.pretrain_store and not self.pretrain_epochs:
+            raise ValueError(f"pretrain_store {self.pretrain_store!r} needs pretrain_epochs >= 1, got 0")
+        if self.pretrain_epochs and not self.pretrain_store:
+            raise ValueError(f"pretrain_epochs {self.pretrain_epochs} needs a pretrain_store, got ''")
+        if self.pretrain_store and self.init_from:
+            raise ValueError(f"init_from {self.init_from!r} and pretrain_store {self.pretrain_store!r} both say where "
+                             "the weights start: give one")
+
+    def stores(self) -> list[StoreSpec]:
+        """The training stores: `store` first (validation reads it), then each --add-store."""
+        return [StoreSpec(self.store, float(self.store_weight), self.supervision),
+                *(parse_store_entry(entry, self.supervision) for entry in self.add_store)]
+
+    def pretrain_config(self) -> TrainConfig:
+        """The first part of a --pretrain-store run: `<run_name>-pretrain` on the pretrain store, nothing registered."""
+        return self.replace(run_name=f"{self.run_name}-pretrain", store=self.pretrain_store,
+                            supervision=self.pretrain_supervision, epochs=self.pretrain_epochs, store_weight=1.0,
+                            add_store=[], register="", pretrain_store="", pretrain_epochs=0,
+                            warmup_epochs=min(self.warmup_epochs, self.pretrain_epochs))
 
     @property
     def registered_model(self) -> str:
@@ -106,7 +202,9 @@ class TrainConfig(BaseConfig):
 
     def default_run_name(self) -> str:
         """student-<hash>: the same command (epochs aside) names the same run, so rerunning it resumes."""
-        values = {k: v for k, v in self.to_dict().items() if k not in ("epochs", "run_name", "register", "log_every", "import_dir")}
+        defaults = TrainConfig().to_dict()
+        values = {k: v for k, v in self.to_dict().items() if k not in ("epochs", "run_name", "register", "log_every", "import_dir")
+                  and not (k in _NAMED_WHEN_SET and v == defaults[k])}
         digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"student-{digest}"
 

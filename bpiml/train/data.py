@@ -5,7 +5,9 @@
         -> [materialize: small stores keep the decoded images in the object store]
         -> train only: randomize_block_order (a new order each epoch) -> augment_samples (CPU tasks)
     TorchTrainer(datasets={"train": ..., "val": ...}) gives each worker its shard; the loop takes
-    batches with a local shuffle buffer.
+    batches with a local shuffle buffer. With several stores (--add-store) each is read and
+    decoded this way and an epoch draws from each its weight's share (`bpiml.train.mixing`);
+    its samples carry `store`, the store's index (0 = --store).
 
 Targets by supervision: `pseudo`, the teacher's mask (`pseudo_mask`, relative to the pseudo store);
 `gt`, the ground-truth mask (the upper bound); `box`, the record's boxes filled. Validation always
@@ -27,12 +29,24 @@ from bpiml.data import imageio, manifest, storage
 from bpiml.data.boxes import fill_boxes
 from bpiml.pseudolabel import store as pseudo_store
 from bpiml.train.augment import Augment
-from bpiml.train.config import TrainConfig
+from bpiml.train.config import StoreSpec
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = ("id", "split", "image", "target", "gt", "boxes", "ok", "reason")
 CACHE_LIMIT = 20_000  # stores with at most this many train samples keep their decoded images cached
+
+
+@dataclasses.dataclass
+class StorePart:
+    """One training store as the driver sees it (its checks, what each epoch draws from it)."""
+
+    spec: StoreSpec
+    n_train: int  # usable train records (after --limit)
+    skipped: dict[str, int]  # reason -> records left out before decoding
+    train: Any  # its decoded train samples alone: the driver reads the first one as a check
+    draws: float = 0.0  # expected samples per epoch (with --add-store; bpiml.train.mixing)
+    epoch: Any = None  # one epoch's draws from it, decoded (with --add-store)
 
 
 @dataclasses.dataclass
@@ -44,6 +58,7 @@ class TrainingData:
     skipped: dict[str, int]  # reason -> records left out before decoding
     teacher: dict[str, Any]  # what made the pseudo masks (from the store's index)
     source: str  # the input store the images come from
+    parts: list[StorePart] = dataclasses.field(default_factory=list)  # the stores, --store first
 
 
 # --- records -> samples --------------------------------------------------------------------------
@@ -134,9 +149,12 @@ def decode_samples(batch: dict[str, Any], size: int) -> dict[str, np.ndarray]:
         images[i], targets[i] = image, target
         if gt is not None:
             gts[i], has_gt[i] = gt, True
-    return {"id": np.asarray(batch["id"], dtype=object), "image": images, "target": targets, "gt": gts,
-            "has_gt": has_gt, "ok": ok, "reason": np.asarray(reasons, dtype=object),
-            "source_image": np.asarray(batch["image"], dtype=object)}
+    out = {"id": np.asarray(batch["id"], dtype=object), "image": images, "target": targets, "gt": gts,
+           "has_gt": has_gt, "ok": ok, "reason": np.asarray(reasons, dtype=object),
+           "source_image": np.asarray(batch["image"], dtype=object)}
+    if "store" in batch:  # drawn from one of several stores (bpiml.train.mixing)
+        out["store"] = np.asarray(batch["store"])
+    return out
 
 
 def augment_samples(batch: dict[str, Any], augment: dict[str, Any]) -> dict[str, Any]:

@@ -12,9 +12,11 @@ from ray.data import RandomSeedConfig
 from bpiml.data import manifest, storage
 from bpiml.pseudolabel import store as pseudo_store
 from bpiml.runtime.datasets import READ_CPUS, read_lines
-from bpiml.train.config import TrainConfig
+from bpiml.train import mixing
+from bpiml.train.config import StoreSpec, TrainConfig
 from bpiml.train.data import (
     CACHE_LIMIT,
+    StorePart,
     TrainingData,
     augment_samples,
     decode_samples,
@@ -56,31 +58,81 @@ def _only(batch: dict[str, Any], split: str) -> dict[str, Any]:
     return {k: np.asarray(v)[keep] for k, v in batch.items()}
 
 
-def _decoded(rows: ray.data.Dataset, split: str, config: TrainConfig) -> ray.data.Dataset:
+def _split(rows: ray.data.Dataset, split: str, config: TrainConfig) -> ray.data.Dataset:
     ds = rows.map_batches(_only, fn_kwargs={"split": split}, batch_format="numpy", num_cpus=READ_CPUS)
-    if config.limit:
-        ds = ds.limit(config.limit)
+    return ds.limit(config.limit) if config.limit else ds
+
+
+def _decode(ds: ray.data.Dataset, config: TrainConfig) -> ray.data.Dataset:
     return ds.map_batches(decode_samples, fn_kwargs={"size": config.model.img_size}, batch_size=16,
                           batch_format="numpy", num_cpus=DECODE_CPUS)
 
 
-def training_data(config: TrainConfig) -> TrainingData:
-    """The train and validation datasets of `config.store`, and what the driver needs to know of them."""
-    root, source, index = store_roots(config)
-    files = manifest.manifest_files(root)
-    rows = read_lines(files).map_batches(sample_rows, batch_format="numpy", num_cpus=READ_CPUS, fn_kwargs={
-        "root": root, "source": source, "supervision": config.supervision, "train_split": config.train_split,
-        "val_split": config.val_split, "allow_external": config.allow_external_source})
+def _store_rows(spec: StoreSpec, config: TrainConfig) -> tuple[ray.data.Dataset, dict[str, int], pseudo_store.PseudoStore]:
+    """One store's sample rows (targets by its supervision) and their split and skip counts."""
+    opened = pseudo_store.PseudoStore.open(spec.uri, config.allow_external_source)
+    rows = read_lines(manifest.manifest_files(opened.root)).map_batches(
+        sample_rows, batch_format="numpy", num_cpus=READ_CPUS, fn_kwargs={
+            "root": opened.root, "source": opened.source, "supervision": spec.supervision,
+            "train_split": config.train_split, "val_split": config.val_split,
+            "allow_external": config.allow_external_source})
     rows = rows.repartition(target_num_rows_per_block=BLOCK_ROWS)
-    counts = count_samples(rows)
-    n_train, n_val = counts.get("split:train", 0), counts.get("split:val", 0)
-    if config.limit:
-        n_train, n_val = min(n_train, config.limit), min(n_val, config.limit)
-    train = _decoded(rows, "train", config)
-    cache = config.cache_decoded if config.cache_decoded is not None else n_train <= CACHE_LIMIT
-    if cache:
+    return rows, count_samples(rows), opened
+
+
+def _skips(counts: dict[str, int]) -> dict[str, int]:
+    return {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("skip:") and k != "skip:"}
+
+
+def _cached(config: TrainConfig, n_train: int) -> bool:
+    return config.cache_decoded if config.cache_decoded is not None else n_train <= CACHE_LIMIT
+
+
+def _store_part(spec: StoreSpec, rows: ray.data.Dataset, counts: dict[str, int],
+                config: TrainConfig) -> tuple[StorePart, ray.data.Dataset]:
+    """A store's decoded train samples (cached when small) and what an epoch draws from: those, or,
+    for a store too large to cache, its rows (decoded after the draw)."""
+    n_train = min(counts.get("split:train", 0), config.limit or counts.get("split:train", 0))
+    rows = _split(rows, "train", config)
+    train = _decode(rows, config)
+    if _cached(config, n_train):
         train = train.materialize()
-    val = _decoded(rows, "val", config) if n_val else train.limit(max(4, config.num_workers))
+        return StorePart(spec, n_train, _skips(counts), train), train
+    return StorePart(spec, n_train, _skips(counts), train), rows
+
+
+def _mixed_train(config: TrainConfig, first: tuple[ray.data.Dataset, dict[str, int]]) -> list[StorePart]:
+    """Every store's part; its `train` becomes this epoch's draws from it (`bpiml.train.mixing`)."""
+    sources, parts = [], []
+    for i, spec in enumerate(config.stores()):
+        rows, counts = first if i == 0 else _store_rows(spec, config)[:2]
+        part, source = _store_part(spec, rows, counts, config)
+        parts.append(part)
+        sources.append(source)
+    shares = mixing.epoch_draws([p.n_train for p in parts], [p.spec.weight for p in parts])
+    for i, (part, source, draws) in enumerate(zip(parts, sources, shares)):
+        part.draws = draws
+        ds = mixing.drawn(source, part.n_train, draws, i)
+        part.epoch = None if ds is None else (ds if source is part.train else _decode(ds, config))
+    return parts
+
+
+def training_data(config: TrainConfig) -> TrainingData:
+    """The train and validation datasets of the training stores, and what the driver needs to know of them.
+    One store: its train split. Stores added (--add-store): each epoch's draws from all of them."""
+    rows, counts, opened = _store_rows(config.stores()[0], config)
+    n_val = min(counts.get("split:val", 0), config.limit or counts.get("split:val", 0))
+    if config.add_store:
+        parts = _mixed_train(config, (rows, counts))
+        epochs = [p.epoch for p in parts if p.epoch is not None]
+        train = epochs[0] if epochs else parts[0].train  # none has samples: the driver's checks say which
+        if len(epochs) > 1:
+            train = train.union(*epochs[1:])
+        n_train = sum(p.n_train for p in parts)
+    else:
+        part, _ = _store_part(config.stores()[0], rows, counts, config)
+        parts, train, n_train = [part], part.train, part.n_train
+    val = _decode(_split(rows, "val", config), config) if n_val else parts[0].train.limit(max(4, config.num_workers))
     augment = {"scale_min": config.aug_scale_min, "hflip": config.aug_hflip, "color": config.aug_color,
                "jpeg_prob": config.aug_jpeg_prob}
     train = train.randomize_block_order(seed=RandomSeedConfig(seed=config.seed, reseed_after_execution=True))
@@ -89,10 +141,14 @@ def training_data(config: TrainConfig) -> TrainingData:
     if not n_val:  # no GT: memory statistics and overlays still come from a few train images
         val = val.map_batches(lambda b: {**b, "has_gt": np.zeros(len(b["id"]), bool)}, batch_format="numpy",
                               num_cpus=READ_CPUS)
-    teacher = index.get("teacher") or _legacy_teacher(root)
-    skipped = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("skip:") and k != "skip:"}
+    teacher = opened.index.get("teacher") or _legacy_teacher(opened.root)
+    skipped: dict[str, int] = {}
+    for part in parts:
+        for why, n in part.skipped.items():
+            skipped[why] = skipped.get(why, 0) + n
     return TrainingData(train=train, val=val, n_train=n_train, n_val=n_val, skipped=skipped,
-                        teacher={**teacher, "teachers": index.get("teachers", {})}, source=source)
+                        teacher={**teacher, "teachers": opened.index.get("teachers", {})}, source=opened.source,
+                        parts=parts)
 
 
 def _legacy_teacher(root: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""What each Ray Train worker runs, top to bottom: build, restore, then per epoch train, validate, report.
+"""What each Ray Train worker runs: build, restore (or start from an earlier model), then per epoch train,
+validate, report.
 
 Every worker trains on its shard of the train dataset (`ray.train.get_dataset_shard`) and
 validates on its shard of the validation dataset; sums are all-reduced so every rank sees the same
@@ -31,6 +32,7 @@ from bpiml.data import rejects, storage
 from bpiml.model import checkpoint as ckpt
 from bpiml.model.student import StudentConfig, build_student
 from bpiml.runtime import logs, tracking
+from bpiml.train import init as init_model
 from bpiml.train.batches import to_input, to_target
 from bpiml.train.config import TrainConfig
 from bpiml.train.validation import ValSums, validate
@@ -102,6 +104,7 @@ class Worker:
     mlflow_errors: int = 0
     rejected: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # unreadable samples, first epoch
     rejects_written: bool = False
+    init_from: dict[str, Any] | None = None  # the model this run started from (bpiml.train.init), as recorded
 
     def autocast(self) -> AbstractContextManager:
         if self.cfg.amp and self.device.type == "cuda":
@@ -134,7 +137,7 @@ def build(loop_config: dict[str, Any]) -> Worker:
                   model=model, core=core, optimizer=optimizer,
                   scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule=schedule,
                   tracking_uri=loop_config["tracking_uri"], run_id=loop_config["mlflow_run_id"],
-                  run_dir=loop_config["run_dir"])
+                  run_dir=loop_config["run_dir"], init_from=loop_config.get("init_from"))
 
 
 def restore(worker: Worker, checkpoint: Checkpoint | None) -> None:
@@ -253,7 +256,8 @@ def report(worker: Worker, epoch: int, row: dict[str, float]) -> None:
         return
     state = {"model_config": worker.student_cfg.to_dict(), "model_state": worker.core.state_dict(),
              "optimizer_state": worker.optimizer.state_dict(), "scheduler_state": worker.scheduler.state_dict(),
-             "epoch": epoch, "train_config": worker.cfg.to_dict(), "mlflow_run_id": worker.run_id}
+             "epoch": epoch, "train_config": worker.cfg.to_dict(), "mlflow_run_id": worker.run_id,
+             **({"init_from": worker.init_from} if worker.init_from else {})}
     with tempfile.TemporaryDirectory() as folder:
         ckpt.save(folder, state, worker.history, worker.cfg.to_json())
         ray.train.report(row, checkpoint=Checkpoint.from_directory(folder))
@@ -262,7 +266,11 @@ def report(worker: Worker, epoch: int, row: dict[str, float]) -> None:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point; `loop_config` is built by `bpiml.train.job.run_training`."""
     worker = build(loop_config)
-    restore(worker, ray.train.get_checkpoint())
+    checkpoint = ray.train.get_checkpoint()
+    restore(worker, checkpoint)
+    if checkpoint is None and loop_config.get("init"):  # a fresh run started from an earlier model
+        worker.mlflow_errors += init_model.start_from(worker.core, loop_config["init"], worker.rank,
+                                                      worker.tracking_uri, worker.run_id)
     for epoch in range(worker.start_epoch, worker.cfg.epochs):
         lr = worker.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(worker, epoch)

@@ -55,20 +55,44 @@ def _load(checkpoint: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return ckpt.load_state(folder), ckpt.read_history(folder)
 
 
+def stores_seen(config: TrainConfig, init_from: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every store the model saw: this run's ({uri, weight, supervision, role: "train"}), then those of the
+    model it started from and of that one's start (role "init"), as their records say."""
+    seen = [spec.record() for spec in config.stores()]
+    record = init_from
+    while isinstance(record, dict):
+        seen += [{**s, "role": "init"} for s in record.get("stores") or [] if isinstance(s, dict)]
+        record = record.get("init_from")
+    return seen
+
+
+def stores_summary(stores: list[dict[str, Any]]) -> str:
+    """One line for an MLflow tag: `train: URI (gt, w=1); ... | init: URI (gt, w=1)`."""
+    by_role: dict[str, list[str]] = {}
+    for s in stores:
+        by_role.setdefault(str(s.get("role", "train")), []).append(
+            f"{s.get('uri')} ({s.get('supervision', '?')}, w={s.get('weight', '?')})")
+    return " | ".join(f"{role}: {'; '.join(items)}" for role, items in by_role.items())[:5000]
+
+
 def register(config: TrainConfig, state: dict[str, Any], best_uri: str, numbers: dict[str, float],
-             data: TrainingData, tracking_uri: str, run_id: str, backbone: dict[str, Any] | None = None) -> tuple[str, str]:
+             data: TrainingData, tracking_uri: str, run_id: str, backbone: dict[str, Any] | None = None,
+             init_from: dict[str, Any] | None = None) -> tuple[str, str]:
     """Export the best checkpoint's student and register it; returns (model URI, version)."""
     model = ckpt.student_from_state(state, where=best_uri)
     val_f1 = numbers.get("val_f1", math.nan)
+    stores = stores_seen(config, init_from)
     metadata = {"epoch": int(state["epoch"]), "val_f1": val_f1 if math.isfinite(val_f1) else None,
-                "checkpoint": best_uri, "stores": [config.store], "source": data.source, "teacher": data.teacher,
-                "backbone_weights": state["model_config"].get("backbone_weights"),
+                "checkpoint": best_uri, "store": redact(config.store), "stores": stores, "source": data.source,
+                "teacher": data.teacher, "backbone_weights": state["model_config"].get("backbone_weights"),
                 "backbone_weights_source": (backbone or {}).get("source"),
-                "backbone_weights_sha256": (backbone or {}).get("sha256")}
+                "backbone_weights_sha256": (backbone or {}).get("sha256"),
+                **({"init_from": init_from} if init_from else {})}
     with tempfile.TemporaryDirectory() as folder:
-        ckpt.export(model, folder, metadata)
+        ckpt.export(model, folder, redact(metadata))
         return tracking.register_model_folder(tracking_uri, run_id, folder, config.registered_model, config.alias,
-                                              tags={"bpiml.checkpoint": best_uri, "bpiml.epoch": str(state["epoch"])})
+                                              tags={"bpiml.checkpoint": best_uri, "bpiml.epoch": str(state["epoch"]),
+                                                    "bpiml.stores": stores_summary(stores)})
 
 
 def finish_run(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str, run_state: dict[str, Any],
@@ -91,7 +115,7 @@ def finish_run(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str
         logger.info("best checkpoint unchanged: %s (version %s) stays registered", model_uri, version)
     elif config.register:
         model_uri, version = register(config, state, checkpoint_uri(best) or "", numbers, data, tracking_uri, run_id,
-                                      run_state.get("backbone_weights"))
+                                      run_state.get("backbone_weights"), run_state.get("init_from"))
         logger.info("registered %s (version %s) from epoch %d", model_uri, version, int(state["epoch"]))
         run_state = {**run_state, "registered": {**key, "model_uri": model_uri, "version": version}}
     tracking.end_run(tracking_uri, run_id, status="FINISHED")
