@@ -56,12 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--eval", action="append", default=[], metavar="NAME=INDEX", help="further evaluation sets")
     p.add_argument("--synth-n", type=int, default=1500, help="synthetic images")
-    p.add_argument("--synth-epochs", type=int, default=3, help="epochs of synthetic (pre)training")
+    p.add_argument("--synth-epochs", type=int, default=2, help="epochs of synthetic (pre)training")
     p.add_argument("--epochs", type=int, default=6, help="epochs on CVIP train")
     p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--cpus-per-worker", type=float, default=1.5)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per training worker (one more stays free for Ray Data)")
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="smoke test: few images, 1 epoch, 64 px")
     args = p.parse_args(argv)
@@ -184,8 +184,8 @@ def main(args: argparse.Namespace) -> int:
         cvip.pseudo_label(store, work, teachers=("grabcut",))  # only the teacher these rows need
     extra = dict(e.split("=", 1) for e in args.eval)
     results: dict[str, dict[int, list[dict]]] = {}
-    for row in args.rows:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seeds outside: an interrupted experiment has whole seeds of every row
+        for row in args.rows:
             if ROWS[row][0] and ROWS[row][1]:
                 train(run_config(row, seed, "pretrain", args, work), work)
             done = train(run_config(row, seed, "main", args, work), work)

@@ -152,6 +152,17 @@ def test_weights_3_to_1_draw_3_to_1_and_each_epoch_draws_anew(ray_local, stores:
     assert drawn[0] != drawn[1] and repeated[0] != repeated[1]  # a fresh draw each epoch
 
 
+def test_training_leaves_ray_data_a_whole_cpu(ray_local, stores: dict[str, str], tmp_path: Path) -> None:
+    """Workers holding 1.5 of 2 CPUs would leave Ray Data's repartition tasks (one whole CPU) waiting for
+    ever at the first validation: the job refuses before any work, naming what it needs."""
+    from bpiml.train.job import run_training
+
+    config = TrainConfig(store=stores["a"], supervision="gt", num_workers=1, cpus_per_worker=1.5, resource_wait_s=0,
+                         storage_path=str(tmp_path / "runs"), model=TINY)
+    with pytest.raises(ValueError, match=r"1 for data tasks\) needs 2\.5 CPUs"):
+        run_training(config)
+
+
 # --- pretrain on one store, fine-tune on another (one job) ----------------------------------------
 @pytest.fixture(scope="module")
 def pretrained_run(ray_local, stores: dict[str, str], tmp_path_factory: pytest.TempPathFactory):

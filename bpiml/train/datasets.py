@@ -24,6 +24,10 @@ from bpiml.train.data import (
 )
 
 DECODE_CPUS = 0.5  # decode tasks take half a CPU: they share nodes with the training workers
+# CPUs the data tasks need beside the workers: Ray Data's repartition (the BLOCK_ROWS split, the
+# stores' mix) runs tasks of one whole CPU, which no setting lowers. With less free, validation
+# waits for ever once the workers hold their CPUs (seen: 1 worker x 1.5 CPUs on 2 CPUs).
+DATA_CPUS = 1.0
 # Rows per block from the manifest on: one decode task each, and the unit the per-epoch shuffle
 # moves. A manifest file is otherwise one block, decoded by one task into the object store whole
 # (bench_scale: 1.9 GB at 100k records) and never reshuffled.

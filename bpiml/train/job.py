@@ -33,7 +33,7 @@ from bpiml.runtime import raycluster, tracking
 from bpiml.train import init as init_model
 from bpiml.train.config import DEFAULT_STORE, TrainConfig, TrainResult
 from bpiml.train.data import StorePart, TrainingData
-from bpiml.train.datasets import DECODE_CPUS, training_data
+from bpiml.train.datasets import DATA_CPUS, training_data
 from bpiml.train.init import InitModel
 from bpiml.train.loop import train_loop_per_worker
 from bpiml.train.registry import (
@@ -99,10 +99,10 @@ def _prepare(config: TrainConfig) -> TrainConfig:
     raycluster.init_ray()
     use_gpu = resolve_use_gpu(config.use_gpu)
     # The data tasks (decode, augment) need CPUs beside the workers, or Ray Data waits for them forever.
-    raycluster.wait_for_resources(config.num_workers * config.cpus_per_worker + DECODE_CPUS,
+    raycluster.wait_for_resources(config.num_workers * config.cpus_per_worker + DATA_CPUS,
                                   config.num_workers * use_gpu, config.resource_wait_s,
                                   f"training ({config.num_workers} workers x {config.cpus_per_worker:g} CPUs + "
-                                  f"{DECODE_CPUS:g} for data tasks)")
+                                  f"{DATA_CPUS:g} for data tasks)")
     storage_path = storage.absolute(config.storage_path)
     import_root = config.import_dir or storage.join(storage_path, "inputs")
     added = [dataclasses.replace(spec, uri=_input_store(spec.uri, import_root)).entry() for spec in config.stores()[1:]]
