@@ -121,7 +121,10 @@ def train(config: Any, work: Path) -> dict[str, Any]:
 
     done_path = work / "runs" / config.run_name / cvip.DONE_FILE
     if done_path.exists():
-        return json.loads(done_path.read_text())
+        done = json.loads(done_path.read_text())
+        if done["epochs"] == config.epochs:
+            return done
+        logger.info("run %s trained %d epochs, %d asked: continuing it", config.run_name, done["epochs"], config.epochs)
     started = time.perf_counter()
     result = run_training(config)
     best = max(result.history, key=lambda r: r.get("score", -math.inf)) if result.history else {}

@@ -238,3 +238,26 @@ def test_a_documented_command_survives_its_runtime_env(local_stack: LocalStack) 
                                 json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": local_stack.tracking_uri}}), "--",
                                 "python", "-c", "from bpiml.runtime.raycluster import init_ray; init_ray(); print('joined')"])
     assert "joined" in done.stdout
+
+
+def test_synthesize_from_photos_in_s3_on_the_cluster(local_stack: LocalStack, cluster_data) -> None:
+    """jobs/synthesize.py as a user submits it: photos in S3, the store written back to S3 by tasks on the
+    worker nodes; every index once, each mask at its image's size, boxes for every forgery."""
+    from bpiml.data.sample import bundled_photos
+
+    bucket, client = cluster_data["bucket"], s3_client(local_stack)
+    for name, photo in bundled_photos()[:6]:
+        client.put_object(Bucket=bucket, Key=f"photos/{name}.png", Body=imageio.encode_image(photo, "png"))
+    out = submit(local_stack, ["python", "jobs/synthesize.py", "--photos", f"s3://{bucket}/photos", "--out",
+                               f"s3://{bucket}/synth", "--n", "12", "--part-rows", "4", "--max-side", "96",
+                               "--gallery", "4"]).stdout
+    records = _records(local_stack, bucket, "synth/manifest/")
+    assert sorted(r.id for r in records) == [f"synth-s0-{i:09d}" for i in range(12)], out[-3000:]
+    for r in records:
+        image = imageio.decode_image(_read(local_stack, bucket, f"synth/{r.image}"))[0]
+        mask = imageio.decode_mask(_read(local_stack, bucket, f"synth/{r.mask}"))
+        assert mask.shape == image.shape[:2]
+        assert bool(r.boxes) == bool(mask.any()) == (r.extra["kind"] != "authentic")
+    summary = json.loads(_read(local_stack, bucket, "synth/summary.json"))
+    assert summary["images"] == 12 and sum(summary["per_kind"].values()) == 12
+    assert _read(local_stack, bucket, "synth/gallery.html").count(b"<img") == 4
