@@ -83,7 +83,7 @@ def measure(kind: str, copies: int = 1) -> dict[str, float]:
             "cores": copies, "task_rate": sum(r["task_rate"] for r in results) / copies}
 
 
-def main() -> int:  # noqa: D103
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", default="", help="folder of photos or store (default: scikit-image's photos)")
     parser.add_argument("--n", type=int, default=512, help="images per measurement")
