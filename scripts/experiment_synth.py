@@ -10,10 +10,11 @@
 4. pseudo-labels the CVIP store with the teachers the chosen rows need (GrabCut: no SAM weights offline);
 5. trains each row once per seed (`<work>/runs/<row>-s<seed>`): `box` (GrabCut masks of CVIP train),
    `synth` (synthetic only, exact masks), `synth+box` (synth pretraining, then box fine-tuning via
-   --init-from), `gt` (CVIP GT masks: the upper bound), `synth+box-nomem` (the best recipe without the
-   memory bank, pretraining included);
-6. evaluates every run on the CVIP val scenes, the synthetic-only rows also on every CVIP image
-   (`cvip_all`: out of domain for them), and every row on each `--eval` set; writes `results.md/json`
+   --init-from), `gt` (CVIP GT masks: the upper bound), `synth+box-nomem` and `box-nomem` (a recipe
+   without the memory bank: ablate whichever of `synth+box` and `box` scores best);
+6. evaluates every run on the CVIP val scenes, the synthetic-only rows also on `cvip_ood` (every CVIP
+   forgery and the val-scene authentic photos: no synthesis photo), and every row on each `--eval` set;
+   writes `results.md/json`
    with the mean and spread over seeds: pixel F1/AUC, image AUC, the predicted forged share of
    authentic images, per set, the mean over sets and the mean pooled over images.
 
@@ -43,6 +44,7 @@ ROWS = {  # row -> (pretrain on synth?, fine-tune store teacher or None, supervi
     "synth+box": (True, "grabcut", "pseudo", True),
     "gt": (False, "grabcut", "gt", True),
     "synth+box-nomem": (True, "grabcut", "pseudo", False),
+    "box-nomem": (False, "grabcut", "pseudo", False),
 }
 METRICS = ("pixel_f1", "pixel_auc", "image_auc", "authentic_area")
 
@@ -80,12 +82,27 @@ def photo_pool(natural: str, store: str, work: Path) -> str:
     sources = [Path(natural) / n for n in sorted(os.listdir(natural))
                if n.lower().endswith((".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"))]
     sources += [Path(store) / r.image for r in read_manifest(store) if r.split == "train" and not r.boxes]
-    for i, src in enumerate(sources):
-        link = folder / f"{i:04d}{src.suffix.lower()}"
-        if not link.exists():
-            link.symlink_to(src.resolve())
+    wanted = {f"{i:04d}{src.suffix.lower()}": src.resolve() for i, src in enumerate(sources)}
+    for name in os.listdir(folder):  # a changed source list must change the pool (and so its hash)
+        if name not in wanted or os.path.realpath(folder / name) != str(wanted[name]):
+            (folder / name).unlink()
+    for name, src in wanted.items():
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(src)
     logger.info("photo pool: %d photos in %s", len(sources), folder)
     return str(folder)
+
+
+def out_of_domain_list(store: str, work: Path) -> str:
+    """`<work>/cvip_ood.json`: an IMDL-BenCo list of every CVIP image the synthesis pool never held (all
+    forgeries, and the authentic photos of the val scenes), for the synthetic-only rows."""
+    from bpiml.data.manifest import image_uri, mask_uri, read_manifest
+
+    pairs = [[image_uri(store, r), mask_uri(store, r) if r.boxes else "Negative"]
+             for r in read_manifest(store) if r.boxes or r.split != "train"]
+    path = work / "cvip_ood.json"
+    path.write_text(json.dumps(pairs, indent=0) + "\n")
+    return str(path)
 
 
 def synthesize(photos: str, work: Path, n: int) -> dict[str, Any]:
@@ -193,8 +210,8 @@ def main(args: argparse.Namespace) -> int:
                 train(run_config(row, seed, "pretrain", args, work), work)
             done = train(run_config(row, seed, "main", args, work), work)
             tables = evaluate(done, {"cvip_val": store}, "val", work, "val")
-            if ROWS[row][1] is None:
-                tables += evaluate(done, {"cvip_all": store}, None, work, "all")
+            if ROWS[row][1] is None:  # out of domain: no image of it was a synthesis photo
+                tables += evaluate(done, {"cvip_ood": out_of_domain_list(store, work)}, None, work, "ood")
             if extra:
                 tables += evaluate(done, extra, None, work, "extra")
             results.setdefault(row, {})[seed] = tables

@@ -305,3 +305,32 @@ def test_random_save_and_describe() -> None:
 def test_bad_arguments_raise_value_errors_naming_them(call, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_a_store_pool_takes_its_train_split_and_never_leaves_the_store(tmp_path) -> None:
+    from bpiml.data.manifest import Record, write_manifest
+    from bpiml.synth.config import SynthConfig
+    from bpiml.synth.pool import photo_pool, shape_pool
+
+    store, outside = tmp_path / "store", tmp_path / "outside.png"
+    (store / "images").mkdir(parents=True)
+    outside.write_bytes(b"not in the store")
+    (store / "images" / "escape.png").symlink_to(outside)
+    records = [Record("a-train", "images/a.png", [], split="train"),
+               Record("b-val", "images/b.png", [], split="val"),
+               Record("c-forged", "images/c.png", [[1, 1, 5, 5]], mask="masks/c.png", split="train"),
+               Record("d-forged-test", "images/d.png", [[1, 1, 5, 5]], mask="masks/d.png", split="test"),
+               Record("e-escape", "images/escape.png", [], split="train")]
+    write_manifest(records, str(store))
+    with open(store / "manifest.jsonl", "a") as f:  # a hand-written line the writer would have refused
+        f.write(json.dumps({"id": "f-dotdot", "image": "../outside.png", "boxes": [], "split": "train"}) + "\n")
+    assert photo_pool(str(store)).paths == ("images/a.png",)  # val/test photos would leak into training
+    assert photo_pool(str(store), split="").paths == ("images/a.png", "images/b.png")
+    assert photo_pool(str(store), all_photos=True).paths == ("images/a.png", "images/c.png")
+    assert shape_pool(str(store)).paths == ("masks/c.png",)
+    assert shape_pool(str(store), split="").paths == ("masks/c.png", "masks/d.png")
+    with pytest.raises(ValueError, match="split 'val'"):
+        shape_pool(str(store), split="val")
+    for photos, out in ((tmp_path / "p", tmp_path / "p" / "forged"), (tmp_path / "o" / "photos", tmp_path / "o")):
+        with pytest.raises(ValueError, match="must not hold one another"):
+            SynthConfig(photos=str(photos), out=str(out)).validate()

@@ -81,7 +81,8 @@ class EvalConfig(BaseConfig):
                                repeat="--degradation")
     out: str = field("", help="output folder (local or s3://) for results.json/csv/txt, per_image/ and rejects/")
     threshold: float = field(0.5, help="probability threshold for pixel and image decisions")
-    limit: int = field(0, help="evaluate only the first N images of each set (0 = all)")
+    limit: int = field(0, help="evaluate only N images of each set (0 = all): the first N of a list; "
+                                  "of a sharded store, whichever N its read tasks deliver first")
     save_masks: bool = field(True, help="write the clean predicted masks to preds/<set>/<id>.png (for reports)")
     probs: str = field("png", help="also write the clean probability maps to probs/<set>/<id>.<png|npy>: "
                                    "png (8-bit), npy (float16) or none")

@@ -155,7 +155,7 @@ def image_row(prob: np.ndarray, gt: np.ndarray | None, threshold: float = THRESH
     gt_bool = np.zeros(prob.shape, dtype=bool) if gt is None else _as_bool(gt)
     manipulated = bool(gt_bool.any())
     row: dict[str, float | bool] = {"manipulated": manipulated, "score": image_score(prob),
-                                    "area": float((prob >= threshold).mean()) if prob.size else math.nan}
+                                    "area": float((prob > threshold).mean()) if prob.size else math.nan}
     if manipulated:
         row.update(f1=pixel_f1(prob, gt_bool, threshold), iou=pixel_iou(prob, gt_bool, threshold),
                    auc=pixel_auc(prob, gt_bool))

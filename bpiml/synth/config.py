@@ -25,6 +25,8 @@ class SynthConfig(BaseConfig):
     authentic: float = field(0.2, "share of authentic images (same post-processing, no boxes, empty mask)")
     shapes: str = field("", "a store whose GT masks lend object shapes to the regions ('' = polygons and superpixels)")
     all_photos: bool = field(False, "with a store as the pool, use every record's image, not only the authentic ones")
+    pool_split: str = field("train", "with a store as the photo or shape pool, only its records of this split "
+                            "('' = every split: a val/test image would leak into training data)")
     max_side: int = field(512, "base photos are cropped and resized so their long side is at most this")
     post_steps: int = field(3, "at most this many post-processing steps (resize, blur, noise, JPEG) per image")
     val_fraction: float = field(0.05, "share of images in the val split")
@@ -43,8 +45,12 @@ class SynthConfig(BaseConfig):
         super().validate()
         if not self.photos or not self.out:
             raise ValueError("photos and out must both be given")
-        if self.photos.rstrip("/") == self.out.rstrip("/"):
-            raise ValueError(f"out must differ from photos, both are {self.out!r}")
+        photos, out = self.photos.rstrip("/") + "/", self.out.rstrip("/") + "/"
+        if photos.startswith(out) or out.startswith(photos):
+            raise ValueError(f"out {self.out!r} and photos {self.photos!r} must not hold one another: a later run "
+                             "would take earlier forgeries for photos")
+        if self.pool_split not in ("", "train", "val", "test"):
+            raise ValueError(f"pool_split must be '', train, val or test, not {self.pool_split!r}")
         check_range("n", self.n, 1)
         check_range("seed", self.seed, 0)
         for key in MIX_KEYS:
@@ -72,7 +78,7 @@ class SynthConfig(BaseConfig):
     def recipe(self) -> dict[str, object]:
         """What decides the images, byte for byte: an output keeps one recipe (n, part_rows and the
         resources may change between runs: parts are named by the index range they hold)."""
-        keep = ("photos", "seed", "splice", "copy_move", "removal", "authentic", "shapes", "all_photos", "max_side",
+        keep = ("photos", "seed", "splice", "copy_move", "removal", "authentic", "shapes", "all_photos", "pool_split", "max_side",
                 "post_steps", "val_fraction", "box_pad", "box_jitter", "merge_distance")
         return {k: getattr(self, k) for k in keep}
 

@@ -87,7 +87,7 @@ def synthesize_block(batch: dict[str, np.ndarray], out: str, recipe: make.Recipe
             try:
                 record, image, mask = make.make_one(index, pool, shapes, recipe)
                 make.write_one(out, record, image, mask)
-            except (imageio.DecodeError, ValueError, OSError, FileNotFoundError) as err:
+            except (imageio.DecodeError, ValueError, OSError, cv2.error) as err:
                 bad.append(rejects.Reject(make.record_id(recipe.seed, index), None, "synthesize",
                                           f"{type(err).__name__}: {err}").to_dict())
                 continue
@@ -124,17 +124,19 @@ def count_kinds(out: str) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def check_recipe(out: str, cfg: SynthConfig, pool: Pool) -> dict[str, Any]:
-    """An existing output must have been made with the same recipe and photo pool."""
+def check_recipe(out: str, cfg: SynthConfig, pool: Pool, shapes: Pool | None = None) -> dict[str, Any]:
+    """An existing output must have been made with the same recipe, photo pool and shape pool."""
     wanted = {"recipe": cfg.recipe(), "recipe_hash": cfg.recipe_hash(), "photos": len(pool.paths),
-              "pool_hash": pool.digest()}
+              "pool_hash": pool.digest(), "shapes_hash": shapes.digest() if shapes is not None else None}
     uri = storage.join(out, RECIPE_FILE)
     if storage.exists(uri):
         had = json.loads(storage.read_bytes(uri))
-        if had.get("recipe_hash") != wanted["recipe_hash"] or had.get("pool_hash") != wanted["pool_hash"]:
+        if any(had.get(k) != wanted[k] for k in ("recipe_hash", "pool_hash", "shapes_hash")):
             changed = sorted(k for k in wanted["recipe"] if had.get("recipe", {}).get(k) != wanted["recipe"][k])
             if had.get("pool_hash") != wanted["pool_hash"]:
                 changed.append(f"photo pool ({had.get('photos')} photos then, {len(pool.paths)} now)")
+            if had.get("shapes_hash") != wanted["shapes_hash"]:
+                changed.append("shape pool")
             raise ValueError(f"{out} was made with another recipe (changed: {', '.join(changed)}); a store keeps "
                              "one recipe so that its images are reproducible: use a new --out")
     storage.write_bytes(uri, (json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
@@ -179,12 +181,13 @@ def _prepare(cfg: SynthConfig) -> SynthConfig:
 def run_synthesis(cfg: SynthConfig) -> dict[str, Any]:
     """Make `cfg.n` forged/authentic images into `cfg.out` (resuming it); returns the summary."""
     cfg = _prepare(cfg)
-    pool, shapes = photo_pool(cfg.photos, cfg.all_photos), shape_pool(cfg.shapes)
+    pool = photo_pool(cfg.photos, cfg.all_photos, cfg.pool_split)
+    shapes = shape_pool(cfg.shapes, cfg.pool_split)
     storage.check_writable(cfg.out)
     raycluster.init_ray()
     raycluster.check_paths_reachable({"photos": cfg.photos, "out": cfg.out}, "synthesis")
     with WriterLock(storage.join(cfg.out, LOCK_FILE), cfg.lock_ttl_s, "synthesis output") as lock:
-        recipe = check_recipe(cfg.out, cfg, pool)
+        recipe = check_recipe(cfg.out, cfg, pool, shapes)
         todo = missing_ranges(cfg.n, done_ranges(cfg.out), cfg.part_rows)
         logger.info("synthesizing %d of %d images from %d photos into %s (%d tasks of <= %d)",
                     sum(e - s for s, e in todo), cfg.n, len(pool.paths), cfg.out, len(todo), cfg.part_rows)

@@ -103,7 +103,8 @@ class TrainConfig(BaseConfig):
     train_split: str = field("train", "manifest split used for training")
     val_split: str = field("val", "manifest split used for validation (records with GT masks)")
     dice_weight: float = field(0.0, "weight of a soft Dice term added to BCE (0 = BCE only, the paper's loss)")
-    seed: int = field(0, "seed for model init, shuffling and augmentation")
+    seed: int = field(0, "seed for model init and the per-epoch block order (augmentation and store-mixing draws in "
+                        "Ray Data tasks are not seeded)")
     experiment: str = field("bpiml-student", "MLflow experiment name")
     tracking_uri: str = field("", "MLflow tracking URI; '' = MLFLOW_TRACKING_URI or sqlite in .bpiml/")
     register: str = field("", "register the best model as NAME[@ALIAS] in the MLflow registry ('' = do not register)")
