@@ -341,3 +341,26 @@ def test_mlflow_registered_model_results_and_report(data, tmp_path):
     report.build_report(samples, {}, {}, str(tmp_path / "report"), mlflow_run_id=eval_run, tracking_uri=uri)
     names = {f.path for f in client.list_artifacts(eval_run, "report")}
     assert {"report/index.html", "report/grid.png", "report/samples"} <= names
+
+
+def test_a_retried_write_is_counted_once(local_ray, tmp_path):
+    """Ray retries a write task whose worker died: it writes the same content-named parts again, and
+    its counts and statistics must then be taken once, as the files hold them once."""
+    import pyarrow as pa
+
+    from bpiml.data import parts
+    from bpiml.evaluation.sink import TableSink
+    from bpiml.runtime.counter import start_counter
+
+    counter, tally = start_counter(), start_counter()
+    sink = TableSink(str(tmp_path), "per_image", "evaluate", "run1", counter, 4,
+                     tallies=[(tally, lambda rows: {"n": float(len(rows))})])
+    block = pa.table({"id": ["a", "b", "c"], "image": ["a.png", "b.png", "c.png"], "f1": [0.5, 0.25, 0.0],
+                      "error": ["", "", "decode: truncated"]})
+    other = pa.table({"id": ["d"], "image": ["d.png"], "f1": [1.0], "error": [""]})
+    for blocks in ([block], [block], [other]):  # the first block written twice: a retry
+        sink.write(blocks, None)
+    counts = local_ray.get(counter.get.remote())
+    assert (counts["images"], counts["written"], counts["rejected"]) == (4, 3, 1)
+    assert local_ray.get(tally.get.remote()) == {"n": 4.0}
+    assert sorted(r["id"] for r in parts.iter_table(str(tmp_path / "per_image"))) == ["a", "b", "d"]

@@ -5,7 +5,7 @@ A job writes the rows it produced into `<out>/<table>/` and the rows it could no
 block, named by content) that `finish_tables` merges into shards at the end; read a table with
 `bpiml.data.parts.iter_table` (rows in no particular order). The driver never sees the rows: per block, the sink
 adds `images` / `written` / `rejected` to a counter actor, and each extra `tally` (a function of
-the block's rows) adds its sums to its own counter. A rerun into the same `out` replaces the
+the block's rows) adds its sums to its own counter, once per block even when Ray retries the write. A rerun into the same `out` replaces the
 tables (`clear_tables`).
 """
 
@@ -20,7 +20,7 @@ from ray.data.block import BlockAccessor
 from bpiml.data import parts, rejects, storage
 from bpiml.evaluation.tables import json_safe
 from bpiml.pseudolabel.commit import compact
-from bpiml.runtime.counter import add_counts
+from bpiml.runtime.counter import add_counts, block_key
 
 REJECTS_DIR = "rejects"
 SHARD_ROWS = 20_000  # rows per shard after the merge
@@ -48,11 +48,11 @@ class TableSink(Datasink):
             ok = [{k: json_safe(v) for k, v in r.items() if k != "error"} for r in rows if not r["error"]]
             bad = [rejects.Reject(str(r["id"]), str(r["image"]), self.stage, str(r["error"])).to_dict()
                    for r in rows if r["error"]]
-            parts.write_part(storage.join(self.out, REJECTS_DIR), self.run_id, bad)
-            parts.write_part(storage.join(self.out, self.table), self.run_id, ok)
-            add_counts(self.counter, {"images": len(rows), "written": len(ok), "rejected": len(bad)})
+            key = block_key(parts.write_part(storage.join(self.out, REJECTS_DIR), self.run_id, bad),
+                            parts.write_part(storage.join(self.out, self.table), self.run_id, ok))
+            add_counts(self.counter, {"images": len(rows), "written": len(ok), "rejected": len(bad)}, key)
             for counter, tally in self.tallies:
-                add_counts(counter, tally(rows))
+                add_counts(counter, tally(rows), key)
 
 
 def clear_tables(out: str, tables: Sequence[str], old_files: Sequence[str] = ()) -> None:

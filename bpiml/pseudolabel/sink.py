@@ -18,7 +18,7 @@ from ray.data.block import BlockAccessor
 
 from bpiml.data import parts, rejects, storage
 from bpiml.pseudolabel.store import REJECTS_DIR, SHARDS_DIR, SUPERSEDE_DIR
-from bpiml.runtime.counter import add_counts
+from bpiml.runtime.counter import add_counts, block_key
 
 
 def _reject_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +80,8 @@ class PartSink(Datasink):
                 continue
             rows = list(accessor.iter_rows(public_row_format=True))
             records, reject_rows, supersede, counts = route([dict(r) for r in rows])
-            parts.write_part(storage.join(self.out, SUPERSEDE_DIR), self.run_id, supersede)
-            parts.write_part(storage.join(self.out, REJECTS_DIR), self.run_id, reject_rows)
-            parts.write_part(storage.join(self.out, SHARDS_DIR), self.run_id, records)  # last: the commit point
-            add_counts(self.counter, counts)
+            key = block_key(parts.write_part(storage.join(self.out, SUPERSEDE_DIR), self.run_id, supersede),
+                            parts.write_part(storage.join(self.out, REJECTS_DIR), self.run_id, reject_rows),
+                            # last: the commit point
+                            parts.write_part(storage.join(self.out, SHARDS_DIR), self.run_id, records))
+            add_counts(self.counter, counts, key)

@@ -3,6 +3,9 @@
     counter = start_counter()              # on the driver
     add_counts(counter, {"labeled": 32})   # in a task or a sink, once per block
     ray.get(counter.get.remote())          # on the driver, at the end
+
+A sink passes `key` (the names of the content-named parts it wrote): a write task that Ray retries
+writes the same parts again and its counts are then taken once, so the counts always match the files.
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ class RunCounter:
 
     def __init__(self) -> None:
         self.counts: dict[Any, float] = {}
+        self.seen: set[str] = set()
 
-    def add(self, counts: dict[Any, float]) -> None:
+    def add(self, counts: dict[Any, float], key: str | None = None) -> None:
+        if key is not None:
+            if key in self.seen:
+                return
+            self.seen.add(key)
         for key, value in counts.items():
             self.counts[key] = self.counts.get(key, 0) + value
 
@@ -35,6 +43,13 @@ def start_counter() -> Any:
     return RunCounter.options(scheduling_strategy=here).remote()
 
 
-def add_counts(counter: Any, counts: dict[Any, float]) -> None:
+def add_counts(counter: Any, counts: dict[Any, float], key: str | None = None) -> None:
+    """Add `counts`; with `key`, only the first time that key is seen (a retried write's counts)."""
     if counter is not None and counts:
-        ray.get(counter.add.remote(counts))
+        ray.get(counter.add.remote(counts, key))
+
+
+def block_key(*uris: str | None) -> str | None:
+    """The key of a block's counts: the parts it wrote (named by content), None when it wrote none."""
+    written = [u for u in uris if u]
+    return "|".join(written) if written else None
