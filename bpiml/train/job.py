@@ -233,6 +233,8 @@ def _train(config: TrainConfig) -> TrainResult:
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     run_dir = storage.join(config.storage_path, config.run_name)
     init = _resolve_init(config, run_dir, tracking_uri)
+    if init is None and config.init_from:  # resumes a run that started from a model: fetch no backbone
+        config = config.replace(model=config.model.replace(backbone_weights=pretrained.NONE))
     data = check_training_inputs(config)
     config, backbone = resolve_backbone_weights(config, init)
     _check_shared(config, tracking_uri)
