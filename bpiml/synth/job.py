@@ -132,7 +132,8 @@ def check_recipe(out: str, cfg: SynthConfig, pool: Pool, shapes: Pool | None = N
     if storage.exists(uri):
         had = json.loads(storage.read_bytes(uri))
         if any(had.get(k) != wanted[k] for k in ("recipe_hash", "pool_hash", "shapes_hash")):
-            changed = sorted(k for k in wanted["recipe"] if had.get("recipe", {}).get(k) != wanted["recipe"][k])
+            before = had.get("recipe", {})
+            changed = sorted(k for k in {*before, *wanted["recipe"]} if before.get(k) != wanted["recipe"].get(k))
             if had.get("pool_hash") != wanted["pool_hash"]:
                 changed.append(f"photo pool ({had.get('photos')} photos then, {len(pool.paths)} now)")
             if had.get("shapes_hash") != wanted["shapes_hash"]:
