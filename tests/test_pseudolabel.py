@@ -190,3 +190,41 @@ def test_config_errors_name_the_key(tmp_path):
         PseudoLabelConfig.from_dict({"actors": 2})
     with pytest.raises(FileNotFoundError, match="manifest.jsonl"):
         run_pseudolabel(PseudoLabelConfig(store=str(tmp_path / "nothing"), out=str(tmp_path / "o")))
+
+
+def test_an_unchanged_finished_output_reruns_without_a_pass(tmp_path, monkeypatch):
+    """A rerun of a finished output with the same manifest files, teacher and options does nothing and
+    writes nothing; a touched manifest, another option, --limit or an earlier reject bring back the full pass."""
+    import os
+
+    from bpiml.data.sample import make_sample_store
+    from bpiml.pseudolabel import job
+    from bpiml.pseudolabel.store import read_index
+
+    store, out = make_sample_store(str(tmp_path / "store"), n_images=6, seed=3, size=64), tmp_path / "out"
+    cfg = PseudoLabelConfig(store=store, out=str(out), teacher="box", num_actors=1)
+    first = run_pseudolabel(cfg)
+    assert first["labeled_this_run"] == 6 and first["rejected"] == 0
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    passes = []
+    build = job.build_pipeline
+    monkeypatch.setattr(job, "build_pipeline", lambda *a, **k: passes.append(1) or build(*a, **k))
+    again = run_pseudolabel(cfg.replace(num_actors=2, part_rows=8))  # resources and layout change no record
+    assert (again["labeled_this_run"], again["skipped_already_labeled"], again["labeled_total"]) == (0, 6, 6)
+    assert passes == [] and {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
+    for changed in (cfg.replace(max_boxes=8), cfg.replace(limit=3)):
+        assert run_pseudolabel(changed)["skipped_already_labeled"] in (6, 3)
+    assert len(passes) == 2
+    manifest = Path(store) / "manifest.jsonl"
+    os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 10**9))  # a rewritten manifest
+    assert run_pseudolabel(cfg)["skipped_already_labeled"] == 6 and len(passes) == 3
+    assert run_pseudolabel(cfg)["skipped_already_labeled"] == 6 and len(passes) == 3  # complete again: no pass
+    with open(manifest, "a") as f:  # a bad line: its reject is retried by every rerun
+        f.write("{not json\n")
+    tolerant = cfg.replace(max_reject_rate=0.5)
+    assert run_pseudolabel(tolerant)["rejected"] == 1 and len(passes) == 4
+    assert run_pseudolabel(tolerant)["rejected"] == 1 and len(passes) == 5
+    assert read_index(str(out))["complete"]
+    part = tmp_path / "part"  # a --limit run covers only part of the manifest: the next full run labels the rest
+    assert run_pseudolabel(cfg.replace(out=str(part), limit=2))["labeled_this_run"] == 2
+    assert run_pseudolabel(cfg.replace(out=str(part), max_reject_rate=0.5))["labeled_this_run"] == 4

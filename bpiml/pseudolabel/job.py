@@ -12,6 +12,8 @@ rerunning the same command resumes it (`bpiml.pseudolabel.plan`); one job writes
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -72,6 +74,34 @@ def check_output(index: dict[str, Any] | None, cfg: PseudoLabelConfig, identity:
             f"{cfg.out} holds pseudo masks of teacher {previous}; this run's teacher is {identity}. Mixing teachers "
             "in one store would train on both without saying so: use a new --out, or pass --relabel to relabel "
             "every record with this teacher.")
+
+
+RECORD_KEYS = ("store", "teacher", "variant", "fast", "max_boxes", "grabcut_time_limit_s")  # besides the teacher
+
+
+def input_signature(cfg: PseudoLabelConfig, files: list[str], identity: str) -> str:
+    """What a finished run's records follow from: the teacher's identity (its weights' content), the options
+    that change a record, and each manifest file's version; resources, layout and endpoints change none."""
+    options = {k: getattr(cfg, k) for k in RECORD_KEYS}
+    listing = list(zip(files, storage.versions(files)))
+    return hashlib.sha256(json.dumps([identity, options, listing], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def unchanged_rerun(cfg: PseudoLabelConfig, index: dict[str, Any] | None, signature: str) -> dict[str, Any] | None:
+    """The summary of a rerun with nothing to do, or None: the last run finished complete with no reject
+    from the same manifest files, teacher and options (a reject is retried by a full pass; so is --limit)."""
+    if cfg.limit or not index or not index.get("complete") or index.get("input_signature") != signature:
+        return None
+    uri = storage.join(cfg.out, "summary.json")
+    try:
+        last = json.loads(storage.read_bytes(uri))
+    except (OSError, ValueError):
+        return None
+    if last.get("rejected") or last.get("duplicates") or last.get("out") != cfg.out:
+        return None
+    return {**last, "labeled_this_run": 0, "skipped_already_labeled": last["images_in_manifest"], "relabeled": 0,
+            "converted_or_clipped": 0, "superseded_removed": 0, "seconds": 0.0, "images_per_second": 0.0,
+            "mean_iou_vs_gt": None, "images_with_gt": 0}
 
 
 def _plan_partitions(files: list[str]) -> int:
@@ -143,13 +173,21 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     """Label every image of `cfg.store` into `cfg.out`; returns the summary (also saved as summary.json)."""
     cfg = _prepare(cfg)
     files = check_locations(cfg)
+    identity = teacher_identity(cfg.resolved_teacher, **_teacher_options(cfg))
+    source = source_reference(cfg.store, cfg.out)
+    index = read_index(cfg.out)
+    check_output(index, cfg, identity, source)
+    signature = input_signature(cfg, files, identity)
+    done = unchanged_rerun(cfg, index, signature)
+    if done is not None:  # no pass over the store, no Ray: a finished output reruns in one listing, writing nothing
+        logger.info("%s is complete for this manifest, teacher and options (run %s): nothing to label",
+                    cfg.out, index["runs"][-1] if index.get("runs") else "?")
+        return done
     raycluster.init_ray()
     cfg = cfg.replace(gpus_per_actor=_gpus_per_actor(cfg))
     raycluster.wait_for_resources(cfg.cpus_per_actor * cfg.num_actors, (cfg.gpus_per_actor or 0) * cfg.num_actors,
                                   cfg.resource_wait_s, "pseudo-labeling")
     raycluster.check_paths_reachable({"store": cfg.store, "out": cfg.out}, "pseudo-labeling")
-    identity = teacher_identity(cfg.resolved_teacher, **_teacher_options(cfg))
-    source = source_reference(cfg.store, cfg.out)
     with WriterLock(storage.join(cfg.out, LOCK_FILE), cfg.lock_ttl_s, "pseudo-labeling output") as lock:
         index = read_index(cfg.out)
         check_output(index, cfg, identity, source)
@@ -170,7 +208,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
         committed = _commit(cfg, run_id, lock)
         summary = build_summary(cfg, counts, committed, elapsed, identity)
         storage.write_bytes(storage.join(cfg.out, "summary.json"), (summary.to_json() + "\n").encode())
-        write_index(cfg.out, {"complete": True, "source": source, "runs": runs[-20:],
+        write_index(cfg.out, {"complete": True, "source": source, "runs": runs[-20:], "input_signature": None if cfg.limit else signature,
                               "teacher": {"identity": identity, "name": cfg.resolved_teacher},
                               "records": committed["stats"]["records"], "teachers": committed["stats"]["teachers"]})
     logger.debug("\n%s", format_summary(summary))  # jobs/pseudolabel.py prints it
