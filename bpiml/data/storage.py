@@ -247,27 +247,6 @@ def _listing(uri: str, kind: str) -> list[str]:
     return sorted(_uri(name.rstrip("/"), uri) for name in wanted)
 
 
-def versions(uris: list[str]) -> list[str]:
-    """A version string per file ("size:mtime_ns" locally, "size:ETag" on S3), one listing per folder:
-    when it is unchanged, so is the file (short of a same-size rewrite within the clock's resolution)."""
-    by_folder: dict[str, dict[str, str]] = {}
-    out = []
-    for uri in uris:
-        folder = parent(uri)
-        if folder not in by_folder:
-            fs, path = filesystem(folder)
-            try:
-                entries = fs.ls(path, detail=True)
-            except FileNotFoundError:
-                entries = []
-            by_folder[folder] = {_uri(e["name"].rstrip("/"), folder): f"{e.get('size')}:"
-                                 f"{e.get('ETag') or e.get('mtime') or e.get('LastModified')}" for e in entries}
-        if uri not in by_folder[folder]:
-            raise FileNotFoundError(uri)
-        out.append(by_folder[folder][uri])
-    return out
-
-
 def list_files(uri: str, suffix: str = "") -> list[str]:
     """Full URIs of the files directly below `uri` ending in `suffix` (empty list if none)."""
     return [u for u in _listing(uri, "file") if u.endswith(suffix)]

@@ -79,11 +79,22 @@ def check_output(index: dict[str, Any] | None, cfg: PseudoLabelConfig, identity:
 RECORD_KEYS = ("store", "teacher", "variant", "fast", "max_boxes", "grabcut_time_limit_s")  # besides the teacher
 
 
+def file_versions(uris: list[str]) -> list[str]:
+    """A version per file ("size:mtime" locally, "size:ETag" on S3) from one listing per folder."""
+    listed: dict[str, dict[str, str]] = {}
+    for folder in dict.fromkeys(storage.parent(u) for u in uris):
+        fs, path = storage.filesystem(folder)
+        prefix = "s3://" if storage.is_s3(folder) else ""
+        listed[folder] = {prefix + e["name"].rstrip("/"): f"{e.get('size')}:{e.get('ETag') or e.get('mtime')}"
+                          for e in fs.ls(path, detail=True)}
+    return [listed[storage.parent(u)].get(u, "gone") for u in uris]
+
+
 def input_signature(cfg: PseudoLabelConfig, files: list[str], identity: str) -> str:
     """What a finished run's records follow from: the teacher's identity (its weights' content), the options
     that change a record, and each manifest file's version; resources, layout and endpoints change none."""
     options = {k: getattr(cfg, k) for k in RECORD_KEYS}
-    listing = list(zip(files, storage.versions(files)))
+    listing = list(zip(files, file_versions(files)))
     return hashlib.sha256(json.dumps([identity, options, listing], sort_keys=True, default=str).encode()).hexdigest()
 
 

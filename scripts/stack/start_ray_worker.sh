@@ -42,10 +42,23 @@ args=(start --address "$(cat "$STACK_DIR/ray.gcs")" --node-ip-address "$NODE_IP"
       --labels "{\"bpiml-node\": \"worker-$K\"}" --disable-usage-stats)
 
 start=$SECONDS
+# A checkout or venv under /tmp (a fresh clone in /tmp/x) stays visible through the tmpfs: its top folder
+# below /tmp is bound aside first, then back in place (the rest of /tmp is the node's own).
+KEEP=()
+for path in "$REPO_ROOT" "$VENV"; do
+    real="$(realpath "$path")"
+    top="/tmp/$(cut -d/ -f3 <<< "$real")"
+    [[ "$real" == /tmp/* && " ${KEEP[*]} " != *" $top "* ]] && KEEP+=("$top")
+done
 if [[ "$(id -u)" == 0 ]] && unshare --mount --propagation private true 2>/dev/null; then
-    SCRATCH="private tmpfs on /tmp"
-    start_group "$NAME" unshare --mount --propagation private bash -c \
-        'mount -t tmpfs -o size=4g bpiml-scratch /tmp && exec "$0" "$@" --temp-dir /tmp/ray' "$VENV/bin/ray" "${args[@]}"
+    SCRATCH="private tmpfs on /tmp${KEEP:+ (keeping ${KEEP[*]})}"
+    start_group "$NAME" unshare --mount --propagation private bash -c '
+        aside="$0"; keep=()
+        while [[ "$1" != -- ]]; do keep+=("$1"); shift; done; shift
+        for k in "${keep[@]}"; do mkdir -p "$aside$k" && mount --bind "$k" "$aside$k" || exit 1; done
+        mount -t tmpfs -o size=4g bpiml-scratch /tmp || exit 1
+        for k in "${keep[@]}"; do mkdir -p "$k" && mount --bind "$aside$k" "$k" || exit 1; done
+        exec "$@" --temp-dir /tmp/ray' "$STACK_DIR/$NAME-aside" "${KEEP[@]}" -- "$VENV/bin/ray" "${args[@]}"
 else
     SCRATCH="$STACK_DIR/$NAME (no private mount namespace here: local paths stay shared, see docs/deployment.md)"
     log "$NAME: WARNING: cannot unshare a mount namespace; the node shares the head's disk"
