@@ -92,13 +92,20 @@ def private_scratch(stack: LocalStack) -> bool:
     return "private" in done.stdout
 
 
+# The node's own entries of /tmp: not Ray's session, not a folder bound in from the host (a checkout or
+# venv under /tmp that start_ray_worker.sh keeps visible: removing it would remove the real one).
+SCRATCH_ENTRIES = ('for p in /tmp/* /tmp/.[!.]*; do [ -e "$p" ] && [ "$p" != /tmp/ray ] && ! mountpoint -q "$p" '
+                   '&& echo "$p"; done')
+
+
 def wipe_worker_scratch(stack: LocalStack) -> list[str]:
     """Empty each worker's /tmp but Ray's own session; returns what was there (nothing may be needed later)."""
     found = []
     for k in range(1, stack.workers + 1):
-        listing = _in_worker(stack, k, "find", "/tmp", "-mindepth", "1", "-maxdepth", "1", "!", "-name", "ray")
-        found += [f"worker-{k}:{p}" for p in listing.stdout.split()]
-        _in_worker(stack, k, "sh", "-c", "find /tmp -mindepth 1 -maxdepth 1 ! -name ray -exec rm -rf {} +")
+        listing = _in_worker(stack, k, "sh", "-c", SCRATCH_ENTRIES).stdout.split()
+        found += [f"worker-{k}:{p}" for p in listing]
+        if listing:
+            _in_worker(stack, k, "rm", "-rf", "--one-file-system", *listing)
     return found
 
 
