@@ -194,12 +194,9 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_an_unchanged_finished_output_reruns_without_a_pass(tmp_path, monkeypatch):
     """A rerun of a finished output with the same manifest files, teacher and options does nothing and
-    writes nothing; a touched manifest, another option, --limit or an earlier reject bring back the full pass."""
-    import os
-
+    writes nothing; a --limit run leaves no signature, so the next full run labels the rest."""
     from bpiml.data.sample import make_sample_store
     from bpiml.pseudolabel import job
-    from bpiml.pseudolabel.store import read_index
 
     store, out = make_sample_store(str(tmp_path / "store"), n_images=6, seed=3, size=64), tmp_path / "out"
     cfg = PseudoLabelConfig(store=store, out=str(out), teacher="box", num_actors=1)
@@ -212,19 +209,40 @@ def test_an_unchanged_finished_output_reruns_without_a_pass(tmp_path, monkeypatc
     again = run_pseudolabel(cfg.replace(num_actors=2, part_rows=8))  # resources and layout change no record
     assert (again["labeled_this_run"], again["skipped_already_labeled"], again["labeled_total"]) == (0, 6, 6)
     assert passes == [] and {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
-    for changed in (cfg.replace(max_boxes=8), cfg.replace(limit=3)):
-        assert run_pseudolabel(changed)["skipped_already_labeled"] in (6, 3)
-    assert len(passes) == 2
-    manifest = Path(store) / "manifest.jsonl"
-    os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 10**9))  # a rewritten manifest
-    assert run_pseudolabel(cfg)["skipped_already_labeled"] == 6 and len(passes) == 3
-    assert run_pseudolabel(cfg)["skipped_already_labeled"] == 6 and len(passes) == 3  # complete again: no pass
-    with open(manifest, "a") as f:  # a bad line: its reject is retried by every rerun
-        f.write("{not json\n")
-    tolerant = cfg.replace(max_reject_rate=0.5)
-    assert run_pseudolabel(tolerant)["rejected"] == 1 and len(passes) == 4
-    assert run_pseudolabel(tolerant)["rejected"] == 1 and len(passes) == 5
-    assert read_index(str(out))["complete"]
-    part = tmp_path / "part"  # a --limit run covers only part of the manifest: the next full run labels the rest
+    part = tmp_path / "part"
     assert run_pseudolabel(cfg.replace(out=str(part), limit=2))["labeled_this_run"] == 2
-    assert run_pseudolabel(cfg.replace(out=str(part), max_reject_rate=0.5))["labeled_this_run"] == 4
+    assert run_pseudolabel(cfg.replace(out=str(part)))["labeled_this_run"] == 4 and len(passes) == 2
+
+
+def test_what_brings_back_the_full_pass(tmp_path):
+    """The signature follows the manifest files' versions and the record options, not resources; an
+    output with rejects, an incomplete one or a --limit run never skips the pass."""
+    import json
+    import os
+
+    from bpiml.data.manifest import manifest_files
+    from bpiml.data.sample import make_sample_store
+    from bpiml.pseudolabel.job import input_signature, unchanged_rerun
+
+    store, out = make_sample_store(str(tmp_path / "store"), n_images=2, seed=3, size=32), tmp_path / "out"
+    cfg = PseudoLabelConfig(store=store, out=str(out), teacher="box")
+    files = manifest_files(store)
+    sign = lambda c: input_signature(c, files, "box-v1")  # noqa: E731
+    signature = sign(cfg)
+    assert sign(cfg.replace(num_actors=5, batch_size=1, part_rows=3, s3_endpoint="http://x")) == signature
+    for changed in (cfg.replace(max_boxes=3), cfg.replace(grabcut_time_limit_s=1.0)):
+        assert sign(changed) != signature
+    assert input_signature(cfg, files, "grabcut-v2-abc") != signature
+    manifest = Path(files[0])
+    os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 10**9))
+    assert sign(cfg) != signature
+    out.mkdir()
+    summary = {"out": str(out), "images_in_manifest": 2, "rejected": 0, "duplicates": 0, "labeled_total": 2}
+    (out / "summary.json").write_text(json.dumps(summary))
+    index = {"complete": True, "input_signature": signature, "runs": ["r1"]}
+    assert unchanged_rerun(cfg, index, signature)["skipped_already_labeled"] == 2
+    assert unchanged_rerun(cfg.replace(limit=1), index, signature) is None
+    assert unchanged_rerun(cfg, {**index, "complete": False}, signature) is None
+    assert unchanged_rerun(cfg, index, sign(cfg)) is None  # the touched manifest
+    (out / "summary.json").write_text(json.dumps({**summary, "rejected": 1}))  # a reject is retried
+    assert unchanged_rerun(cfg, index, signature) is None
