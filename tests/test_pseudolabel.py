@@ -227,7 +227,7 @@ def test_what_brings_back_the_full_pass(tmp_path):
     store, out = make_sample_store(str(tmp_path / "store"), n_images=2, seed=3, size=32), tmp_path / "out"
     cfg = PseudoLabelConfig(store=store, out=str(out), teacher="box")
     files = manifest_files(store)
-    sign = lambda c: input_signature(c, files, "box-v1")  # noqa: E731
+    sign = lambda c: input_signature(c, files, "box-v1")
     signature = sign(cfg)
     assert sign(cfg.replace(num_actors=5, batch_size=1, part_rows=3, s3_endpoint="http://x")) == signature
     for changed in (cfg.replace(max_boxes=3), cfg.replace(grabcut_time_limit_s=1.0)):

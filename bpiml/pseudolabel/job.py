@@ -22,8 +22,8 @@ from typing import Any
 
 import ray
 
-from bpiml.data import manifest as manifest_io
 from bpiml.data import inputs, parts, rejects, storage
+from bpiml.data import manifest as manifest_io
 from bpiml.data.lock import WriterLock
 from bpiml.pseudolabel import commit, plan
 from bpiml.pseudolabel.config import PseudoLabelConfig
