@@ -5,8 +5,8 @@ A job writes the rows it produced into `<out>/<table>/` and the rows it could no
 block, named by content) that `finish_tables` merges into shards at the end; read a table with
 `bpiml.data.parts.iter_table` (rows in no particular order). The driver never sees the rows: per block, the sink
 adds `images` / `written` / `rejected` to a counter actor, and each extra `tally` (a function of
-the block's rows) adds its sums to its own counter, once per block even when Ray retries the write. A rerun into the same `out` replaces the
-tables (`clear_tables`).
+the block's rows) adds its sums to its own counter, once per block even when Ray retries the write.
+A rerun into the same `out` replaces the tables (`clear_tables`).
 """
 
 from __future__ import annotations

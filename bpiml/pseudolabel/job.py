@@ -219,7 +219,8 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
         committed = _commit(cfg, run_id, lock)
         summary = build_summary(cfg, counts, committed, elapsed, identity)
         storage.write_bytes(storage.join(cfg.out, "summary.json"), (summary.to_json() + "\n").encode())
-        write_index(cfg.out, {"complete": True, "source": source, "runs": runs[-20:], "input_signature": None if cfg.limit else signature,
+        write_index(cfg.out, {"complete": True, "source": source, "runs": runs[-20:],
+                              "input_signature": None if cfg.limit else signature,
                               "teacher": {"identity": identity, "name": cfg.resolved_teacher},
                               "records": committed["stats"]["records"], "teachers": committed["stats"]["teachers"]})
     logger.debug("\n%s", format_summary(summary))  # jobs/pseudolabel.py prints it

@@ -29,8 +29,8 @@ class RunCounter:
             if key in self.seen:
                 return
             self.seen.add(key)
-        for key, value in counts.items():
-            self.counts[key] = self.counts.get(key, 0) + value
+        for name, value in counts.items():
+            self.counts[name] = self.counts.get(name, 0) + value
 
     def get(self) -> dict[Any, float]:
         return dict(self.counts)

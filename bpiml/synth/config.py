@@ -78,8 +78,8 @@ class SynthConfig(BaseConfig):
     def recipe(self) -> dict[str, object]:
         """What decides the images, byte for byte: an output keeps one recipe (n, part_rows and the
         resources may change between runs: parts are named by the index range they hold)."""
-        keep = ("photos", "seed", "splice", "copy_move", "removal", "authentic", "shapes", "all_photos", "pool_split", "max_side",
-                "post_steps", "val_fraction", "box_pad", "box_jitter", "merge_distance")
+        keep = ("photos", "seed", "splice", "copy_move", "removal", "authentic", "shapes", "all_photos", "pool_split",
+                "max_side", "post_steps", "val_fraction", "box_pad", "box_jitter", "merge_distance")
         return {k: getattr(self, k) for k in keep}
 
     def recipe_hash(self) -> str:
