@@ -181,3 +181,19 @@ def test_s3_data_survives_a_restart_of_the_store(local_stack: LocalStack) -> Non
                           {"BPIML_S3_PORT": local_stack.s3_endpoint.rsplit(":", 1)[1]}, 300)
     assert endpoint == local_stack.s3_endpoint
     assert _s3(local_stack).get_object(Bucket=bucket, Key="kept.txt")["Body"].read() == b"still here"
+
+
+def test_ports_a_stack_picks_are_distinct_and_never_handed_out_twice(tmp_path: Path) -> None:
+    """Ports picked one at a time gave two components of one Ray node the same port (kill-test run
+    13 of 20: the worker node never started). One pick holds its sockets until all are picked, and
+    a stack's later picks skip every port it reserved before (its services bind them later)."""
+    from bpiml.runtime.loopback import free_ports
+
+    assert len(set(free_ports(300))) == 300
+    stack_dir = tmp_path / "stack"
+    env = {**os.environ, "BPIML_STACK_DIR": str(stack_dir), "BPIML_VENV": sys.prefix}
+    script = f"source {Path(__file__).parents[1] / 'scripts/stack/common.sh'}; free_ports 300; free_ports 300"
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True)
+    picks = [line.split() for line in done.stdout.splitlines()]
+    assert [len(p) for p in picks] == [300, 300] and len(set(picks[0] + picks[1])) == 600
+    assert (stack_dir / "ports.reserved").read_text().split() == picks[0] + picks[1]

@@ -29,8 +29,21 @@ def keep_loopback(address: str | None = None) -> bool:
     return True
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports free on 127.0.0.1 now (the kernel picks them outside Ray's worker port
+    range). Every socket is held until all are picked: picked one at a time, the kernel may hand
+    out the same port twice."""
+    held = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the kernel picks one outside Ray's worker port range)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from bpiml.config import BaseConfig, check_range, field
-from bpiml.runtime.loopback import free_port
+from bpiml.runtime.loopback import free_ports
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +156,15 @@ def start_local_stack(state_dir: str, config: StackConfig | None = None) -> Loca
     config = config or StackConfig()
     config.validate()
     Path(state_dir).mkdir(parents=True, exist_ok=True)
+    ports = [str(port) for port in free_ports(4)]
+    with Path(state_dir, "ports.reserved").open("a") as reserved:  # the scripts' own picks skip these
+        reserved.write("".join(f"{port}\n" for port in ports))
     env = {
-        "BPIML_S3_PORT": str(free_port()),
-        "BPIML_MLFLOW_PORT": str(free_port()),
+        "BPIML_S3_PORT": ports[0],
+        "BPIML_MLFLOW_PORT": ports[1],
         "BPIML_MLFLOW_BUCKET": config.mlflow_bucket,
-        "BPIML_RAY_PORT": str(free_port()),
-        "BPIML_RAY_DASHBOARD_PORT": str(free_port()),
+        "BPIML_RAY_PORT": ports[2],
+        "BPIML_RAY_DASHBOARD_PORT": ports[3],
         "BPIML_RAY_WORKERS": str(config.workers),
         "BPIML_RAY_WORKER_CPUS": str(config.worker_cpus),
         "BPIML_RAY_OBJECT_STORE_BYTES": str(config.object_store_bytes),

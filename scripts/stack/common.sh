@@ -3,6 +3,7 @@
 # State layout (BPIML_STACK_DIR, default <repo>/.bpiml/stack):
 #   <service>.pid     process-group leader started by us (setsid), the only thing stop_* kills
 #   <service>.port    port it listens on
+#   ports.reserved    every port this stack picked (free_ports), never handed out twice
 #   <service>.log     its stdout/stderr
 #   s3.env            the S3 endpoint's access key and secret (generated once, mode 600)
 #   s3data/           SeaweedFS data (kept across restarts)
@@ -50,10 +51,35 @@ chmod 700 "$STACK_DIR"
 die() { echo "error: $*" >&2; exit 1; }
 log() { echo "[stack] $*" >&2; }
 
-# free_port: print a TCP port that is free on 127.0.0.1 right now.
-free_port() {
-    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+# free_ports N: print N distinct TCP ports, free on 127.0.0.1 right now, and reserve them in
+# $STACK_DIR/ports.reserved. One kernel pick per port, each socket held until all N are picked:
+# picked one at a time, the kernel may hand out a port twice (two components of one Ray node got
+# the same port, and the node never started). A port this stack reserved before (picked, perhaps
+# not yet bound by its service) is never handed out again. Callers run one at a time.
+free_ports() {
+    "$PY" - "$1" "$STACK_DIR/ports.reserved" <<'PYEOF'
+import socket, sys
+from pathlib import Path
+
+n, reserved = int(sys.argv[1]), Path(sys.argv[2])
+taken = set(reserved.read_text().split()) if reserved.exists() else set()
+held, ports = [], []
+while len(ports) < n:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    held.append(sock)
+    port = str(sock.getsockname()[1])
+    if port not in taken:
+        taken.add(port)
+        ports.append(port)
+with reserved.open("a") as out:
+    out.write("".join(f"{port}\n" for port in ports))
+print(" ".join(ports))
+PYEOF
 }
+
+# free_port: one port, as free_ports.
+free_port() { free_ports 1; }
 
 # port_busy PORT: true when something accepts connections on 127.0.0.1:PORT.
 port_busy() {

@@ -86,8 +86,7 @@ export_services
 export PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV"
 
 # Fixed ports for the head's helper servers would collide with a second head on this machine.
-CLIENT_PORT="$(free_port)"; AGENT_PORT="$(free_port)"; AGENT_GRPC_PORT="$(free_port)"
-RUNTIME_ENV_PORT="$(free_port)"; METRICS_PORT="$(free_port)"
+read -r CLIENT_PORT AGENT_PORT AGENT_GRPC_PORT RUNTIME_ENV_PORT METRICS_PORT <<< "$(free_ports 5)"
 
 start=$SECONDS
 start_group ray "$VENV/bin/ray" start --head \

@@ -27,8 +27,7 @@ unset RAY_AUTH_TOKEN RAY_ADDRESS RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 export_services
 export PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" BPIML_CACHE=/tmp/bpiml-cache
 
-ports=()
-for _ in 1 2 3 4 5 6 7; do ports+=("$(free_port)"); done
+read -r -a ports <<< "$(free_ports 7)"
 # Worker processes get 1000 ports of their own: above the head's (Ray's default 10002-19999) and
 # below the kernel's ephemeral range, where free_port (and every outgoing connection) picks ports.
 MIN_WORKER_PORT=$((19000 + 1000 * K))

@@ -39,8 +39,7 @@ PYEOF
 
 PORT="${BPIML_S3_PORT:-$(free_port)}"
 wait_port_free "$PORT" 10 || die "s3: port $PORT on $HOST is already in use (set BPIML_S3_PORT)"
-ports=()
-for _ in 1 2 3 4 5 6 7; do ports+=("$(free_port)"); done
+read -r -a ports <<< "$(free_ports 7)"
 mkdir -p "$STACK_DIR/s3data"
 
 start=$SECONDS
