@@ -246,3 +246,29 @@ def test_what_brings_back_the_full_pass(tmp_path):
     assert unchanged_rerun(cfg, index, sign(cfg)) is None  # the touched manifest
     (out / "summary.json").write_text(json.dumps({**summary, "rejected": 1}))  # a reject is retried
     assert unchanged_rerun(cfg, index, signature) is None
+
+
+def test_every_bad_line_is_its_own_reject_and_the_counts_add_up(tmp_path):
+    """Lines without a usable id (a JSON array, an empty id, the same malformed line twice), a bad line
+    sharing an id with a good one, and a duplicated id: one reject row per line, named by `file:line`,
+    and input lines = labeled + skipped + rejected (the summary checks it on every run)."""
+    store, out = tmp_path / "store", tmp_path / "out"
+    photo = _write(store, "images/a.jpg", _jpeg(_photo(40, 50, 1)))
+    good = [json.dumps({"id": f"g{i}", "image": photo, "boxes": [[5, 5, 20, 20]]}) for i in range(3)]
+    lines = [good[0], '["a", "json", "array"]', json.dumps({"id": "", "image": photo, "boxes": []}),
+             "{not json", "{not json", good[1], json.dumps({"id": "g1", "image": photo}),  # g1 also on a bad line
+             good[2], good[2]]  # g2 twice
+    (store / "manifest.jsonl").write_text("\n".join(lines) + "\n\n")
+    summary = run_pseudolabel(PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_actors=1,
+                                                max_reject_rate=1.0))
+    rejects = read_rejects(str(out))
+    manifest_file = str(store / "manifest.jsonl")
+    named = sorted(r["reason"].split(": ", 1)[0] for r in rejects if not r["id"])
+    assert named == [f"{manifest_file}:{n}" for n in (2, 3, 4, 5)]  # each id-less line on its own
+    assert sorted(r["id"] for r in rejects if r["id"]) == ["g1", "g1", "g2", "g2"]
+    assert summary["images_in_manifest"] == len(lines) == 9
+    assert summary["labeled_this_run"] == 1 and summary["rejected"] == 8 and summary["duplicates"] == 2
+    assert summary["labeled_this_run"] + summary["skipped_already_labeled"] + summary["rejected"] == 9
+    again = run_pseudolabel(PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_actors=1,
+                                              max_reject_rate=1.0))
+    assert (again["skipped_already_labeled"], again["rejected"]) == (1, 8)

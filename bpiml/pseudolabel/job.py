@@ -131,7 +131,7 @@ def _gpus_per_actor(cfg: PseudoLabelConfig) -> float:
 
 
 def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, counter: Any) -> ray.data.Dataset:
-    text = read_lines(files)
+    text = read_lines(files, include_paths=True, line_numbers=True)
     if cfg.limit:
         text = text.limit(cfg.limit)
     rows = text.map_batches(parse_lines, fn_kwargs={"identity": identity}, batch_size=1024, batch_format="numpy",
@@ -226,6 +226,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     logger.debug("\n%s", format_summary(summary))  # jobs/pseudolabel.py prints it
     if summary.images_in_manifest == 0:
         raise ValueError(f"{cfg.store}: the manifest has no records (files: {', '.join(files[:3])})")
+    summary.check_counts()
     rejects.check_reject_rate(summary.rejected, summary.images_in_manifest, cfg.max_reject_rate,
                               "pseudo-labeling", storage.join(cfg.out, REJECTS_DIR))
     return summary.to_dict()

@@ -8,7 +8,8 @@ id meet in one block, wherever the cluster holds them; the driver never holds th
 - it holds none: `label` (`new`); it holds records of another fingerprint (another teacher,
   weights, variant, or an edited record): `label` (`relabel`) and the old records are `superseded`:
   removed from their shards when the run ends, their masks deleted when no kept record uses them;
-- the input has the id more than once: one reject row, and any old record is superseded;
+- the input has the id more than once, or on a bad line: a reject row for each of its lines (a line
+  with no usable id is its own, named `file:line`), and any old record is superseded;
 - the output holds an id the input does not: kept (a run never shrinks its output; `--limit`
   only limits what is labeled).
 
@@ -19,6 +20,7 @@ also compares fingerprints, which is why resume is planned here (see docs/archit
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from typing import Any
@@ -75,21 +77,28 @@ def _supersede(done: dict[str, Any], keep_mask: str | None) -> dict[str, Any]:
             and done["pseudo_mask"] != keep_mask}
 
 
+def _reject_each(inputs: list[dict[str, Any]], reason: str) -> list[dict[str, Any]]:
+    """Every input row of an id that cannot be labeled, each its own reject row: the rows that are
+    rejects already keep their reason, the others get `reason`."""
+    return [r if r["status"] == "rejected" else
+            empty_row(id=r["id"], status="rejected", stage="manifest", line=r["line"], reason=reason)
+            for r in inputs]
+
+
 def _plan_id(rows: list[dict[str, Any]], counts: dict[str, float]) -> list[dict[str, Any]]:
     inputs = [r for r in rows if r["kind"] == "in"]
     dones = sorted((r for r in rows if r["kind"] == "done"), key=lambda r: r["part"])
     counts["input"] += len(inputs)
     if rows[0]["id"].startswith(BAD_LINE_PREFIX) or any(r["status"] == "rejected" for r in inputs):
         counts["invalid"] += len(inputs)
-        out = [r for r in inputs if r["status"] == "rejected"][:1] or inputs[:1]
-        return out + [_supersede(d, None) for d in dones]
+        reason = f"id {inputs[0]['id']!r} is also on a bad manifest line (see its reject row); none is labeled"
+        return _reject_each(inputs, reason) + [_supersede(d, None) for d in dones]
     if not inputs:  # kept; two copies of one id (a crash mid-cleanup) keep the newest
         return [_supersede(d, dones[-1]["pseudo_mask"]) for d in dones[:-1]]
     if len(inputs) > 1:
         counts["duplicate"] += len(inputs)
-        reject = empty_row(id=inputs[0]["id"], status="rejected", stage="manifest", line=inputs[0]["line"],
-                           reason=f"duplicate id {inputs[0]['id']!r}: {len(inputs)} records share it; none is labeled")
-        return [reject] + [_supersede(d, None) for d in dones]
+        reason = f"duplicate id {inputs[0]['id']!r}: {len(inputs)} records share it; none is labeled"
+        return _reject_each(inputs, reason) + [_supersede(d, None) for d in dones]
     row = inputs[0]
     matching = [d for d in dones if d["fingerprint"] == row["fingerprint"]]
     if matching:
@@ -111,7 +120,9 @@ def plan_block(batch: dict[str, Any], counter: Any = None) -> dict[str, list[Any
     for _, group in itertools.groupby(rows, key=lambda r: r["id"]):
         out += _plan_id(list(group), counts)
     counts["superseded"] = float(sum(1 for r in out if r["status"] == "superseded"))
-    add_counts(counter, counts)
+    # Keyed by the block's content: a plan task that Ray retries (its node lost) counts once.
+    key = "plan:" + hashlib.sha256("\n".join(f"{r['kind']} {r['id']} {r['line'][:64]}" for r in rows).encode()).hexdigest()
+    add_counts(counter, counts, key if rows else None)
     return columns(out)
 
 

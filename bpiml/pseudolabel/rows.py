@@ -19,7 +19,9 @@ from bpiml.data.manifest import parse_record
 # Columns every row has between the plan and the sink (Ray Data batches need one schema).
 ROW_COLUMNS = ("id", "kind", "line", "fingerprint", "mask_fp", "status", "stage", "reason", "notes", "part",
                "pseudo_mask", "teacher_identity", "delete_mask")
-BAD_LINE_PREFIX = "\x00line:"  # ids of lines that have none: unique per line, never a real id
+# The plan key of a line that is no valid record: unique per file and line. A control character (not
+# NUL, which Arrow strings drop) keeps it apart from real ids; the reject row names `file:line`.
+BAD_LINE_PREFIX = "\x01bad line "
 
 
 def fingerprints(record: dict[str, Any], identity: str) -> tuple[str, str]:
@@ -57,13 +59,14 @@ def plain(value: Any) -> Any:
 
 
 # --- stage 0: manifest lines -> rows -------------------------------------------------------------
-def parse_line_row(text: str, identity: str) -> dict[str, Any]:
-    """One manifest line -> a row to plan; a line that is not a valid record becomes a reject row."""
+def parse_line_row(text: str, identity: str, where: str = "") -> dict[str, Any]:
+    """One manifest line (at `where`, `file:line`) -> a row to plan; a line that is not a valid record
+    becomes a reject row of its own, keyed by its id or, without one, by `where`."""
     parsed, rid, err = parse_record(text)
     if parsed is None:
-        key = BAD_LINE_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:24]
-        return empty_row(id=key if not rid else rid, status="rejected", stage="manifest",
-                         reason=f"bad record: {err}", line=text[:500])
+        key = rid or BAD_LINE_PREFIX + (where or hashlib.sha256(text.encode()).hexdigest()[:24])
+        return empty_row(id=key, status="rejected", stage="manifest", line=text[:500],
+                         reason=f"{where + ': ' if where else ''}bad record: {err}")
     record = parsed.to_dict()
     fingerprint, mask_fp = fingerprints(record, identity)
     return empty_row(id=record["id"], line=json.dumps(record, ensure_ascii=False), fingerprint=fingerprint,
@@ -71,4 +74,8 @@ def parse_line_row(text: str, identity: str) -> dict[str, Any]:
 
 
 def parse_lines(batch: dict[str, Any], identity: str) -> dict[str, list[Any]]:
-    return columns([parse_line_row(str(text), identity) for text in batch["text"]])
+    """Manifest lines -> rows; `line` and `path` columns, where present, name each line's place."""
+    n = len(batch["text"])
+    paths, numbers = batch.get("path", [""] * n), batch.get("line", [None] * n)
+    return columns([parse_line_row(str(text), identity, f"{path}:{number}" if number is not None else "")
+                    for text, path, number in zip(batch["text"], paths, numbers)])

@@ -17,6 +17,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from bpiml.data import parts, rejects, storage
+from bpiml.pseudolabel.rows import BAD_LINE_PREFIX
 from bpiml.pseudolabel.store import REJECTS_DIR, SHARDS_DIR, SUPERSEDE_DIR
 from bpiml.runtime.counter import add_counts, block_key
 
@@ -27,7 +28,7 @@ def _reject_row(row: dict[str, Any]) -> dict[str, Any]:
         image = json.loads(row["line"]).get("image")
     except (json.JSONDecodeError, AttributeError):
         image = row["line"][:200] or None
-    rid = "" if row["id"].startswith("\x00") else row["id"]
+    rid = "" if row["id"].startswith(BAD_LINE_PREFIX) else row["id"]
     return rejects.Reject(rid, image, row["stage"] or "manifest", row["reason"]).to_dict()
 
 

@@ -18,7 +18,7 @@ class Summary:
     skipped_already_labeled: int  # input records whose mask was there with the same fingerprint
     relabeled: int  # input records labeled again: teacher, weights or the record changed
     rejected: int  # input records this run could not label (see rejects/)
-    duplicates: int  # records sharing an id (all rejected)
+    duplicates: int  # input lines whose id another line shares (each rejected, counted in `rejected` too)
     converted_or_clipped: int  # labeled after a conversion of the image or a clip of its boxes
     superseded_removed: int  # older records removed because this run replaced them
     labeled_total: int  # records in the output now
@@ -33,6 +33,16 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def check_counts(self) -> None:
+        """Every input line has exactly one outcome in a run: labeled, skipped (already labeled) or
+        rejected (duplicates and bad lines included, one reject row each). RuntimeError otherwise."""
+        outcomes = self.labeled_this_run + self.skipped_already_labeled + self.rejected
+        if outcomes != self.images_in_manifest:
+            raise RuntimeError(
+                f"pseudo-labeling counts do not add up: {self.images_in_manifest} input lines, but labeled "
+                f"{self.labeled_this_run} + skipped {self.skipped_already_labeled} + rejected {self.rejected} = "
+                f"{outcomes}; see {self.out}/summary.json and rejects/ (this is a bug: please report it)")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
