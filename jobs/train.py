@@ -30,6 +30,7 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
+from bpiml.config import redact  # noqa: E402
 from bpiml.runtime.jobcli import job_parser, setup_console  # noqa: E402
 from bpiml.train.job import TrainConfig, run_training  # noqa: E402
 
@@ -48,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     setup_console(args)
     config = TrainConfig.from_cli(args, smoke_test=SMOKE_TEST)
     result = run_training(config)
-    print(json.dumps({
+    print(json.dumps(redact({
         "run_dir": result.run_dir,
         "start_epoch": result.start_epoch,
         "best_checkpoint": result.best_checkpoint,
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         "mlflow_run_id": result.mlflow_run_id,
         "tracking_uri": result.tracking_uri,
         "registered_model_uri": result.registered_model_uri,
-    }, indent=2, default=str))
+    }), indent=2, default=str))
     return 0
 
 

@@ -33,6 +33,27 @@ def test_redact_hides_passwords_and_secret_query_parameters_only() -> None:
     assert redact({"a": [URI], "n": 3}) == {"a": [redact(URI)], "n": 3}
 
 
+def test_a_password_in_the_tracking_uri_moves_to_mlflows_variables_and_never_reaches_the_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bpiml.runtime import credentials, raycluster
+
+    assert credentials.split_userinfo("http://al%40ice:p%3Ass@host:5000/x?y=1") == ("http://host:5000/x?y=1",
+                                                                                   "al@ice", "p:ss")
+    assert credentials.split_userinfo("sqlite:////tmp/a@b.db") == ("sqlite:////tmp/a@b.db", "", "")
+    env = {"MLFLOW_TRACKING_URI": f"https://alice:{SECRET}@mlflow.example.com:5000"}
+    assert credentials.move_uri_credentials(env) and env == {
+        "MLFLOW_TRACKING_URI": "https://mlflow.example.com:5000", "MLFLOW_TRACKING_USERNAME": "alice",
+        "MLFLOW_TRACKING_PASSWORD": SECRET}
+    kept = {"MLFLOW_TRACKING_URI": f"https://bob:{SECRET}@h", "MLFLOW_TRACKING_PASSWORD": "already"}
+    credentials.move_uri_credentials(kept)
+    assert kept["MLFLOW_TRACKING_PASSWORD"] == "already" and kept["MLFLOW_TRACKING_URI"] == "https://h"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://alice:{SECRET}@mlflow.example.com")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://key:{SECRET}@minio:9000")
+    forwarded = raycluster.worker_env()  # what a runtime_env (the dashboard, Ray's logs) would show
+    assert forwarded["MLFLOW_TRACKING_URI"] == "https://mlflow.example.com"
+    assert forwarded["AWS_ENDPOINT_URL"] == "http://minio:9000" and SECRET not in json.dumps(forwarded)
+
+
 def test_saved_configs_mlflow_params_and_run_state_are_redacted(tmp_path: Path) -> None:
     cfg = PseudoLabelConfig(store=f"s3://bucket/store?token={SECRET}", s3_endpoint=f"http://u:{SECRET}@minio:9000")
     cfg.save(str(tmp_path / "config.json"))

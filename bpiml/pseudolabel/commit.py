@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from bpiml.data import parts, storage
+from bpiml.pseudolabel.confidence import ConfidenceStats
 from bpiml.pseudolabel.store import REJECTS_DIR, SHARDS_DIR, SUPERSEDE_DIR
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 
@@ -100,8 +101,9 @@ def clean_run_folders(out: str, run_id: str) -> None:
             storage.remove(uri)
 
 
-def _stats_of_lines(lines: Any) -> dict[str, Any]:
+def _stats_of_lines(lines: Any, review_below: float) -> dict[str, Any]:
     teachers: dict[str, int] = {}
+    confidence = ConfidenceStats(review_below)
     n = 0
     for text in lines:
         try:
@@ -111,25 +113,31 @@ def _stats_of_lines(lines: Any) -> dict[str, Any]:
         n += 1
         key = str(record.get("teacher_version", "unknown"))
         teachers[key] = teachers.get(key, 0) + 1
-    return {"records": n, "teachers": teachers}
+        confidence.add(record.get("confidence"))
+    return {"records": n, "teachers": teachers, "confidence": confidence}
 
 
-def _block_stats(batch: dict[str, Any]) -> dict[str, Any]:
-    stats = _stats_of_lines(batch["text"])
-    return {"records": [stats["records"]], "teachers": [json.dumps(stats["teachers"])]}
+def _block_stats(batch: dict[str, Any], review_below: float) -> dict[str, Any]:
+    stats = _stats_of_lines(batch["text"], review_below)
+    return {"records": [stats["records"]], "teachers": [json.dumps(stats["teachers"])],
+            "confidence": [json.dumps(stats["confidence"].to_counts())]}
 
 
-def store_stats(out: str) -> dict[str, Any]:
-    """{"records": n, "teachers": {teacher_version: n}} of the output's manifest, by one pass over the
-    shards (Ray tasks for many shards; each returns one small row, so the driver holds no records)."""
+def store_stats(out: str, review_below: float = 0.5) -> dict[str, Any]:
+    """{"records": n, "teachers": {teacher_version: n}, "confidence": ConfidenceStats} of the output's manifest,
+    by one pass over the shards (Ray tasks for many shards; each returns one small row, so the driver holds no
+    records). Read from the committed shards, each record is counted exactly once, however often a write was
+    retried."""
     files = parts.table_files(storage.join(out, SHARDS_DIR))
     if len(files) <= DRIVER_LIMIT:
         lines = (line for uri in files for line in storage.read_bytes(uri).decode("utf-8", "replace").splitlines())
-        return _stats_of_lines(line for line in lines if line.strip())
+        return _stats_of_lines((line for line in lines if line.strip()), review_below)
     ds = read_lines(files)
-    total: dict[str, Any] = {"records": 0, "teachers": {}}
-    for row in ds.map_batches(_block_stats, batch_format="numpy", num_cpus=READ_CPUS).iter_rows():
+    total: dict[str, Any] = {"records": 0, "teachers": {}, "confidence": ConfidenceStats(review_below)}
+    for row in ds.map_batches(_block_stats, fn_kwargs={"review_below": review_below}, batch_format="numpy",
+                              num_cpus=READ_CPUS).iter_rows():
         total["records"] += int(row["records"])
         for key, n in json.loads(row["teachers"]).items():
             total["teachers"][key] = total["teachers"].get(key, 0) + n
+        total["confidence"].merge(ConfidenceStats.from_counts(review_below, json.loads(row["confidence"])))
     return total

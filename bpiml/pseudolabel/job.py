@@ -32,6 +32,7 @@ from bpiml.pseudolabel.sink import PartSink
 from bpiml.pseudolabel.stages import decode_rows, parse_lines, write_masks
 from bpiml.pseudolabel.store import (
     LOCK_FILE,
+    RECORD_VERSION,
     REJECTS_DIR,
     SHARDS_DIR,
     read_index,
@@ -95,7 +96,8 @@ def input_signature(cfg: PseudoLabelConfig, files: list[str], identity: str) -> 
     that change a record, and each manifest file's version; resources, layout and endpoints change none."""
     options = {k: getattr(cfg, k) for k in RECORD_KEYS}
     listing = list(zip(files, file_versions(files)))
-    return hashlib.sha256(json.dumps([identity, options, listing], sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([identity, RECORD_VERSION, options, listing], sort_keys=True,
+                                     default=str).encode()).hexdigest()
 
 
 def unchanged_rerun(cfg: PseudoLabelConfig, index: dict[str, Any] | None, signature: str) -> dict[str, Any] | None:
@@ -109,6 +111,8 @@ def unchanged_rerun(cfg: PseudoLabelConfig, index: dict[str, Any] | None, signat
     except (OSError, ValueError):
         return None
     if last.get("rejected") or last.get("duplicates") or last.get("out") != cfg.out:
+        return None
+    if (last.get("confidence") or {}).get("review_below") != cfg.review_below:  # the count to review is redone
         return None
     return {**last, "labeled_this_run": 0, "skipped_already_labeled": last["images_in_manifest"], "relabeled": 0,
             "converted_or_clipped": 0, "superseded_removed": 0, "seconds": 0.0, "images_per_second": 0.0,
@@ -177,7 +181,14 @@ def _commit(cfg: PseudoLabelConfig, run_id: str, lock: WriterLock) -> dict[str, 
     removed = commit.apply_supersedes(cfg.out, run_id)
     commit.compact(storage.join(cfg.out, SHARDS_DIR), cfg.shard_rows, cfg.part_rows)
     commit.clean_run_folders(cfg.out, run_id)
-    return {"removed": removed, "stats": commit.store_stats(cfg.out)}
+    return {"removed": removed, "stats": commit.store_stats(cfg.out, cfg.review_below)}
+
+
+def _log_to_mlflow(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> None:
+    if cfg.experiment:
+        from bpiml.pseudolabel.mlflow_run import log_pseudolabel_run  # noqa: PLC0415 - MLflow only with --experiment
+
+        log_pseudolabel_run(cfg, summary)
 
 
 def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
@@ -193,6 +204,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     if done is not None:  # no pass over the store, no Ray: a finished output reruns in one listing, writing nothing
         logger.info("%s is complete for this manifest, teacher and options (run %s): nothing to label",
                     cfg.out, index["runs"][-1] if index.get("runs") else "?")
+        _log_to_mlflow(cfg, done)
         return done
     raycluster.init_ray()
     cfg = cfg.replace(gpus_per_actor=_gpus_per_actor(cfg))
@@ -224,6 +236,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
                               "teacher": {"identity": identity, "name": cfg.resolved_teacher},
                               "records": committed["stats"]["records"], "teachers": committed["stats"]["teachers"]})
     logger.debug("\n%s", format_summary(summary))  # jobs/pseudolabel.py prints it
+    _log_to_mlflow(cfg, summary.to_dict())
     if summary.images_in_manifest == 0:
         raise ValueError(f"{cfg.store}: the manifest has no records (files: {', '.join(files[:3])})")
     summary.check_counts()

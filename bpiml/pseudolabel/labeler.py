@@ -1,4 +1,4 @@
-"""The teacher stage: one frozen teacher per Ray actor, images and boxes in, masks out.
+"""The teacher stage: one frozen teacher per Ray actor, images and boxes in, masks and confidences out.
 
 A batch that fails (e.g. GPU out of memory on one huge image) is retried image by image, and only
 the images that fail alone are rejected. Nothing else runs here, so the accelerator is not kept
@@ -7,6 +7,7 @@ waiting by decoding, PNG encoding or writes (CPU tasks before and after this sta
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from bpiml.data import storage
 from bpiml.pseudolabel.config import PseudoLabelConfig
 from bpiml.pseudolabel.rows import columns, rows_of
 from bpiml.pseudolabel.teachers import build_teacher
+from bpiml.pseudolabel.teachers.base import Labels
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +41,15 @@ class TeacherLabeler:
                                      compile=self.cfg.compile, batch_size=self.cfg.batch_size,
                                      time_limit_s=self.cfg.grabcut_time_limit_s)
 
-    def _predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray | Exception]:
+    def _predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[Labels | Exception]:
         try:
-            return list(self.teacher.predict(images, boxes))
+            return list(self.teacher.label(images, boxes))
         except Exception as err:  # noqa: BLE001 - isolate the image that caused it
             if len(images) == 1:
                 return [err]
             logger.warning("teacher failed on a batch of %d (%s: %s); retrying image by image",
                            len(images), type(err).__name__, err)
-            out: list[np.ndarray | Exception] = []
+            out: list[Labels | Exception] = []
             for image, image_boxes in zip(images, boxes):
                 _free_accelerator_cache()
                 out += self._predict([image], [image_boxes])
@@ -59,13 +61,16 @@ class TeacherLabeler:
         _test_hooks([rows[i]["id"] for i in todo])
         results = self._predict([batch["image"][i] for i in todo], [batch["boxes"][i] for i in todo]) if todo else []
         masks: list[np.ndarray] = [np.zeros((1, 1), np.uint8)] * len(rows)
+        fields = ["{}"] * len(rows)  # the record's confidence keys (`Labels.record_fields`), as JSON
         for i, result in zip(todo, results):
             if isinstance(result, Exception):
                 rows[i].update(status="rejected", stage="teacher", reason=f"teacher failed: {type(result).__name__}: "
                                                                             f"{str(result)[:300]}")
             else:
-                masks[i] = np.asarray(result, dtype=np.uint8)
-        return {**columns(rows), "mask": masks, "teacher_version": [self.teacher.version] * len(rows)}
+                masks[i] = np.asarray(result.mask, dtype=np.uint8)
+                fields[i] = json.dumps(result.record_fields())
+        return {**columns(rows), "mask": masks, "teacher_fields": fields,
+                "teacher_version": [self.teacher.version] * len(rows)}
 
 
 def _free_accelerator_cache() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bpiml.data.manifest import parse_record
+from bpiml.pseudolabel.store import RECORD_VERSION
 
 # Columns every row has between the plan and the sink (Ray Data batches need one schema).
 ROW_COLUMNS = ("id", "kind", "line", "fingerprint", "mask_fp", "status", "stage", "reason", "notes", "part",
@@ -27,12 +28,13 @@ BAD_LINE_PREFIX = "\x01bad line "
 def fingerprints(record: dict[str, Any], identity: str) -> tuple[str, str]:
     """(record fingerprint, mask fingerprint): what produced the output record, and its mask.
 
-    The record fingerprint covers the teacher and the whole input record (an edited split is
-    written again); the mask fingerprint only what the mask depends on: teacher, image and boxes.
+    The record fingerprint covers the teacher, the output record's fields (`RECORD_VERSION`) and the
+    whole input record (an edited split is written again); the mask fingerprint only what the mask
+    depends on: teacher, image and boxes.
     """
     canonical = json.dumps(record, sort_keys=True, ensure_ascii=False)
     mask_inputs = json.dumps([identity, record["image"], record["boxes"]], sort_keys=True)
-    return (hashlib.sha256(f"{identity}\n{canonical}".encode()).hexdigest()[:32],
+    return (hashlib.sha256(f"{identity}\nrecord-v{RECORD_VERSION}\n{canonical}".encode()).hexdigest()[:32],
             hashlib.sha256(mask_inputs.encode()).hexdigest()[:32])
 
 

@@ -85,13 +85,33 @@ def _iou_against_gt(store: str, record: Record, mask: np.ndarray, notes: list[st
     return pixel_iou(mask, gt)
 
 
+def per_record_box(fields: dict[str, Any], boxes: list[Any], width: int, height: int) -> dict[str, Any]:
+    """The teacher's per-box lists (one per box it was given: the boxes `sanitize_boxes` kept) -> one entry per
+    box of the record, in its order, None for a box that was dropped (degenerate, malformed)."""
+    kept = [i for i, box in enumerate(boxes) if len(sanitize_boxes([box], width, height)[0])]
+    if len(kept) == len(boxes):
+        return fields
+    out = dict(fields)
+    for key, values in fields.items():
+        if isinstance(values, list) and len(values) == len(kept):
+            expanded: list[Any] = [None] * len(boxes)
+            for i, value in zip(kept, values):
+                expanded[i] = value
+            out[key] = expanded
+    return out
+
+
 def output_record(row: dict[str, Any], mask: np.ndarray, teacher_version: str, iou: float | None,
-                  notes: list[str]) -> dict[str, Any]:
+                  notes: list[str], teacher_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The output record: the input record + the pseudo mask, teacher, confidence (`teacher_fields`) and checks."""
     record = json.loads(row["line"])
+    height, width = int(mask.shape[0]), int(mask.shape[1])
+    fields = per_record_box(teacher_fields or {"confidence": None, "box_confidence": None},
+                            record.get("boxes") or [], width, height)
     record.update(pseudo_mask=mask_path(row["id"], row["mask_fp"]), teacher=teacher_version.split("-", 1)[0],
                   teacher_version=teacher_version, teacher_identity=row["teacher_identity"],
                   fingerprint=row["fingerprint"], mask_area=float(mask.mean()), iou_gt=iou,
-                  height=int(mask.shape[0]), width=int(mask.shape[1]), notes=notes)
+                  height=height, width=width, notes=notes, **fields)
     return record
 
 
@@ -114,6 +134,7 @@ def write_masks(batch: dict[str, Any], store: str, out: str) -> dict[str, list[A
                 continue
             notes = json.loads(row["notes"])
             iou = _iou_against_gt(store, Record.from_dict(json.loads(row["line"])), mask, notes)
-            record = output_record(row, mask, str(batch["teacher_version"][i]), iou, notes)
+            fields = json.loads(str(batch["teacher_fields"][i])) if "teacher_fields" in batch else None
+            record = output_record(row, mask, str(batch["teacher_version"][i]), iou, notes, fields)
             row.update(line=json.dumps(record, ensure_ascii=False), notes=json.dumps(notes))
     return columns(rows)

@@ -11,7 +11,11 @@
 
 A record is the input record (its `image` and `mask` stay relative to the input store) plus
 `pseudo_mask`, `teacher`, `teacher_version`, `teacher_identity`, `fingerprint`, `mask_area`,
-`iou_gt`, `width`, `height` and `notes`.
+`iou_gt`, `width`, `height`, `notes`, the teacher's confidence `confidence` (the image's: the minimum
+over its boxes; null for the box teacher or no boxes) and `box_confidence` (one per box, in the order
+of `boxes`), and for SAM `sam_pred_iou` and `sam_stability` per box (docs/data-formats.md).
+`RECORD_VERSION` is part of every record's fingerprint: a record written before a change of these
+fields is relabeled by the next run (its mask keeps its file when the mask is unchanged).
 
 The input store is named once, in `index.json`, by a *source reference* that obeys the same
 trust rule as every other path: relative to the pseudo store's parent folder (`../store` beside
@@ -29,6 +33,7 @@ from typing import Any
 from bpiml.data import manifest, naming, parts, storage
 
 FORMAT = "bpiml-pseudo/2"
+RECORD_VERSION = 2  # the output record's fields (2: teacher confidence); in fingerprints, so a change relabels
 INDEX_FILE = "index.json"
 SHARDS_DIR = "manifest"
 PSEUDO_DIR = "pseudo"

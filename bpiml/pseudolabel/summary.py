@@ -6,6 +6,7 @@ import dataclasses
 import json
 from typing import Any
 
+from bpiml.pseudolabel.confidence import format_confidence
 from bpiml.pseudolabel.config import PseudoLabelConfig
 
 
@@ -30,6 +31,7 @@ class Summary:
     mean_iou_vs_gt: float | None  # this run's pseudo masks against GT masks, where the store has them
     images_with_gt: int
     out: str
+    confidence: dict[str, Any] | None = None  # teacher confidence of the records in the output now (confidence.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,7 +63,8 @@ def build_summary(cfg: PseudoLabelConfig, counts: dict[str, float], committed: d
         teachers=dict(stats["teachers"]), reject_rate=round(count("rejected") / max(count("input"), 1), 6),
         rejected_by_stage={k.split(":", 1)[1]: int(v) for k, v in counts.items() if k.startswith("rejected:")},
         seconds=round(elapsed, 2), images_per_second=round(labeled / elapsed, 2) if elapsed > 0 and labeled else 0.0,
-        mean_iou_vs_gt=round(counts["iou_sum"] / iou_n, 4) if iou_n else None, images_with_gt=iou_n, out=cfg.out)
+        mean_iou_vs_gt=round(counts["iou_sum"] / iou_n, 4) if iou_n else None, images_with_gt=iou_n, out=cfg.out,
+        confidence=stats["confidence"].summary() if "confidence" in stats else None)
 
 
 def format_summary(summary: Summary) -> str:
@@ -78,6 +81,7 @@ def format_summary(summary: Summary) -> str:
         ("records in the output", f"{summary.labeled_total} ({teachers})"),
         ("throughput", f"{summary.images_per_second} images/s over {summary.seconds} s"),
         ("mean pseudo-vs-GT IoU", "n/a (no GT masks)" if iou is None else f"{iou:.4f} over {summary.images_with_gt} images"),
+        *format_confidence(summary.confidence),
         ("output", summary.out),
     ]
     if len(summary.teachers) > 1:

@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Any
 
+from bpiml.runtime.credentials import move_uri_credentials
 from bpiml.runtime.logs import setup_logging
 
 
@@ -56,10 +57,12 @@ def log_level(args: argparse.Namespace) -> int:
 
 
 def setup_console(args: argparse.Namespace) -> None:
-    """Log at the level the flags ask for. Ray Data's progress bars (totals estimated from block
+    """Log at the level the flags ask for; credentials in MLFLOW_TRACKING_URI move to MLflow's own
+    variables (`bpiml.runtime.credentials`). Ray Data's progress bars (totals estimated from block
     metadata) show only with `--verbose`: the jobs log their own progress with the true total."""
     level = log_level(args)
     setup_logging(level)
+    move_uri_credentials()  # before anything prints, logs or forwards the tracking URI
     os.environ["BPIML_LOG_LEVEL"] = logging.getLevelName(level)  # the training workers log at the same level
     if level > logging.DEBUG:
         from ray.data import DataContext  # here: the console flags parse before ray is imported

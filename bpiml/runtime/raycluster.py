@@ -25,6 +25,7 @@ from ray.autoscaler import sdk as autoscaler_sdk
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bpiml.data import storage
+from bpiml.runtime.credentials import split_userinfo
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a submitted job's driver
 
@@ -60,9 +61,10 @@ def _job_env_keys() -> set[str]:
 
 
 def worker_env() -> dict[str, str]:
-    """The subset of this process's environment that Ray workers must see (and the job does not set)."""
+    """The subset of this process's environment that Ray workers must see (and the job does not set).
+    Locations only: a `user:password@` inside one is dropped (`bpiml.runtime.credentials`)."""
     taken = _job_env_keys()
-    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k) and k not in taken}
+    return {k: split_userinfo(os.environ[k])[0] for k in FORWARDED_ENV if os.environ.get(k) and k not in taken}
 
 
 def _state_api_env(address: str | None, dashboard_port: int | None) -> dict[str, str]:

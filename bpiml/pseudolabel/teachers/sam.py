@@ -6,6 +6,11 @@ one image embedding with many prompts, so it runs once per image with all of tha
 boxes (`multimask_output=False`). Each box mask is brought back to the original size and the
 masks are OR-ed into one bool mask. Images without boxes never reach the encoder.
 
+Confidence per box (`label`): the decoder's predicted IoU (`sam_pred_iou`, clipped to [0, 1]) times
+the stability score (`sam_stability`: IoU of the full-size mask thresholded at logit +1 and at -1,
+as SAM's automatic mask generator computes it; 0 when both are empty), so a box needs both a mask
+SAM believes in and a mask whose edge does not move with the threshold.
+
 Two paths over the same weights: the stock path (segment_anything's own preprocessing and
 attention; the default on CPU) and the fast path in `sam_fast.py` (fused attention, bf16
 autocast and on-device preprocessing on GPU; the default on CUDA).
@@ -21,12 +26,13 @@ import numpy as np
 import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
+from segment_anything.utils.amg import calculate_stability_score
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from bpiml.config import check_choice, check_range
 from bpiml.pseudolabel.teachers import sam_fast
 from bpiml.pseudolabel.teachers import weights as sam_weights
-from bpiml.pseudolabel.teachers.base import validate_batch
+from bpiml.pseudolabel.teachers.base import Labels, validate_batch
 from bpiml.pseudolabel.teachers.tiny_sam import build_tiny_sam
 
 logger = logging.getLogger(__name__)
@@ -45,6 +51,7 @@ SAM_VARIANTS: dict[str, Callable[[], Sam]] = {
 }
 _WIDTH_TO_VARIANT = {768: "vit_b", 1024: "vit_l", 1280: "vit_h", 64: "tiny"}
 MAX_PROMPTS_PER_PASS = 64  # boxes decoded together; bounds memory for images with many boxes
+STABILITY_OFFSET = 1.0  # logit offset of the stability score (SAM's automatic mask generator's default)
 
 
 def build_sam_architecture(variant: str) -> Sam:
@@ -176,16 +183,18 @@ class SamTeacher:
 
     def decode(
         self, embedding: torch.Tensor, boxes: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]
-    ) -> torch.Tensor:
-        """One `1 x 256 x h x w` embedding + `Nx4` boxes -> `H x W` bool union mask (on the device)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One `1 x 256 x h x w` embedding + `Nx4` boxes -> (`H x W` bool union mask, `N` predicted IoUs,
+        `N` stability scores), all on the device."""
         union = torch.zeros(original_size, dtype=torch.bool, device=self.device)
         prompts = self.transform.apply_boxes(boxes, original_size)  # ResizeLongestSide frame
         prompts = torch.as_tensor(prompts, dtype=torch.float32, device=self.device)
         dense_pe = self.sam.prompt_encoder.get_dense_pe()
+        ious, stabilities = [], []
         for start in range(0, prompts.shape[0], MAX_PROMPTS_PER_PASS):
             chunk = prompts[start:start + MAX_PROMPTS_PER_PASS]
             sparse, dense = self.sam.prompt_encoder(points=None, boxes=chunk, masks=None)
-            low_res, _ = self.sam.mask_decoder(
+            low_res, iou_pred = self.sam.mask_decoder(
                 image_embeddings=embedding,
                 image_pe=dense_pe,
                 sparse_prompt_embeddings=sparse,
@@ -194,12 +203,18 @@ class SamTeacher:
             )
             masks = self.sam.postprocess_masks(low_res.float(), input_size, original_size)  # N x 1 x H x W
             union |= (masks > self.sam.mask_threshold).any(dim=0)[0]
-        return union
+            stability = calculate_stability_score(masks[:, 0], self.sam.mask_threshold, STABILITY_OFFSET)
+            stabilities.append(torch.nan_to_num(stability.float(), nan=0.0))  # both empty: no mask, no trust
+            ious.append(iou_pred[:, 0].float().clamp(0.0, 1.0))
+        return union, torch.cat(ious), torch.cat(stabilities)
 
     # --- Teacher -----------------------------------------------------------------------
     def predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        return [labels.mask for labels in self.label(images, boxes)]
+
+    def label(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[Labels]:
         boxes = validate_batch(images, boxes)
-        masks = [np.zeros(image.shape[:2], dtype=bool) for image in images]
+        out = [_labels(np.zeros(image.shape[:2], dtype=bool), [], []) for image in images]
         todo = [i for i, image_boxes in enumerate(boxes) if len(image_boxes)]
         with torch.inference_mode():
             for start in range(0, len(todo), self.batch_size):
@@ -209,9 +224,16 @@ class SamTeacher:
                 with self._autocast():
                     embeddings = self.encode(batch)
                     for j, i in enumerate(chunk):
-                        union = self.decode(embeddings[j:j + 1], boxes[i], inputs[j][1], images[i].shape[:2])
-                        masks[i] = union.cpu().numpy()
-        return masks
+                        union, ious, stability = self.decode(embeddings[j:j + 1], boxes[i], inputs[j][1],
+                                                             images[i].shape[:2])
+                        out[i] = _labels(union.cpu().numpy(), ious.cpu().tolist(), stability.cpu().tolist())
+        return out
+
+
+def _labels(mask: np.ndarray, pred_iou: list[float], stability: list[float]) -> Labels:
+    """A SAM image's labels: box confidence = predicted IoU x stability (see the module doc)."""
+    return Labels(mask, [iou * stab for iou, stab in zip(pred_iou, stability)],
+                  {"sam_pred_iou": pred_iou, "sam_stability": stability})
 
 
 def build_sam_teacher(

@@ -1,0 +1,94 @@
+"""A pseudo-labeling run in MLflow (`--experiment NAME`; off by default).
+
+One MLflow run per job: params (the resolved config, credentials redacted), the summary's counts
+and throughput as metrics, the teacher-confidence histogram as a figure, `summary.json`, and the
+review page when the output has one (`REVIEW_PAGE_FILES`, written by `bpiml review`). Tracking URI:
+`--tracking-uri`, else MLFLOW_TRACKING_URI, else the project's sqlite (`bpiml.runtime.tracking`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from bpiml.data import storage
+from bpiml.pseudolabel.config import PseudoLabelConfig
+from bpiml.runtime import tracking
+
+logger = logging.getLogger(__name__)
+
+# The review page of an output, relative to it: logged as an artifact when present. The hook for
+# `bpiml review` (issue 31 part B): a page it writes under one of these names is picked up here.
+REVIEW_PAGE_FILES = ("review/index.html", "review.html")
+METRIC_KEYS = ("images_in_manifest", "labeled_this_run", "skipped_already_labeled", "relabeled", "rejected",
+               "labeled_total", "reject_rate", "seconds", "images_per_second", "mean_iou_vs_gt")
+
+
+def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The summary's numbers as MLflow metrics (None values are left out)."""
+    metrics = {k: summary[k] for k in METRIC_KEYS if summary.get(k) is not None}
+    confidence = summary.get("confidence") or {}
+    if confidence.get("mean") is not None:
+        metrics["confidence_mean"] = confidence["mean"]
+        metrics.update({f"confidence_{k}": v for k, v in confidence["quantiles"].items() if v is not None})
+    for key in ("below_review", "images_with_confidence", "images_without_confidence"):
+        if key in confidence:
+            metrics[f"confidence_{key}"] = confidence[key]
+    return metrics
+
+
+def confidence_figure(confidence: dict[str, Any] | None, title: str) -> Any:
+    """A matplotlib figure of the confidence histogram, the review threshold marked."""
+    from matplotlib.figure import Figure  # noqa: PLC0415 - only a run with --experiment draws
+
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    axes = figure.add_subplot()
+    if confidence and confidence.get("images_with_confidence"):
+        edges, counts = confidence["histogram"]["edges"], confidence["histogram"]["counts"]
+        axes.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="#4878a8", edgecolor="white")
+        axes.axvline(confidence["review_below"], color="#c44e52", linestyle="--",
+                     label=f"review below {confidence['review_below']}: {confidence['below_review']} images")
+        axes.legend(loc="upper left")
+    else:
+        axes.text(0.5, 0.5, "no teacher confidence (box teacher or no boxes)", ha="center", va="center")
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("teacher confidence (image: min over its boxes)")
+    axes.set_ylabel("images")
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def review_page(out: str) -> str | None:
+    """The output's review page (`REVIEW_PAGE_FILES`), or None when it has none."""
+    for rel in REVIEW_PAGE_FILES:
+        uri = storage.join(out, rel)
+        if storage.exists(uri):
+            return uri
+    return None
+
+
+def log_pseudolabel_run(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> str:
+    """Log one finished pseudo-labeling job to `cfg.experiment`; returns the MLflow run id."""
+    uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    run_id = tracking.start_or_resume_run(uri, str(cfg.experiment), run_name=f"pseudolabel-{summary['teacher']}",
+                                          tags={"bpiml.job": "pseudolabel", "bpiml.out": cfg.out})
+    try:
+        tracking.log_params(uri, run_id, cfg.to_dict())
+        tracking.log_metrics(uri, run_id, summary_metrics(summary), step=0)
+        tracking.log_dict(uri, run_id, summary, "summary.json")
+        mlc = tracking.client(uri)
+        mlc.log_figure(run_id, confidence_figure(summary.get("confidence"), summary["teacher_identity"]),
+                       "confidence_histogram.png")
+        page = review_page(cfg.out)
+        if page is not None:
+            text = storage.read_bytes(page).decode("utf-8", "replace")
+            mlc.log_text(run_id, text, f"review/{page.rsplit('/', 1)[-1]}")
+        else:
+            logger.info("no review page in %s (%s): not logged", cfg.out, " or ".join(REVIEW_PAGE_FILES))
+    except Exception:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+    tracking.end_run(uri, run_id)
+    logger.info("logged the pseudo-labeling run to MLflow %s, experiment %r, run %s", uri, cfg.experiment, run_id)
+    return run_id
