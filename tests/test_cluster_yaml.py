@@ -111,3 +111,43 @@ def test_rayjob_flags_exist_in_the_jobs(rayjob: dict, job: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     missing = sorted(f for f in _flags(part) if f not in done.stdout)
     assert missing == [], f"jobs/{job}.py --help lacks {missing}"
+
+
+@pytest.fixture(scope="module")
+def rayservice() -> dict:
+    return yaml.safe_load((ROOT / "deploy" / "kuberay-rayservice.yaml").read_text())
+
+
+def test_rayservice_deploys_the_serving_app_with_valid_args(rayservice: dict) -> None:
+    from bpiml.serving import app as serving_app
+    from bpiml.serving.config import ServeConfig
+
+    assert rayservice["apiVersion"] == "ray.io/v1" and rayservice["kind"] == "RayService"
+    serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    application = serve_config["applications"][0]
+    module, _, name = application["import_path"].partition(":")
+    assert module == serving_app.__name__ and callable(getattr(serving_app, name))
+    config = ServeConfig.from_strings(application["args"])  # the builder's own parsing and checks
+    assert config.gpus_per_worker == 1 and config.max_replicas > config.min_replicas >= 1
+    assert config.max_ongoing_requests >= config.max_batch_size
+    assert serve_config["http_options"]["host"] == "0.0.0.0"
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__ and cluster["authOptions"] == {"mode": "token"}
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_rayservice_secrets_come_from_a_secret_never_the_runtime_env(rayservice: dict) -> None:
+    serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    application = serve_config["applications"][0]
+    env_vars = application["runtime_env"]["env_vars"]
+    key_env = application["args"]["api_key_env"]
+    assert key_env not in env_vars and not any("PASSWORD" in k or "KEY" in k or "TOKEN" in k for k in env_vars)
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
+        group["template"]["spec"]["containers"][0] for group in cluster["workerGroupSpecs"]]
+    for container in containers:
+        env = {e["name"]: e for e in container["env"]}
+        for name in (key_env, "MLFLOW_TRACKING_PASSWORD"):
+            assert "secretKeyRef" in env[name]["valueFrom"] and "value" not in env[name], (container["name"], name)
+    assert not re.search(r"\b[0-9a-f]{32,}\b", (ROOT / "deploy" / "kuberay-rayservice.yaml").read_text())

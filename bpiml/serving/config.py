@@ -61,8 +61,9 @@ class ServeConfig(BaseConfig):
             raise ValueError(f"api_key_env must be an environment variable name, got {self.api_key_env!r}")
 
     @classmethod
-    def from_strings(cls, values: dict[str, str]) -> ServeConfig:
-        """The config of `serve run module:build_app key=value ...` (every value a string)."""
+    def from_strings(cls, values: dict[str, Any]) -> ServeConfig:
+        """The config of `serve run module:build_app key=value ...` (strings) or of a Serve config file's
+        `args` (YAML values): numbers and booleans parsed by each field's type."""
         kinds = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
         typed: dict[str, Any] = {}
@@ -72,11 +73,14 @@ class ServeConfig(BaseConfig):
                 if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
                     raise ValueError(f"{key} must be true or false, got {value!r}")
                 typed[key] = value.lower() in ("1", "true", "yes")
-            elif kind in (int, float) and isinstance(value, str):
+            elif kind in (int, float):
                 try:
-                    typed[key] = kind(value)
-                except ValueError:
+                    number = float(value)
+                except (TypeError, ValueError):
                     raise ValueError(f"{key} must be a number ({kind.__name__}), got {value!r}") from None
+                if kind is int and not number.is_integer():
+                    raise ValueError(f"{key} must be a whole number, got {value!r}")
+                typed[key] = kind(number)
             else:
                 typed[key] = value
         return cls.from_dict(typed)
