@@ -76,8 +76,31 @@ def finished(stack: LocalStack, job_id: str, timeout: float = 600) -> str:
                     f"job {job_id} to end", poll=2)
 
 
-def kill_processes(pattern: str) -> list[int]:
-    pids = [int(p) for p in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()]
+def _parent(pid: int) -> int:
+    try:  # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def in_stack(stack: LocalStack, pid: int) -> bool:
+    """True when `pid` descends from one of the stack's own process groups (the `<service>.pid` files its
+    scripts wrote): a Ray worker, a job driver (Ray starts those in sessions of their own) or the node itself."""
+    groups = {int(p.read_text().strip()) for p in Path(stack.state_dir).glob("*.pid") if p.read_text().strip()}
+    while pid > 1:
+        try:
+            if os.getpgid(pid) in groups or os.getsid(pid) in groups:
+                return True
+        except ProcessLookupError:
+            return False
+        pid = _parent(pid)
+    return False
+
+
+def kill_processes(stack: LocalStack, pattern: str) -> list[int]:
+    """SIGKILL the processes whose command line matches `pattern`, of this test's cluster only."""
+    found = [int(p) for p in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()]
+    pids = [pid for pid in found if pid != os.getpid() and in_stack(stack, pid)]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     return pids
@@ -165,7 +188,7 @@ def test_a_teacher_actor_then_e_a_worker_node_killed_mid_run(local_stack: LocalS
     try:
         wait_for(lambda: parts(local_stack, data["bucket"], "pseudo-ae") >= 2, 300, "two parts")
         mid_run(log)
-        assert kill_processes("MapBatches.TeacherLabeler")[:1], "no teacher actor found"
+        assert kill_processes(local_stack, "MapBatches.TeacherLabeler")[:1], "no teacher actor found"
         at_actor_kill = labeled(log)
         wait_for(lambda: labeled(log) >= at_actor_kill + 4, 300, "progress after the actor kill")
         mid_run(log)
@@ -190,7 +213,7 @@ def test_b_driver_killed_rerun_twice_then_stopped_and_resubmitted(local_stack: L
     for threshold in (2, 4):
         wait_for(lambda t=threshold: parts(local_stack, bucket, out) >= t, 300, f"{threshold} parts")
         mid_run(log)
-        assert kill_processes(driver), "no driver found"
+        assert kill_processes(local_stack, driver), "no driver found"
         committed.append(parts(local_stack, bucket, out))
         assert finished(local_stack, job, 120) == "FAILED"
         time.sleep(7)  # the lock's heartbeat stops with the driver: after 6 s it is stale
@@ -256,13 +279,13 @@ def test_c_a_training_worker_then_d_the_training_job_killed(local_stack: LocalSt
     job = submit(local_stack, args)
     wait_for(lambda: epochs_logged(local_stack, job) >= 2, 600, "two epochs", poll=1)
     seen_c = epochs_logged(local_stack, job)
-    assert kill_processes("RayTrainWorker")[:1], "no training worker found"
+    assert kill_processes(local_stack, "RayTrainWorker")[:1], "no training worker found"
     wait_for(lambda: resumed_epochs(logs(local_stack, job)), 300, "Ray Train to restart the workers", poll=2)
     resumed_c = min(resumed_epochs(logs(local_stack, job)))
     assert resumed_c >= max(1, seen_c - 1), (seen_c, resumed_c)
     wait_for(lambda: epochs_logged(local_stack, job) >= seen_c + 2, 600, "two more epochs", poll=1)
     seen_d = epochs_logged(local_stack, job)
-    assert kill_processes(f"jobs/train.py --store s3://{bucket}/pseudo-b --storage-path"), "no driver"
+    assert kill_processes(local_stack, f"jobs/train.py --store s3://{bucket}/pseudo-b --storage-path"), "no driver"
     assert finished(local_stack, job, 300) == "FAILED"
     first_id, before = mlflow_epochs(local_stack, bucket, run)
     again = submit(local_stack, args, wait=True)
@@ -274,3 +297,26 @@ def test_c_a_training_worker_then_d_the_training_job_killed(local_stack: LocalSt
     print(f"(c) training worker killed after {seen_c} epoch(s): restarted from epoch {resumed_c}; "
           f"(d) driver killed after {seen_d} epoch(s), {len(before)} in MLflow: resumed from "
           f"epoch {resumed_d[0]}")
+
+
+def test_a_kill_touches_only_its_own_clusters_processes(tmp_path: Path) -> None:
+    """`kill_processes` finds by command line but kills only descendants of the stack's own process groups,
+    also ones in sessions of their own (Ray's job drivers): a look-alike elsewhere on the machine survives."""
+    marker = f"bpiml-kill-probe-{uuid.uuid4().hex[:8]}"
+    child = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+             f"'{marker}'], start_new_session=True); time.sleep(60)")
+    ours = subprocess.Popen([sys.executable, "-c", child, marker], start_new_session=True)  # a "node" + its "driver"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker], start_new_session=True)
+    (tmp_path / "ray-worker-1.pid").write_text(f"{ours.pid}\n")
+    stack = LocalStack.__new__(LocalStack)
+    object.__setattr__(stack, "state_dir", str(tmp_path))
+    try:
+        wait_for(lambda: len(subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split())
+                 == 3, 30, "the probe processes")
+        killed = kill_processes(stack, marker)
+        assert ours.pid in killed and other.pid not in killed and len(killed) == 2  # the node and its grandchild
+        assert other.poll() is None
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
