@@ -202,8 +202,8 @@ def test_registered_model_lists_every_store_it_saw(pretrained_run) -> None:
     from bpiml.runtime.tracking import download_model
 
     config, result = pretrained_run
-    metadata = json.loads(Path(download_model(result.registered_model_uri, result.tracking_uri,
-                                              str(Path(config.storage_path) / "dl")), "metadata.json").read_text())
+    _, _, metadata, _ = ckpt.read_exported(download_model(result.registered_model_uri, result.tracking_uri,
+                                                         str(Path(config.storage_path) / "dl")))
     seen = [(Path(s["uri"]).name, s["role"], s["supervision"], s["weight"]) for s in metadata["stores"]]
     assert seen == [("box", "train", "box", 1.0), ("a", "train", "gt", 0.5), ("synth", "init", "gt", 1.0)]
     assert metadata["init_from"]["uri"].startswith(str(Path(config.storage_path) / "mix-pretrain"))

@@ -2,8 +2,8 @@
 
 Everything goes through an explicit `MlflowClient(tracking_uri)` so that the training workers
 (other processes, possibly other machines) and the driver log to the same place without relying
-on global state. Registered models are exported students (`bpiml.model.checkpoint.export`:
-safetensors + JSON), never pickles.
+on global state. Registered models are MLflow Models around exported students
+(`bpiml.model.mlflow_model`: safetensors + JSON + Python code), never pickles.
 
 Tracking URI order: an explicit value, then `MLFLOW_TRACKING_URI`, then the embedded default
 `sqlite:///<project>/.bpiml/mlflow.db` (the plain file store is refused by MLflow 3 unless allowed).
@@ -150,9 +150,10 @@ def log_overlays(tracking_uri: str, run_id: str, strips: Iterable[tuple[str, np.
 
 
 def register_model_folder(tracking_uri: str, run_id: str, folder: str, registered_model: str, alias: str = "",
-                          tags: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """Log `folder` (an exported model) as the run's `model` artifact, register it as a new version of
-    `registered_model` and point `alias` at it. Returns (models:/<name>@<alias> or /<version>, version)."""
+                          tags: Mapping[str, str] | None = None, description: str = "") -> tuple[str, str]:
+    """Log `folder` (a model: `bpiml.model.mlflow_model`) as the run's `model` artifact, register it as a new
+    version of `registered_model` (with `tags` and `description`) and point `alias` at it.
+    Returns (models:/<name>@<alias> or /<version>, version)."""
     mlc = client(tracking_uri)
     mlc.log_artifacts(run_id, folder, "model")
     source = mlc.get_run(run_id).info.artifact_uri.rstrip("/") + "/model"
@@ -160,7 +161,8 @@ def register_model_folder(tracking_uri: str, run_id: str, folder: str, registere
         mlc.get_registered_model(registered_model)
     except MlflowException:
         mlc.create_registered_model(registered_model)
-    version = str(mlc.create_model_version(registered_model, source, run_id=run_id, tags=dict(tags or {})).version)
+    version = str(mlc.create_model_version(registered_model, source, run_id=run_id, tags=dict(tags or {}),
+                                           description=description or None).version)
     if alias:
         mlc.set_registered_model_alias(registered_model, alias, version)
         return f"models:/{registered_model}@{alias}", version

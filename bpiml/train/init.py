@@ -104,13 +104,14 @@ def load_init(uri: str, tracking_uri: str) -> InitModel:
             return _from_exported(tracking.download_model(uri, tracking_uri, tmp), uri)
     if not storage.exists(uri):
         raise FileNotFoundError(f"init_from {redact(uri)}: no such file or folder; expected {FORMS}")
-    weights, config = storage.join(uri, ckpt.WEIGHTS_FILE), storage.join(uri, ckpt.MODEL_CONFIG_FILE)
-    if storage.exists(weights) and storage.exists(config):
-        local = cache.local_copy(weights)  # s3:// files land beside each other in the node cache
-        cache.local_copy(config)
-        if storage.exists(storage.join(uri, ckpt.METADATA_FILE)):
-            cache.local_copy(storage.join(uri, ckpt.METADATA_FILE))
-        return _from_exported(Path(local).parent, uri)
+    for folder in (uri, storage.join(uri, "artifacts")):  # an exported folder, or an MLflow Model holding one
+        weights, config = storage.join(folder, ckpt.WEIGHTS_FILE), storage.join(folder, ckpt.MODEL_CONFIG_FILE)
+        if storage.exists(weights) and storage.exists(config):
+            local = cache.local_copy(weights)  # s3:// files land beside each other in the node cache
+            cache.local_copy(config)
+            if storage.exists(storage.join(folder, ckpt.METADATA_FILE)):
+                cache.local_copy(storage.join(folder, ckpt.METADATA_FILE))
+            return _from_exported(Path(local).parent, uri)
     return _from_checkpoint(_checkpoint_path(uri), uri)
 
 

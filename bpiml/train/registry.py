@@ -7,11 +7,13 @@ import json
 import logging
 import math
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from bpiml.config import redact
 from bpiml.data import storage
 from bpiml.model import checkpoint as ckpt
+from bpiml.model import mlflow_model
 from bpiml.runtime import tracking
 from bpiml.train.config import TrainConfig, TrainResult
 from bpiml.train.data import TrainingData
@@ -78,7 +80,8 @@ def stores_summary(stores: list[dict[str, Any]]) -> str:
 def register(config: TrainConfig, state: dict[str, Any], best_uri: str, numbers: dict[str, float],
              data: TrainingData, tracking_uri: str, run_id: str, backbone: dict[str, Any] | None = None,
              init_from: dict[str, Any] | None = None) -> tuple[str, str]:
-    """Export the best checkpoint's student and register it; returns (model URI, version)."""
+    """Export the best checkpoint's student as an MLflow Model with its model card and register it;
+    returns (model URI, version)."""
     model = ckpt.student_from_state(state, where=best_uri)
     val_f1 = numbers.get("val_f1", math.nan)
     stores = stores_seen(config, init_from)
@@ -88,9 +91,12 @@ def register(config: TrainConfig, state: dict[str, Any], best_uri: str, numbers:
                 "backbone_weights_source": (backbone or {}).get("source"),
                 "backbone_weights_sha256": (backbone or {}).get("sha256"),
                 **({"init_from": init_from} if init_from else {})}
+    card = mlflow_model.model_card(redact(metadata), numbers)
     with tempfile.TemporaryDirectory() as folder:
-        ckpt.export(model, folder, redact(metadata))
-        return tracking.register_model_folder(tracking_uri, run_id, folder, config.registered_model, config.alias,
+        ckpt.export(model, Path(folder) / "exported", redact(metadata))
+        mlflow_model.save(Path(folder) / "exported", Path(folder) / "model", card)
+        return tracking.register_model_folder(tracking_uri, run_id, str(Path(folder) / "model"), config.registered_model,
+                                              config.alias, description=card,
                                               tags={"bpiml.checkpoint": best_uri, "bpiml.epoch": str(state["epoch"]),
                                                     "bpiml.stores": stores_summary(stores)})
 
