@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("bpiml.evaluation.evaluate:cli_evaluate", "evaluate a model on test lists; tables to stdout and MLflow"),
     "audit": ("bpiml.evaluation.audit:cli_audit", "pseudo-mask quality audit of a pseudo-labeled store against GT"),
     "report": ("bpiml.evaluation.report:cli_report", "HTML/PNG visual report"),
+    "review": ("bpiml.review.cli:cli_review", "review pseudo masks: Label Studio export/import, a static page, undo"),
 }
 
 

@@ -19,7 +19,8 @@ DEFAULT_STORE = ".bpiml/sample-pseudo"  # what `python jobs/pseudolabel.py` writ
 DEFAULT_STORAGE_PATH = "runs"
 _REGISTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 # Fields left out of the default run name while at their defaults: runs named before they existed keep their names.
-_NAMED_WHEN_SET = ("add_store", "store_weight", "init_from", "pretrain_store", "pretrain_epochs", "pretrain_supervision")
+_NAMED_WHEN_SET = ("add_store", "store_weight", "init_from", "pretrain_store", "pretrain_epochs", "pretrain_supervision",
+                   "min_confidence", "confidence_weight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,10 @@ class TrainConfig(BaseConfig):
     train_split: str = field("train", "manifest split used for training")
     val_split: str = field("val", "manifest split used for validation (records with GT masks)")
     dice_weight: float = field(0.0, "weight of a soft Dice term added to BCE (0 = BCE only, the paper's loss)")
+    min_confidence: float = field(0.0, "leave out train records whose teacher confidence is below this (records with "
+                                       "no confidence, e.g. the box teacher's, and human-reviewed ones are kept)")
+    confidence_weight: bool = field(False, "weight each sample's loss by its teacher confidence (1 for records with "
+                                           "none and for human-reviewed ones)")
     seed: int = field(0, "seed for model init and the per-epoch block order (augmentation and store-mixing draws in "
                         "Ray Data tasks are not seeded)")
     experiment: str = field("bpiml-student", "MLflow experiment name")
@@ -152,6 +157,7 @@ class TrainConfig(BaseConfig):
         if self.train_split == self.val_split:
             raise ValueError(f"train_split and val_split must differ, both are {self.val_split!r}")
         check_range("dice_weight", self.dice_weight, 0)
+        check_range("min_confidence", self.min_confidence, 0, 1)
         check_range("aug_scale_min", self.aug_scale_min, 0.05, 1)
         check_range("aug_color", self.aug_color, 0, 0.9)
         check_range("aug_jpeg_prob", self.aug_jpeg_prob, 0, 1)

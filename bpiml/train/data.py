@@ -13,6 +13,12 @@ Targets by supervision: `pseudo`, the teacher's mask (`pseudo_mask`, relative to
 `gt`, the ground-truth mask (the upper bound); `box`, the record's boxes filled. Validation always
 scores against ground truth. A sample whose files cannot be read, or whose target does not have its
 image's size, arrives with `ok=False` and its reason: the loop skips and counts it.
+
+Human review (`bpiml.pseudolabel.reviews`, decisions read once on the driver) is applied to each record
+first: a rejected record is never used, a corrected one trains on its `reviewed_mask`. A train record
+whose teacher `confidence` is below `min_confidence` is left out unless a human accepted or corrected it
+(a null confidence, e.g. the box teacher's, is kept). `weight` is the confidence (1 when null or reviewed),
+used by the loss with --confidence-weight.
 """
 
 from __future__ import annotations
@@ -27,13 +33,16 @@ import numpy as np
 
 from bpiml.data import imageio, manifest, storage
 from bpiml.data.boxes import fill_boxes
+from bpiml.pseudolabel import reviews
 from bpiml.pseudolabel import store as pseudo_store
 from bpiml.train.augment import Augment
 from bpiml.train.config import StoreSpec
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_COLUMNS = ("id", "split", "image", "target", "gt", "boxes", "ok", "reason")
+SAMPLE_COLUMNS = ("id", "split", "image", "target", "gt", "boxes", "ok", "reason", "weight", "review")
+REJECTED = "rejected in review"  # skip reasons that the registered model's review counts read
+FILTERED = "confidence below --min-confidence"
 CACHE_LIMIT = 20_000  # stores with at most this many train samples keep their decoded images cached
 
 
@@ -47,6 +56,7 @@ class StorePart:
     train: Any  # its decoded train samples alone: the driver reads the first one as a check
     draws: float = 0.0  # expected samples per epoch (with --add-store; bpiml.train.mixing)
     epoch: Any = None  # one epoch's draws from it, decoded (with --add-store)
+    review: dict[str, int] = dataclasses.field(default_factory=dict)  # datasets.review_counts of all its records
 
 
 @dataclasses.dataclass
@@ -59,19 +69,28 @@ class TrainingData:
     teacher: dict[str, Any]  # what made the pseudo masks (from the store's index)
     source: str  # the input store the images come from
     parts: list[StorePart] = dataclasses.field(default_factory=list)  # the stores, --store first
+    review: dict[str, int] = dataclasses.field(default_factory=dict)  # reviewed/accepted/corrected/rejected/filtered
 
 
 # --- records -> samples --------------------------------------------------------------------------
-def _sample(record: manifest.Record, root: str, source: str, supervision: str, splits: tuple[str, str]) -> dict[str, Any]:
+def _sample(record: manifest.Record, root: str, source: str, supervision: str, splits: tuple[str, str],
+            min_confidence: float = 0.0) -> dict[str, Any]:
     image = storage.resolve_in_store(source, record.image)
     gt = storage.resolve_in_store(source, record.mask) if record.mask else ""
-    row = {"id": record.id, "split": "", "image": image, "target": "", "gt": gt,
-           "boxes": json.dumps(record.boxes), "ok": True, "reason": ""}
-    if record.split == splits[1]:
+    review = (record.extra.get("review") or {}).get("status", "")
+    confidence = record.extra.get("confidence")
+    row = {"id": record.id, "split": "", "image": image, "target": "", "gt": gt, "boxes": json.dumps(record.boxes),
+           "ok": True, "reason": "", "review": review,
+           "weight": 1.0 if confidence is None or review else float(confidence)}
+    if review == "rejected":
+        row["reason"] = REJECTED
+    elif record.split == splits[0] and not review and confidence is not None and confidence < min_confidence:
+        row["reason"] = FILTERED
+    elif record.split == splits[1]:
         row.update(split="val" if gt else "", reason="" if gt else "val record without a GT mask")
     elif record.split == splits[0]:
         row["split"] = "train"
-        pseudo = record.extra.get("pseudo_mask")
+        pseudo = reviews.training_mask(record.extra)
         if supervision == "pseudo":
             row.update(target=storage.resolve_in_store(root, pseudo) if pseudo else "",
                        split="train" if pseudo else "", reason="" if pseudo else "no pseudo_mask")
@@ -83,20 +102,24 @@ def _sample(record: manifest.Record, root: str, source: str, supervision: str, s
 
 
 def sample_rows(batch: dict[str, Any], root: str, source: str, supervision: str, train_split: str,
-                val_split: str, allow_external: bool = False) -> dict[str, np.ndarray]:
-    """Manifest lines -> sample rows (URIs resolved; `split` "" = not used, with the reason)."""
+                val_split: str, allow_external: bool = False, decisions: dict[str, dict[str, Any]] | None = None,
+                min_confidence: float = 0.0) -> dict[str, np.ndarray]:
+    """Manifest lines -> sample rows (URIs resolved; `split` "" = not used, with the reason); `decisions`:
+    record id -> its review decision (`reviews.latest_decisions`)."""
     rows = []
     for text in batch["text"]:
         try:
-            record = manifest.Record.from_dict(json.loads(str(text)))
+            raw = json.loads(str(text))
+            record = manifest.Record.from_dict(reviews.apply(raw, (decisions or {}).get(raw.get("id"))))
             record_source = source
             if record.extra.get("source") is not None:  # stores written before index.json name it per record
                 record_source = pseudo_store.resolve_source(root, record.extra["source"], allow_external)
-            rows.append(_sample(record, root, record_source, supervision, (train_split, val_split)))
-        except (ValueError, TypeError, KeyError) as err:
+            rows.append(_sample(record, root, record_source, supervision, (train_split, val_split), min_confidence))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             rows.append({"id": "", "split": "", "image": "", "target": "", "gt": "", "boxes": "[]", "ok": False,
-                         "reason": f"bad record: {err}"})
-    return {c: np.asarray([r[c] for r in rows], dtype=bool if c == "ok" else object) for c in SAMPLE_COLUMNS}
+                         "reason": f"bad record: {err}", "weight": 1.0, "review": ""})
+    types = {"ok": bool, "weight": np.float32}
+    return {c: np.asarray([r[c] for r in rows], dtype=types.get(c, object)) for c in SAMPLE_COLUMNS}
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -151,7 +174,8 @@ def decode_samples(batch: dict[str, Any], size: int) -> dict[str, np.ndarray]:
             gts[i], has_gt[i] = gt, True
     out = {"id": np.asarray(batch["id"], dtype=object), "image": images, "target": targets, "gt": gts,
            "has_gt": has_gt, "ok": ok, "reason": np.asarray(reasons, dtype=object),
-           "source_image": np.asarray(batch["image"], dtype=object)}
+           "source_image": np.asarray(batch["image"], dtype=object),
+           "weight": np.asarray(batch.get("weight", np.ones(n)), np.float32)}
     if "store" in batch:  # drawn from one of several stores (bpiml.train.mixing)
         out["store"] = np.asarray(batch["store"])
     return out

@@ -10,12 +10,14 @@ import ray
 from ray.data import RandomSeedConfig
 
 from bpiml.data import manifest, storage
+from bpiml.pseudolabel import reviews
 from bpiml.pseudolabel import store as pseudo_store
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 from bpiml.train import mixing
 from bpiml.train.config import StoreSpec, TrainConfig
 from bpiml.train.data import (
     CACHE_LIMIT,
+    FILTERED,
     StorePart,
     TrainingData,
     augment_samples,
@@ -42,9 +44,9 @@ def store_roots(config: TrainConfig) -> tuple[str, str, dict[str, Any]]:
 
 def _count_block(batch: dict[str, Any]) -> dict[str, np.ndarray]:
     counts: dict[str, int] = {}
-    for split, reason in zip(batch["split"], batch["reason"]):
-        key = f"split:{split}" if split else f"skip:{reason}"
-        counts[key] = counts.get(key, 0) + 1
+    for split, reason, review in zip(batch["split"], batch["reason"], batch["review"]):
+        for key in (f"split:{split}" if split else f"skip:{reason}", f"review:{review}" if review else ""):
+            counts[key] = counts.get(key, 0) + 1
     return {"counts": np.asarray([json.dumps(counts)], dtype=object)}
 
 
@@ -79,13 +81,20 @@ def _store_rows(spec: StoreSpec, config: TrainConfig) -> tuple[ray.data.Dataset,
         sample_rows, batch_format="numpy", num_cpus=READ_CPUS, fn_kwargs={
             "root": opened.root, "source": opened.source, "supervision": spec.supervision,
             "train_split": config.train_split, "val_split": config.val_split,
-            "allow_external": config.allow_external_source})
+            "allow_external": config.allow_external_source, "min_confidence": config.min_confidence,
+            "decisions": reviews.latest_decisions(opened.root)})
     rows = rows.repartition(target_num_rows_per_block=BLOCK_ROWS)
     return rows, count_samples(rows), opened
 
 
 def _skips(counts: dict[str, int]) -> dict[str, int]:
     return {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("skip:") and k != "skip:"}
+
+
+def review_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Records a human reviewed (accepted, corrected, rejected) and those --min-confidence filtered out."""
+    out = {status: counts.get(f"review:{status}", 0) for status in ("accepted", "corrected", "rejected")}
+    return {"reviewed": sum(out.values()), **out, "filtered": counts.get(f"skip:{FILTERED}", 0)}
 
 
 def _cached(config: TrainConfig, n_train: int) -> bool:
@@ -101,8 +110,8 @@ def _store_part(spec: StoreSpec, rows: ray.data.Dataset, counts: dict[str, int],
     train = _decode(rows, config)
     if _cached(config, n_train):
         train = train.materialize()
-        return StorePart(spec, n_train, _skips(counts), train), train
-    return StorePart(spec, n_train, _skips(counts), train), rows
+        return StorePart(spec, n_train, _skips(counts), train, review=review_counts(counts)), train
+    return StorePart(spec, n_train, _skips(counts), train, review=review_counts(counts)), rows
 
 
 def _mixed_train(config: TrainConfig, first: tuple[ray.data.Dataset, dict[str, int]]) -> list[StorePart]:
@@ -147,12 +156,14 @@ def training_data(config: TrainConfig) -> TrainingData:
                               num_cpus=READ_CPUS)
     teacher = opened.index.get("teacher") or _legacy_teacher(opened.root)
     skipped: dict[str, int] = {}
+    review: dict[str, int] = {}
     for part in parts:
-        for why, n in part.skipped.items():
-            skipped[why] = skipped.get(why, 0) + n
+        for totals, counted in ((skipped, part.skipped), (review, part.review)):
+            for key, n in counted.items():
+                totals[key] = totals.get(key, 0) + n
     return TrainingData(train=train, val=val, n_train=n_train, n_val=n_val, skipped=skipped,
                         teacher={**teacher, "teachers": opened.index.get("teachers", {})}, source=opened.source,
-                        parts=parts)
+                        parts=parts, review=review)
 
 
 def _legacy_teacher(root: str) -> dict[str, Any]:

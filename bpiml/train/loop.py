@@ -42,15 +42,16 @@ MAX_REJECT_ROWS = 1000  # unreadable samples listed per worker in <run_dir>/reje
 
 
 # --- loss, schedule ------------------------------------------------------------------------------
-def mask_loss(logits: Tensor, target: Tensor, dice_weight: float = 0.0) -> Tensor:
-    """BCE with logits + `dice_weight` x soft Dice (per image, smoothed by 1), both means over the batch."""
-    loss = F.binary_cross_entropy_with_logits(logits, target)
+def mask_loss(logits: Tensor, target: Tensor, dice_weight: float = 0.0, weight: Tensor | None = None) -> Tensor:
+    """BCE with logits + `dice_weight` x soft Dice (per image, smoothed by 1), both means over the batch.
+    `weight` (B,): each image's loss is multiplied by it before the mean (--confidence-weight)."""
+    per_image = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
     if dice_weight > 0:
         prob = torch.sigmoid(logits).flatten(1)
         flat = target.flatten(1)
         dice = 1 - (2 * (prob * flat).sum(1) + 1) / (prob.sum(1) + flat.sum(1) + 1)
-        loss = loss + dice_weight * dice.mean()
-    return loss
+        per_image = per_image + dice_weight * dice
+    return (per_image if weight is None else per_image * weight).mean()
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -196,7 +197,8 @@ def train_one_epoch(worker: Worker, epoch: int) -> dict[str, float]:
         y = to_target(batch["target"][ok], worker.device)
         with worker.autocast():
             logits = model(x)
-        loss = mask_loss(logits.float(), y, cfg.dice_weight)
+        weight = torch.as_tensor(batch["weight"][ok], device=worker.device) if cfg.confidence_weight else None
+        loss = mask_loss(logits.float(), y, cfg.dice_weight, weight)
         worker.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         worker.optimizer.step()
