@@ -15,6 +15,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -42,6 +43,7 @@ CASES: dict[str, tuple[str, str]] = {
     "grayscale": ("labeled, noted", "converted grayscale to RGB"),
     "RGBA": ("labeled, noted", "dropped alpha (RGBA)"),
     "16-bit": ("labeled, noted", "scaled 16-bit to 8-bit"),
+    "16-bit RGB": ("labeled, noted", "scaled 16-bit to 8-bit"),
     "32-bit float": ("labeled, noted", "scaled float to 8-bit"),
     "palette": ("labeled, noted", "converted palette to RGB"),
     "CMYK": ("labeled, noted", "converted CMYK to RGB"),
@@ -97,6 +99,7 @@ def _build_store(root: Path, outside: Path) -> tuple[list[str], dict[str, str]]:
         "gray.png": _save(Image.fromarray(photo[..., 0])),
         "rgba.png": _save(Image.fromarray(np.dstack([photo, photo[..., :1]]), "RGBA")),
         "g16.png": _save(Image.fromarray(photo[..., 0].astype(np.uint16) * 257)),
+        "rgb16.png": cv2.imencode(".png", photo.astype(np.uint16) * 257)[1].tobytes(),  # Pillow writes no 48-bit
         "f32.tif": _save(Image.fromarray(photo[..., 0].astype(np.float32) / 255.0, "F"), "TIFF"),
         "palette.png": _save(Image.fromarray(photo).quantize(colors=8)),
         "cmyk.jpg": _save(Image.fromarray(photo).convert("CMYK"), "JPEG"),
@@ -123,6 +126,7 @@ def _build_store(root: Path, outside: Path) -> tuple[list[str], dict[str, str]]:
         "grayscale": line("gray", "gray.png"),
         "RGBA": line("rgba", "rgba.png"),
         "16-bit": line("g16", "g16.png"),
+        "16-bit RGB": line("rgb16", "rgb16.png"),
         "32-bit float": line("f32", "f32.tif"),
         "palette": line("palette", "palette.png"),
         "CMYK": line("cmyk", "cmyk.jpg"),

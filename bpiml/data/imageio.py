@@ -46,6 +46,9 @@ def _unidentified(data: bytes, name: str) -> DecodeError:
     return DecodeError("not an image or unknown format", name)
 
 
+_RAW_MODE = "bpiml_rawmode"  # image info key: how the file stores its pixels, read before load()
+
+
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Open and fully load the first frame."""
     if not data:
@@ -59,7 +62,10 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
                 raise DecodeError("zero-size image", name, f"{width}x{height}")
             if width * height > max_pixels:
                 raise DecodeError("too many pixels", name, f"{width}x{height} > {max_pixels} pixels")
-            img.load()
+            tiles = getattr(img, "tile", None) or []
+            raw = tiles[0].args if tiles and isinstance(tiles[0].args, str) else ""
+            img.load()  # clears `tile`: the file's raw layout (`RGB;16B`: 16 bits a channel) is kept in info
+            img.info[_RAW_MODE] = raw
     except DecodeError:
         raise
     except Image.DecompressionBombError as err:
@@ -86,9 +92,8 @@ def _apply_orientation(img: Image.Image, notes: list[str]) -> Image.Image:
 
 def _to_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
     mode = img.mode
-    rawmode = img.tile[0].args if getattr(img, "tile", None) else ""
     if mode == "RGB":
-        if isinstance(rawmode, str) and ";16" in rawmode:
+        if ";16" in img.info.get(_RAW_MODE, ""):  # Pillow keeps the high byte of 16-bit RGB
             notes.append("scaled 16-bit to 8-bit")
         return np.asarray(img)
     if mode in ("L", "1"):
