@@ -177,7 +177,8 @@ def _open_mlflow_run(config: TrainConfig, data: TrainingData, tracking_uri: str,
         "teacher_identity": teacher.get("identity", "unknown"), "teachers": json.dumps(teacher.get("teachers", {})),
         "n_train": data.n_train, "n_val": data.n_val, "source": data.source,
         "backbone_weights_source": backbone["source"], "backbone_weights_sha256": backbone["sha256"] or "",
-        "stores": json.dumps(stores), "init_sha256": (state["init_from"] or {}).get("sha256", "")})
+        "stores": json.dumps(stores), "init_sha256": (state["init_from"] or {}).get("sha256", ""),
+        **{f"review_{k}": v for k, v in data.review.items()}})
     tracking.log_dict(tracking_uri, run_id, config.to_dict(), "config/train_config.json")
     return state
 

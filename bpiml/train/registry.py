@@ -90,6 +90,7 @@ def register(config: TrainConfig, state: dict[str, Any], best_uri: str, numbers:
                 "teacher": data.teacher, "backbone_weights": state["model_config"].get("backbone_weights"),
                 "backbone_weights_source": (backbone or {}).get("source"),
                 "backbone_weights_sha256": (backbone or {}).get("sha256"),
+                "review": data.review,  # records reviewed/accepted/corrected/rejected, filtered by --min-confidence
                 **({"init_from": init_from} if init_from else {})}
     card = mlflow_model.model_card(redact(metadata), numbers)
     with tempfile.TemporaryDirectory() as folder:
