@@ -15,7 +15,7 @@ import torch
 
 from bpiml.config import redact
 from bpiml.data import storage
-from bpiml.model import checkpoint
+from bpiml.model import checkpoint, mlflow_model
 from bpiml.model.student import StudentConfig, build_student
 from bpiml.pseudolabel.config import PseudoLabelConfig
 from bpiml.pseudolabel.store import resolve_source, source_reference
@@ -98,15 +98,18 @@ class _Exploit:
         return (os.system, (f"touch {self.target}",))
 
 
-TINY = StudentConfig(width=16, memory_slots=4, img_size=64)
+TINY = StudentConfig(width=16, memory_slots=4, img_size=64, backbone_weights=None)
 
 
-@pytest.mark.parametrize("planted", ["pickle", "torch.save"])
-def test_a_registered_model_with_a_planted_pickle_is_refused(tmp_path: Path, planted: str) -> None:
+@pytest.mark.parametrize(("planted", "form"), [("pickle", "folder"), ("torch.save", "folder"), ("pickle", "mlflow")])
+def test_a_registered_model_with_a_planted_pickle_is_refused(tmp_path: Path, planted: str, form: str) -> None:
+    """`form`: an exported folder (older registry format) or the MLflow Model the registry holds now."""
     folder = checkpoint.export(build_student(TINY), tmp_path / "model")
+    if form == "mlflow":
+        folder = mlflow_model.save(folder, tmp_path / "mlflow-model", card="")
     assert checkpoint.load_exported(folder) is not None  # the genuine artifact loads
     target = tmp_path / "pwned"
-    weights = Path(folder) / checkpoint.WEIGHTS_FILE
+    weights = checkpoint.find_exported(folder) / checkpoint.WEIGHTS_FILE
     if planted == "pickle":
         weights.write_bytes(pickle.dumps(_Exploit(str(target))))
     else:
