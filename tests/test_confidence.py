@@ -230,6 +230,8 @@ def test_summary_and_mlflow_run_of_a_small_grabcut_run(tmp_path: Path, ray_local
     assert run.data.metrics["labeled_this_run"] == 4 and run.data.metrics["images_per_second"] > 0
     assert run.data.metrics["confidence_below_review"] == confidence["below_review"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"confidence_histogram.png", "summary.json"} <= artifacts
+    assert {"confidence_histogram.png", "summary.json", "review_page"} <= artifacts
+    page = {a.path for a in client.list_artifacts(run.info.run_id, "review_page")}
+    assert "review_page/index.html" in page
     figure = client.download_artifacts(run.info.run_id, "confidence_histogram.png", str(tmp_path))
     assert Image.open(figure).size[0] > 100

@@ -2,24 +2,23 @@
 
 One MLflow run per job: params (the resolved config, credentials redacted), the summary's counts
 and throughput as metrics, the teacher-confidence histogram as a figure, `summary.json`, and the
-review page when the output has one (`REVIEW_PAGE_FILES`, written by `bpiml review`). Tracking URI:
-`--tracking-uri`, else MLFLOW_TRACKING_URI, else the project's sqlite (`bpiml.runtime.tracking`).
+review page of the `REVIEW_PAGE_RECORDS` least confident records (`bpiml review page`, drawn into a
+temporary folder and logged under `review_page/`). Tracking URI: `--tracking-uri`, else
+MLFLOW_TRACKING_URI, else the project's sqlite (`bpiml.runtime.tracking`).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from typing import Any
 
-from bpiml.data import storage
 from bpiml.pseudolabel.config import PseudoLabelConfig
 from bpiml.runtime import tracking
 
 logger = logging.getLogger(__name__)
 
-# The review page of an output, relative to it: logged as an artifact when present. The hook for
-# `bpiml review` (issue 31 part B): a page it writes under one of these names is picked up here.
-REVIEW_PAGE_FILES = ("review/index.html", "review.html")
+REVIEW_PAGE_RECORDS = 100  # the review page logged with a run shows this many least confident records
 METRIC_KEYS = ("images_in_manifest", "labeled_this_run", "skipped_already_labeled", "relabeled", "rejected",
                "labeled_total", "reject_rate", "seconds", "images_per_second", "mean_iou_vs_gt")
 
@@ -59,13 +58,19 @@ def confidence_figure(confidence: dict[str, Any] | None, title: str) -> Any:
     return figure
 
 
-def review_page(out: str) -> str | None:
-    """The output's review page (`REVIEW_PAGE_FILES`), or None when it has none."""
-    for rel in REVIEW_PAGE_FILES:
-        uri = storage.join(out, rel)
-        if storage.exists(uri):
-            return uri
-    return None
+def log_review_page(mlc: Any, run_id: str, out: str) -> int:
+    """Draw the review page of `out`'s least confident records and log it under `review_page/`; returns
+    how many pages were logged (0, with a warning, when it cannot be drawn: the run is logged anyway)."""
+    from bpiml.review.page import write_page  # noqa: PLC0415 - review reads pseudo stores; drawn only for MLflow
+
+    with tempfile.TemporaryDirectory(prefix="bpiml-review-page-") as folder:
+        try:
+            pages = write_page(out, folder, per_page=REVIEW_PAGE_RECORDS, limit=REVIEW_PAGE_RECORDS)
+        except (OSError, ValueError) as err:
+            logger.warning("review page of %s not logged: %s: %s", out, type(err).__name__, err)
+            return 0
+        mlc.log_artifacts(run_id, folder, "review_page")
+    return len(pages)
 
 
 def log_pseudolabel_run(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> str:
@@ -80,12 +85,7 @@ def log_pseudolabel_run(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> str:
         mlc = tracking.client(uri)
         mlc.log_figure(run_id, confidence_figure(summary.get("confidence"), summary["teacher_identity"]),
                        "confidence_histogram.png")
-        page = review_page(cfg.out)
-        if page is not None:
-            text = storage.read_bytes(page).decode("utf-8", "replace")
-            mlc.log_text(run_id, text, f"review/{page.rsplit('/', 1)[-1]}")
-        else:
-            logger.info("no review page in %s (%s): not logged", cfg.out, " or ".join(REVIEW_PAGE_FILES))
+        log_review_page(mlc, run_id, cfg.out)
     except Exception:
         tracking.end_run(uri, run_id, "FAILED")
         raise
