@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "cli.md"
-JOBS = ("synthesize", "pseudolabel", "train", "predict", "evaluate")
+JOBS = ("synthesize", "pseudolabel", "train", "predict", "evaluate", "serve")
 WIDTH = "100"  # argparse wraps at $COLUMNS: fixed, so the file does not depend on the terminal
 
 HEADER = """# Command-line reference

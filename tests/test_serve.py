@@ -161,3 +161,14 @@ def test_build_app_is_what_serve_run_imports(checkpoint):
     assert isinstance(build_app({"model": checkpoint, "max_batch_size": "4"}), Application)
     with pytest.raises(FileNotFoundError):
         build_app({"model": checkpoint + ".missing"})
+
+
+def test_a_named_key_variable_that_is_unset_stops_the_replica(monkeypatch):
+    from bpiml.serving.app import read_api_key, replica_device
+
+    monkeypatch.delenv("BPIML_TEST_NO_KEY", raising=False)
+    with pytest.raises(ValueError, match="BPIML_TEST_NO_KEY: the variable is not set"):
+        read_api_key("BPIML_TEST_NO_KEY")
+    monkeypatch.setenv("BPIML_TEST_NO_KEY", "abc")
+    assert read_api_key("BPIML_TEST_NO_KEY") == "abc" and read_api_key("") == ""
+    assert replica_device(0) == "cpu"
