@@ -31,6 +31,9 @@ else
   "${pip[@]}" -c constraints.txt torch torchvision
   echo "setup.sh: installing bpiml and its dependencies"
   if [ $dev = 1 ]; then "${pip[@]}" -c constraints.txt -e '.[dev]'; else "${pip[@]}" -c constraints.txt -e .; fi
+  # label-studio-sdk pins opencv-python-headless < 4.13 (bpiml uses 5.x): installed without its dependencies,
+  # for the one module bpiml uses, its brush RLE (numpy + Pillow only; bpiml/review/rle.py)
+  "${pip[@]}" -c constraints.txt --no-deps label-studio-sdk
   touch "$stamp"
 fi
 
@@ -42,6 +45,25 @@ if [ $dev = 1 ] && ! command -v chromium >/dev/null 2>&1; then
       || echo "setup.sh: could not install Chromium; the report rendering test will be skipped" >&2
   else
     echo "setup.sh: Chromium not found; the report rendering test will be skipped (install 'chromium' to run it)" >&2
+  fi
+fi
+if [ $dev = 1 ]; then
+  # The Label Studio round-trip test runs a real server from a venv of its own (its pins clash with ours):
+  # ~1 GB, ~75 s to install; `init` migrates a template database once (~2 min), so each test start takes ~20 s.
+  ls_venv=.venv-labelstudio
+  if [ ! -f "$ls_venv/.bpiml-installed" ] || [ "$ls_venv/.bpiml-installed" -ot scripts/setup.sh ]; then
+    echo "setup.sh: installing Label Studio into $ls_venv (for the review round-trip test)"
+    if rm -rf "$ls_venv" && "$PYTHON" -m venv "$ls_venv" \
+      && "$ls_venv/bin/python" -m pip install --quiet --disable-pip-version-check label-studio==1.23.2 \
+      && LABEL_STUDIO_BASE_DATA_DIR="$ls_venv/template" "$ls_venv/bin/label-studio" init --data-dir "$ls_venv/template" \
+        --username review@bpiml.test --password bpiml-review --user-token bpimlreviewtoken0123456789abcdef01234567 \
+        --enable-legacy-api-token >"$ls_venv/init.log" 2>&1; then
+      printf '{"username": "review@bpiml.test", "token": "bpimlreviewtoken0123456789abcdef01234567"}\n' \
+        >"$ls_venv/template/credentials.json"
+      touch "$ls_venv/.bpiml-installed"
+    else
+      echo "setup.sh: could not install Label Studio; the review round-trip test fails under CI=true" >&2
+    fi
   fi
 fi
 echo "setup.sh: done (.venv/bin/python $(.venv/bin/python -c 'import torch, ray; print("torch", torch.__version__, "ray", ray.__version__)'))"
