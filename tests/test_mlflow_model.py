@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -32,6 +31,7 @@ from bpiml.runtime import tracking
 from bpiml.runtime.loopback import free_port
 from bpiml.train import registry
 from bpiml.train.config import TrainConfig
+from bpiml.train.data import TrainingData
 
 TINY = StudentConfig(width=16, memory_slots=4, img_size=64, backbone_weights=None)
 SHA = "ab12" * 16
@@ -53,7 +53,8 @@ def registered(tmp_path_factory):
     config = TrainConfig(store=str(root / "boxes"), supervision="box", register=f"{NAME}@champion",
                          add_store=[f"{root / 'synth'},weight=0.5,supervision=gt"])
     state = {"model_config": student.config.to_dict(), "model_state": student.state_dict(), "epoch": 2}
-    data = SimpleNamespace(source=str(root / "input"), teacher={"name": "grabcut", "version": "3"})
+    data = TrainingData(train=None, val=None, n_train=0, n_val=0, skipped={}, source=str(root / "input"),
+                        teacher={"name": "grabcut", "version": "3"})
     run_id = tracking.start_or_resume_run(uri, "exp", run_name="train")
     model_uri, version = registry.register(
         config, state, str(root / "ckpt"), {"val_f1": 0.4321, "val_iou": 0.3, "loss": 0.2}, data, uri, run_id,
@@ -133,6 +134,8 @@ def test_an_older_bare_folder_still_loads(registered, tmp_path) -> None:
     image = _images()[1]
     np.testing.assert_allclose(inference.predict_probs(inference.load_model(old, uri), image),
                                inference.predict_probs(student, image), atol=1e-6)
+    sources = [v.source for v in tracking.client(uri).search_model_versions(f"run_id='{run_id}'")]
+    assert len(sources) == len(set(sources)) >= 2  # one run, several versions: each its own files
 
 
 def _post(url: str, body: dict, timeout: float = 30.0) -> dict:

@@ -151,12 +151,14 @@ def log_overlays(tracking_uri: str, run_id: str, strips: Iterable[tuple[str, np.
 
 def register_model_folder(tracking_uri: str, run_id: str, folder: str, registered_model: str, alias: str = "",
                           tags: Mapping[str, str] | None = None, description: str = "") -> tuple[str, str]:
-    """Log `folder` (a model: `bpiml.model.mlflow_model`) as the run's `model` artifact, register it as a new
-    version of `registered_model` (with `tags` and `description`) and point `alias` at it.
-    Returns (models:/<name>@<alias> or /<version>, version)."""
+    """Log `folder` (a model: `bpiml.model.mlflow_model`) as the run's `model` artifact (`model-N` when the run
+    logged one before: two versions never share files), register it as a new version of `registered_model`
+    (with `tags` and `description`) and point `alias` at it. Returns (models:/<name>@<alias> or /<version>, version)."""
     mlc = client(tracking_uri)
-    mlc.log_artifacts(run_id, folder, "model")
-    source = mlc.get_run(run_id).info.artifact_uri.rstrip("/") + "/model"
+    taken = {os.path.basename(a.path) for a in mlc.list_artifacts(run_id)}
+    path = next(p for p in ("model", *(f"model-{n}" for n in range(2, len(taken) + 3))) if p not in taken)
+    mlc.log_artifacts(run_id, folder, path)  # a folder of its own: an earlier version's files stay as they were
+    source = mlc.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + path
     try:
         mlc.get_registered_model(registered_model)
     except MlflowException:
