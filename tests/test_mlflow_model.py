@@ -24,7 +24,10 @@ import torch
 import yaml
 
 from bpiml.data import imageio
-from bpiml.evaluation import inference
+from bpiml.evaluation import figures, inference
+from bpiml.evaluation.evaluate import EvalConfig
+from bpiml.evaluation.streaming_metrics import block_sums, collect
+from bpiml.evaluation.tables import log_to_mlflow, stats_table
 from bpiml.model import checkpoint, mlflow_model
 from bpiml.model.student import StudentConfig, build_student
 from bpiml.runtime import tracking
@@ -195,3 +198,35 @@ def _stop(server: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+# --- figures in MLflow --------------------------------------------------------------------------------
+def _stats(manipulated: list[float], authentic: list[float]) -> dict:
+    rows = [{"set": "a", "degradation": "none", "manipulated": m, "score": s, "f1": 0.5, "iou": 0.4, "auc": 0.6,
+             "area": 0.0, "error": ""} for m, scores in ((True, manipulated), (False, authentic)) for s in scores]
+    return collect(block_sums(rows, threshold=0.5))
+
+
+def test_image_f1_against_the_threshold_and_calibration_come_from_the_histograms() -> None:
+    stats = _stats([0.95, 0.75, 0.35], [0.65, 0.15])[("a", "none")]
+    thresholds, f1 = figures.f1_by_threshold(stats)
+    at_half = int(np.argmin(np.abs(thresholds - 0.5)))
+    assert thresholds[at_half] == pytest.approx(0.5)
+    assert f1[at_half] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # TP 0.95, 0.75; FP 0.65; FN 0.35
+    assert f1[0] == pytest.approx(2 * 3 / (2 * 3 + 2))  # everything called manipulated
+    mean, share, count = figures.calibration(stats)
+    np.testing.assert_allclose(mean, [0.15, 0.35, 0.65, 0.75, 0.95], atol=2e-3)
+    assert share.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0] and count.tolist() == [1, 1, 1, 1, 1]
+
+
+def test_evaluation_logs_its_figures(registered) -> None:
+    uri, model_uri, _, _ = registered
+    stats = _stats([0.9, 0.8, 0.3], [0.6, 0.1])
+    table = stats_table(stats, ["a"], {}, ["none"])
+    config = EvalConfig(model=model_uri, datasets=["a=x.json"], out="unused", tracking_uri=uri, experiment="eval")
+    run_id = log_to_mlflow(config, table, {}, ["a"], stats)
+    logged = [f.path for f in tracking.client(uri).list_artifacts(run_id, "evaluation/figures")]
+    assert sorted(logged) == ["evaluation/figures/image_f1_by_threshold.png",
+                              "evaluation/figures/image_score_reliability.png", "evaluation/figures/metrics.png"]
+    png = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=logged[0], tracking_uri=uri))
+    assert imageio.decode_image(png.read_bytes())[0].shape[0] > 100

@@ -272,7 +272,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     result, files = write_outputs(config, totals, table, time.perf_counter() - start)
     rejects.check_reject_rate(totals["rejected"], totals["images"], config.max_reject_rate, "evaluate",
                               storage.join(config.out, REJECTS_DIR))
-    mlflow_run = log_to_mlflow(config, table, files, names)
+    mlflow_run = log_to_mlflow(config, table, files, names, stats)
     logger.info("evaluated %d predictions (%d failed) in %.1f s -> %s", totals["images"], totals["rejected"],
                 time.perf_counter() - start, config.out)
     return {**result, "table": table, "out": config.out, "mlflow_run_id": mlflow_run}

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bpiml.data import parts, storage
-from bpiml.evaluation import metrics
+from bpiml.evaluation import figures, metrics
 from bpiml.evaluation.streaming_metrics import Stats
 from bpiml.runtime import tracking
 
@@ -120,8 +120,10 @@ def metric_name(row: dict[str, Any], key: str) -> str:
     return "/".join(re.sub(r"[^A-Za-z0-9_.\- ]", "_", str(p)) for p in parts)
 
 
-def log_to_mlflow(config: Any, table: list[dict[str, Any]], files: dict[str, str], set_names: list[str]) -> str | None:
-    """Log the table's metrics and files; returns the run id, or None when MLflow is not configured."""
+def log_to_mlflow(config: Any, table: list[dict[str, Any]], files: dict[str, str], set_names: list[str],
+                  stats: dict[tuple[str, str], Stats] | None = None) -> str | None:
+    """Log the table's metrics and files, and with `stats` (the merged statistics) the figures of
+    `figures.log_figures`; returns the run id, or None when MLflow is not configured."""
     if not config.mlflow or not (config.tracking_uri or config.mlflow_run_id or config.experiment
                                  or os.environ.get("MLFLOW_TRACKING_URI")):
         return None
@@ -137,6 +139,8 @@ def log_to_mlflow(config: Any, table: list[dict[str, Any]], files: dict[str, str
     mlc = tracking.client(uri)
     for name, text in files.items():
         mlc.log_text(run_id, text, f"evaluation/{name}")
+    if stats is not None:
+        figures.log_figures(mlc, run_id, table, stats, set_names, config.threshold)
     if not config.mlflow_run_id:
         tracking.end_run(uri, run_id)
     logger.info("evaluation logged to MLflow run %s at %s", run_id, uri)

@@ -115,7 +115,9 @@ class TrainConfig(BaseConfig):
     register: str = field("", "register the best model as NAME[@ALIAS] in the MLflow registry ('' = do not register)")
     model: StudentConfig = field(StudentConfig(), "the student (flags --model-*)")
     limit: int = field(0, "use at most this many train and val records (0 = all)")
-    log_images: int = field(4, "overlay images (image | target | GT | prediction) logged to MLflow at the end")
+    log_images: int = field(4, "overlay images (image | target | GT | prediction) logged to MLflow at the end "
+                                  "(and every --overlay-every epochs)")
+    overlay_every: int = field(5, "also log the overlays every N epochs (0 = only at the end)")
     log_every: int = field(20, "steps between progress lines on rank 0 (step, loss, lr, images/s)")
     amp: bool = field(True, "bf16 autocast on GPU (ignored on CPU)")
     channels_last: bool = field(False, "channels_last memory format (GPU)")
@@ -141,7 +143,7 @@ class TrainConfig(BaseConfig):
             raise ValueError(f"run_name must be a plain name without '/', got {self.run_name!r}")
         for key in ("epochs", "batch_size", "num_workers", "log_every"):
             check_range(key, getattr(self, key), 1)
-        for key in ("limit", "log_images", "max_failures", "seed", "shuffle_buffer"):
+        for key in ("limit", "log_images", "overlay_every", "max_failures", "seed", "shuffle_buffer"):
             check_range(key, getattr(self, key), 0)
         check_range("keep_checkpoints", self.keep_checkpoints, 1)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -210,7 +212,8 @@ class TrainConfig(BaseConfig):
     def default_run_name(self) -> str:
         """student-<hash>: the same command (epochs aside) names the same run, so rerunning it resumes."""
         defaults = TrainConfig().to_dict()
-        values = {k: v for k, v in self.to_dict().items() if k not in ("epochs", "run_name", "register", "log_every", "import_dir")
+        values = {k: v for k, v in self.to_dict().items()
+                  if k not in ("epochs", "run_name", "register", "log_every", "overlay_every", "import_dir")
                   and not (k in _NAMED_WHEN_SET and v == defaults[k])}
         digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"student-{digest}"
