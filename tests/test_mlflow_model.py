@@ -230,3 +230,16 @@ def test_evaluation_logs_its_figures(registered) -> None:
                               "evaluation/figures/image_score_reliability.png", "evaluation/figures/metrics.png"]
     png = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=logged[0], tracking_uri=uri))
     assert imageio.decode_image(png.read_bytes())[0].shape[0] > 100
+
+
+def test_training_logs_overlays_every_n_epochs_and_at_the_end() -> None:
+    def epochs(**kw) -> list[int]:
+        config = TrainConfig(**kw)
+        return [e for e in range(config.epochs) if config.logs_overlays(e)]
+
+    assert epochs(epochs=12) == [4, 9, 11]  # default: every 5 epochs, and the last
+    assert epochs(epochs=4, overlay_every=0) == [3]
+    assert epochs(epochs=3, overlay_every=1) == [0, 1, 2]
+    with pytest.raises(ValueError, match="overlay_every"):
+        TrainConfig(overlay_every=-1).validate()
+    assert TrainConfig(overlay_every=2).default_run_name() == TrainConfig().default_run_name()  # a logging option

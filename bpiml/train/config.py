@@ -209,6 +209,10 @@ class TrainConfig(BaseConfig):
     def alias(self) -> str:
         return self.register.partition("@")[2]
 
+    def logs_overlays(self, epoch: int) -> bool:
+        """Whether epoch `epoch` (0-based) logs overlays: every `overlay_every` epochs, and the last one."""
+        return epoch == self.epochs - 1 or (self.overlay_every > 0 and (epoch + 1) % self.overlay_every == 0)
+
     def default_run_name(self) -> str:
         """student-<hash>: the same command (epochs aside) names the same run, so rerunning it resumes."""
         defaults = TrainConfig().to_dict()

@@ -276,11 +276,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     for epoch in range(worker.start_epoch, worker.cfg.epochs):
         lr = worker.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(worker, epoch)
-        last = epoch == worker.cfg.epochs - 1
-        overlay_epoch = last or (worker.cfg.overlay_every > 0 and (epoch + 1) % worker.cfg.overlay_every == 0)
+        overlays = worker.cfg.log_images if (worker.rank == 0 and worker.cfg.logs_overlays(epoch)) else 0
         sums, strips = validate(worker.core, ray.train.get_dataset_shard("val").iter_batches(
             batch_size=worker.cfg.batch_size, batch_format="numpy"), worker.device, worker.autocast,
-            worker.cfg.channels_last, overlays=worker.cfg.log_images if (worker.rank == 0 and overlay_epoch) else 0)
+            worker.cfg.channels_last, overlays=overlays)
         loss_sum, seen, unreadable, seconds = all_reduce(
             [stats["loss_sum"], stats["seen"], stats["unreadable"], stats["seconds"]], worker.device)
         val = ValSums.from_list(all_reduce(sums.to_list(), worker.device))
