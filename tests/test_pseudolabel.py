@@ -237,13 +237,15 @@ def test_what_brings_back_the_full_pass(tmp_path):
     os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 10**9))
     assert sign(cfg) != signature
     out.mkdir()
-    summary = {"out": str(out), "images_in_manifest": 2, "rejected": 0, "duplicates": 0, "labeled_total": 2}
+    summary = {"out": str(out), "images_in_manifest": 2, "rejected": 0, "duplicates": 0, "labeled_total": 2,
+               "confidence": {"review_below": 0.5}}
     (out / "summary.json").write_text(json.dumps(summary))
     index = {"complete": True, "input_signature": signature, "runs": ["r1"]}
     assert unchanged_rerun(cfg, index, signature)["skipped_already_labeled"] == 2
     assert unchanged_rerun(cfg.replace(limit=1), index, signature) is None
     assert unchanged_rerun(cfg, {**index, "complete": False}, signature) is None
     assert unchanged_rerun(cfg, index, sign(cfg)) is None  # the touched manifest
+    assert unchanged_rerun(cfg.replace(review_below=0.3), index, signature) is None  # its count is redone
     (out / "summary.json").write_text(json.dumps({**summary, "rejected": 1}))  # a reject is retried
     assert unchanged_rerun(cfg, index, signature) is None
 
