@@ -51,7 +51,7 @@ if [ $dev = 1 ]; then
   # The Label Studio round-trip test runs a real server from a venv of its own (its pins clash with ours):
   # ~1 GB, ~75 s to install; `init` migrates a template database once (~2 min), so each test start takes ~20 s.
   ls_venv=.venv-labelstudio
-  if [ ! -f "$ls_venv/.bpiml-installed" ] || [ "$ls_venv/.bpiml-installed" -ot scripts/setup.sh ]; then
+  if [ ! -f "$ls_venv/.bpiml-installed" ] || ! grep -qx 1.23.2 "$ls_venv/.bpiml-installed"; then
     echo "setup.sh: installing Label Studio into $ls_venv (for the review round-trip test)"
     if rm -rf "$ls_venv" && "$PYTHON" -m venv "$ls_venv" \
       && "$ls_venv/bin/python" -m pip install --quiet --disable-pip-version-check label-studio==1.23.2 \
@@ -60,7 +60,7 @@ if [ $dev = 1 ]; then
         --enable-legacy-api-token >"$ls_venv/init.log" 2>&1; then
       printf '{"username": "review@bpiml.test", "token": "bpimlreviewtoken0123456789abcdef01234567"}\n' \
         >"$ls_venv/template/credentials.json"
-      touch "$ls_venv/.bpiml-installed"
+      echo 1.23.2 >"$ls_venv/.bpiml-installed"
     else
       echo "setup.sh: could not install Label Studio; the review round-trip test fails under CI=true" >&2
     fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import textwrap
 
 from bpiml.pseudolabel import reviews
 from bpiml.review import export, importer, page
@@ -54,6 +55,8 @@ def cli_review(argv: list[str] | None = None) -> int:
     _undo_arguments(sub.add_parser("undo", help="undo the review of records (they train on their pseudo masks)",
                                    formatter_class=HelpFormatter))
     runners["undo"] = _run_undo
+    parser.epilog = "\n".join(f"bpiml review {name}:\n" + textwrap.indent(command.format_help(), "    ")
+                               for name, command in sub.choices.items())
     args = parser.parse_args(argv)
     try:
         return runners[args.command](args)
