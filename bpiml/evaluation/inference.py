@@ -11,6 +11,7 @@ them in one pass and resizes the sigmoid maps back to each image's size (bilinea
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any
 
@@ -40,7 +41,19 @@ def load_model(uri: str, tracking_uri: str = "") -> Any:
     if not is_mlflow_uri(uri):
         return checkpoint.load_student(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        return checkpoint.load_exported(download_model(uri, resolve_tracking_uri(tracking_uri), tmp))
+        return checkpoint.load_exported(_download_student(uri, resolve_tracking_uri(tracking_uri), tmp))
+
+
+def _download_student(uri: str, tracking_uri: str, dst: str) -> str:
+    """The local folder holding the student's files: only `artifacts/` of an MLflow Model (its code/ and
+    environment files are not needed here), else everything (a version in the older bare-folder format)."""
+    try:
+        folder = download_model(f"{uri.rstrip('/')}/artifacts", tracking_uri, os.path.join(dst, "artifacts"))
+        if checkpoint.find_exported(folder) is not None:
+            return folder
+    except FileNotFoundError:  # no artifacts/ folder: the older format
+        pass
+    return download_model(uri, tracking_uri, os.path.join(dst, "model"))
 
 
 def check_model(uri: str, tracking_uri: str = "") -> str:
