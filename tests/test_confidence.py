@@ -235,3 +235,16 @@ def test_summary_and_mlflow_run_of_a_small_grabcut_run(tmp_path: Path, ray_local
     assert "review_page/index.html" in page
     figure = client.download_artifacts(run.info.run_id, "confidence_histogram.png", str(tmp_path))
     assert Image.open(figure).size[0] > 100
+
+
+def test_an_unreachable_tracking_server_fails_before_any_labeling(tmp_path: Path, monkeypatch) -> None:
+    from bpiml.pseudolabel.job import run_pseudolabel
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once, not after MLflow's backoff
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    _store(tmp_path / "store")
+    cfg = PseudoLabelConfig(store=str(tmp_path / "store"), out=str(tmp_path / "out"), teacher="box",
+                            experiment="pseudo-test", tracking_uri="http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ValueError, match="--experiment pseudo-test: cannot reach MLflow at http://127.0.0.1:9"):
+        run_pseudolabel(cfg)
+    assert not (tmp_path / "out" / "manifest").exists()  # nothing was labeled

@@ -195,6 +195,10 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     """Label every image of `cfg.store` into `cfg.out`; returns the summary (also saved as summary.json)."""
     cfg = _prepare(cfg)
     files = check_locations(cfg)
+    if cfg.experiment:  # a wrong tracking URI fails now, not after the labeling
+        from bpiml.pseudolabel.mlflow_run import check_tracking  # noqa: PLC0415 - MLflow only with --experiment
+
+        check_tracking(cfg)
     identity = teacher_identity(cfg.resolved_teacher, **_teacher_options(cfg))
     source = source_reference(cfg.store, cfg.out)
     index = read_index(cfg.out)

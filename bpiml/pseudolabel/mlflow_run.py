@@ -13,6 +13,7 @@ import logging
 import tempfile
 from typing import Any
 
+from bpiml.config import redact
 from bpiml.pseudolabel.config import PseudoLabelConfig
 from bpiml.runtime import tracking
 
@@ -71,6 +72,18 @@ def log_review_page(mlc: Any, run_id: str, out: str) -> int:
             return 0
         mlc.log_artifacts(run_id, folder, "review_page")
     return len(pages)
+
+
+def check_tracking(cfg: PseudoLabelConfig) -> str:
+    """Reach the tracking server and make the experiment now, before any labeling: a wrong URI fails
+    the job at once instead of after the whole run. Returns the tracking URI."""
+    uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    try:
+        tracking.ensure_experiment(uri, str(cfg.experiment))
+    except Exception as err:  # MlflowException, connection errors: all mean "cannot log this run"
+        raise ValueError(f"--experiment {cfg.experiment}: cannot reach MLflow at {redact(uri)}: "
+                         f"{type(err).__name__}: {err}") from err
+    return uri
 
 
 def log_pseudolabel_run(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> str:
