@@ -8,7 +8,10 @@ verified by reading it back), holds `{"owner", "token", "started", "heartbeat"}`
 thread refreshes the heartbeat every `ttl_s / 4` seconds. A second job finds a fresh heartbeat and
 fails with an error naming the owner. A lock whose heartbeat is older than `ttl_s` (its job was
 killed) is taken over with a warning. A holder that finds its lock taken over stops heartbeating
-and reports it through `lost`, which jobs check before they commit their outputs.
+and reports it through `lost`, which jobs check before they commit their outputs. A job that fails
+releases its lock when the store answers within `RELEASE_RETRY_S`; otherwise (the store is down, or
+the job was killed) the lock goes stale `ttl_s` after its last heartbeat and the next run takes it
+over (docs/troubleshooting.md says how to take it over sooner, safely).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
-from bpiml.data import storage
+from bpiml.data import retry, storage
 
 logger = logging.getLogger(__name__)
+
+RELEASE_RETRY_S = 20.0  # how long a failing job waits for the store to release its lock
 
 
 class LockedError(RuntimeError):
@@ -134,5 +139,13 @@ class WriterLock:
     def __enter__(self) -> WriterLock:
         return self.acquire()
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.release()
+            return
+        try:  # the job is failing already: a store that is down must not replace its error with this one
+            with retry.limited(RELEASE_RETRY_S):
+                self.release()
+        except Exception as err:  # noqa: BLE001 - reported; the job's own error is what propagates
+            logger.warning("could not release the lock %s (%s: %s): it goes stale %.0f s after its last heartbeat, "
+                           "and the next run takes it over then", self.uri, type(err).__name__, err, self.ttl_s)

@@ -19,9 +19,10 @@ import fsspec
 import pyarrow.fs as pafs
 from fsspec.core import url_to_fs
 
-from bpiml.data import access
+from bpiml.data import access, retry
 
 _endpoint_override: str | None = None
+PROBE_RETRY_S = 15.0  # the fail-fast checks before a job starts wait out this much of an outage, not the budget
 
 
 def set_s3_endpoint(url: str | None) -> None:
@@ -175,7 +176,14 @@ def pyarrow_fs(uri: str) -> tuple[Any, str]:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
+    # Ray Data's reads: the AWS SDK's own backoff (up to ~1 min) carries them through a short outage.
+    retries = pafs.AwsStandardS3RetryStrategy(max_attempts=10)
+    return pafs.S3FileSystem(retry_strategy=retries, **kwargs), uri[len("s3://"):]
+
+
+def _s3(fn: Any, uri: str) -> Any:
+    """An S3 call, retried through transient outages (`bpiml.data.retry`)."""
+    return retry.call(fn, uri, f"S3 endpoint {s3_endpoint() or '(AWS default)'}")
 
 
 def _uri(fs_path: str, like: str) -> str:
@@ -195,6 +203,9 @@ def open_uri(uri: str, mode: str = "rb") -> IO[Any]:
 
 def read_bytes(uri: str) -> bytes:
     try:
+        if is_s3(uri):
+            fs, path = filesystem(uri)
+            return _s3(lambda: fs.cat_file(path), uri)
         with open_uri(uri, "rb") as f:
             return f.read()
     except FileNotFoundError as err:
@@ -209,7 +220,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically on local disk (temp file + rename); S3 puts are atomic already."""
     if is_s3(uri):
         fs, path = filesystem(uri)
-        fs.pipe_file(path, data)
+        _s3(lambda: fs.pipe_file(path, data), uri)
         return
     path = Path(local_path(uri))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,25 +233,25 @@ def exists(uri: str) -> bool:
     if not is_s3(uri):
         return os.path.exists(local_path(uri))
     fs, path = filesystem(uri)
-    return fs.exists(path)
+    return _s3(lambda: fs.exists(path), uri)
 
 
 def is_file(uri: str) -> bool:
     if not is_s3(uri):
         return os.path.isfile(local_path(uri))
     fs, path = filesystem(uri)
-    return fs.isfile(path)
+    return _s3(lambda: fs.isfile(path), uri)
 
 
 def size(uri: str) -> int:
     fs, path = filesystem(uri)
-    return int(fs.size(path))
+    return int(_s3(lambda: fs.size(path), uri) if is_s3(uri) else fs.size(path))
 
 
 def _listing(uri: str, kind: str) -> list[str]:
     fs, path = filesystem(uri)
     try:
-        entries = fs.ls(path, detail=True)
+        entries = _s3(lambda: fs.ls(path, detail=True), uri) if is_s3(uri) else fs.ls(path, detail=True)
     except FileNotFoundError:
         return []
     wanted = [e["name"] for e in entries if e.get("type") == kind and e["name"].rstrip("/") != path.rstrip("/")]
@@ -264,7 +275,7 @@ def remove(uri: str) -> None:
         return
     fs, path = filesystem(uri)
     try:
-        fs.rm_file(path)
+        _s3(lambda: fs.rm_file(path), uri)
     except FileNotFoundError:
         pass
 
@@ -272,7 +283,8 @@ def remove(uri: str) -> None:
 def check_readable(uri: str) -> None:
     """Fail fast, naming the URI, when it cannot be read (missing, bad credentials, no bucket)."""
     try:
-        found = exists(uri)
+        with retry.limited(PROBE_RETRY_S):
+            found = exists(uri)
     except Exception as err:  # credential/endpoint errors come in many types
         raise access.error(uri, err) from err
     if not found:
@@ -290,7 +302,8 @@ def check_writable(uri: str) -> None:
             raise PermissionError(f"cannot write to {uri}: its bucket does not exist")
     probe = join(uri, f".bpiml-write-probe-{os.getpid()}")
     try:
-        write_bytes(probe, b"ok")
-        remove(probe)
+        with retry.limited(PROBE_RETRY_S):
+            write_bytes(probe, b"ok")
+            remove(probe)
     except Exception as err:
         raise access.error(uri, err, "write to") from err

@@ -39,6 +39,7 @@ import torch
 
 from bpiml.config import BaseConfig, check_choice, check_range, field
 from bpiml.data import degrade, imageio, naming, parts, rejects, storage
+from bpiml.data.retry import StorageUnavailable
 from bpiml.evaluation import metrics
 from bpiml.evaluation.inference import check_model, load_model, predict_batch
 from bpiml.evaluation.sink import (
@@ -166,6 +167,8 @@ class Evaluator:
                 continue
             try:
                 loaded[k] = self._load(str(batch["image"][k]), str(batch["mask"][k]), str(batch["degradation"][k]))
+            except StorageUnavailable:
+                raise  # an outage past the retry budget fails the job; it is no bad image
             except Exception as err:  # noqa: BLE001 - a bad file becomes a reject row, not a failed job
                 errors[k] = f"{type(err).__name__}: {err}"
         probs = dict(zip(loaded, predict_batch(self.model, [image for image, _ in loaded.values()], self.device)))
@@ -178,6 +181,8 @@ class Evaluator:
                 try:
                     row = self._score(probs[k], loaded[k][1], str(batch["set"][k]), str(batch["id"][k]),
                                       batch["degradation"][k] == degrade.CLEAN)
+                except StorageUnavailable:
+                    raise
                 except Exception as err:  # noqa: BLE001 - e.g. a write that failed
                     errors[k] = f"{type(err).__name__}: {err}"
             for key in ("set", "degradation", "id", "image", "mask"):

@@ -34,6 +34,7 @@ import torch
 from bpiml.runtime.jobcli import HelpFormatter
 from bpiml.config import BaseConfig, check_choice, check_range, field
 from bpiml.data import imageio, inputs, manifest, naming, parts, rejects, storage
+from bpiml.data.retry import StorageUnavailable
 from bpiml.evaluation.inference import (
     check_model,
     load_model,
@@ -159,6 +160,8 @@ class Predictor:
                 continue
             try:
                 images[k] = imageio.decode_image(storage.read_bytes(uri), uri)[0]
+            except StorageUnavailable:
+                raise  # an outage past the retry budget fails the job; it is no bad image
             except Exception as err:  # one bad image becomes a reject row
                 errors[k] = f"{type(err).__name__}: {err}"
         probs = dict(zip(images, predict_batch(self.model, list(images.values()), self.device)))
@@ -169,6 +172,8 @@ class Predictor:
             if k in probs:
                 try:
                     row = self._write(rid, images[k], probs[k])
+                except StorageUnavailable:
+                    raise
                 except Exception as err:
                     errors[k] = f"{type(err).__name__}: {err}"
             for key, value in {"id": rid, "image": uris[k], **row, "error": errors[k]}.items():

@@ -35,6 +35,8 @@ class PseudoLabelConfig(BaseConfig):
     relabel: bool = field(False, "allow a different teacher than the output's: relabel every record it changes")
     lock_ttl_s: float = field(120.0, "a writer lock without heartbeat for this long is taken over")
     resource_wait_s: float = field(600.0, "wait this long for the cluster to offer the CPUs/GPUs asked for")
+    storage_retry_s: float = field(300.0, "wait out an object-store outage this long (retries with backoff) before "
+                                          "failing the job naming the store")
     s3_endpoint: str | None = field(None, "S3-compatible endpoint URL (MinIO, SeaweedFS); default: AWS environment")
     review_below: float = field(0.5, "count the images whose teacher confidence is below this as to review (summary)")
     experiment: str | None = field(None, "log the run to this MLflow experiment (default: not logged)")
@@ -55,6 +57,7 @@ class PseudoLabelConfig(BaseConfig):
         check_range("grabcut_time_limit_s", self.grabcut_time_limit_s, 0.01)
         check_range("lock_ttl_s", self.lock_ttl_s, 1)
         check_range("resource_wait_s", self.resource_wait_s, 0)
+        check_range("storage_retry_s", self.storage_retry_s, 0)
         check_range("review_below", self.review_below, 0, 1)
         if self.experiment is not None and not self.experiment.strip():
             raise ValueError("experiment must name an MLflow experiment, got ''")

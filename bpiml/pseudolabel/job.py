@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 
-from bpiml.data import inputs, parts, rejects, storage
+from bpiml.data import inputs, parts, rejects, retry, storage
 from bpiml.data import manifest as manifest_io
 from bpiml.data.lock import WriterLock
 from bpiml.pseudolabel import commit, plan
@@ -159,6 +159,7 @@ def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, coun
 def _prepare(cfg: PseudoLabelConfig) -> PseudoLabelConfig:
     if cfg.s3_endpoint:
         storage.set_s3_endpoint(cfg.s3_endpoint)
+    retry.set_budget(cfg.storage_retry_s)  # before Ray starts: its workers get it through worker_env()
     # Local paths become absolute: Ray workers and the training job run in other folders.
     cfg = cfg.replace(store=storage.absolute(cfg.store), out=storage.absolute(cfg.out))
     inputs.require_boxes(cfg.store, inputs.detect(cfg.store), "pseudo-labeling")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bpiml.data import storage
+from bpiml.data.retry import StorageUnavailable
 from bpiml.data.boxes import sanitize_boxes
 from bpiml.data.imageio import DecodeError, decode_image, decode_mask, encode_mask_png
 from bpiml.data.manifest import Record
@@ -55,6 +56,8 @@ def decode_rows(batch: dict[str, Any], store: str, max_boxes: int = 64) -> dict[
             try:
                 image, clean = _decode_one(row, store, max_boxes)
                 row["status"] = "ok"
+            except StorageUnavailable:
+                raise  # the store is down, not the image bad: the job fails naming it (reruns resume)
             except FileNotFoundError as err:
                 row.update(status="rejected", stage="decode", reason=f"image missing: {err}")
             except DecodeError as err:
@@ -129,6 +132,8 @@ def write_masks(batch: dict[str, Any], store: str, out: str) -> dict[str, list[A
             row = rows[i]
             try:
                 future.result()
+            except StorageUnavailable:
+                raise
             except OSError as err:
                 row.update(status="rejected", stage="write", reason=f"mask write failed: {err}")
                 continue

@@ -25,8 +25,32 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+# Errors whose message is the answer: when one is the cause of what failed (a Ray task's error wraps it,
+# a second error on the way out hides it), its message is repeated as the traceback's last line.
+ROOT_CAUSES = ("StorageUnavailable",)
+
+
+def root_cause(err: BaseException) -> BaseException | None:
+    """The first error of a ROOT_CAUSES kind among `err`'s causes and contexts (and a Ray task error's
+    `cause`), or None."""
+    todo, seen = [err], set()
+    while todo and len(seen) < 50:
+        item = todo.pop(0)
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if any(name in (type(item).__name__, *(c.__name__ for c in type(item).__mro__)) for name in ROOT_CAUSES):
+            return item
+        todo += [item.__cause__, item.__context__, getattr(item, "cause", None)]
+    return None
+
+
 def _redacting_excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
-    sys.stderr.write(redact("".join(traceback.format_exception(kind, err, tb))))
+    text = "".join(traceback.format_exception(kind, err, tb))
+    cause = root_cause(err)
+    if cause is not None and cause is not err:
+        text += f"caused by {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}\n"
+    sys.stderr.write(redact(text))
 
 
 def setup_logging(level: int = logging.INFO, logger: logging.Logger | None = None) -> None:

@@ -47,6 +47,7 @@ FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_S3_ENDPOINT_URL",
     "BPIML_CACHE",
+    "BPIML_STORAGE_RETRY_S",  # the object-store outage budget (`bpiml.data.retry`)
 )
 
 

@@ -132,6 +132,8 @@ class TrainConfig(BaseConfig):
     max_unreadable: float = field(0.01, "stop when more than this share of samples cannot be read")
     allow_external_source: bool = field(False, "read the pseudo store's input store even outside its bucket/folder")
     resource_wait_s: float = field(600.0, "wait this long for the cluster to offer the CPUs/GPUs asked for")
+    storage_retry_s: float = field(300.0, "wait out an object-store outage this long (retries with backoff) before "
+                                          "failing the job naming the store")
 
     def validate(self) -> None:
         super().validate()
@@ -165,6 +167,7 @@ class TrainConfig(BaseConfig):
         check_range("aug_jpeg_prob", self.aug_jpeg_prob, 0, 1)
         check_range("max_unreadable", self.max_unreadable, 0, 1)
         check_range("resource_wait_s", self.resource_wait_s, 0)
+        check_range("storage_retry_s", self.storage_retry_s, 0)
         if not self.experiment:
             raise ValueError("experiment must name an MLflow experiment, got ''")
         if self.register and not _REGISTER.match(self.register):
@@ -240,3 +243,4 @@ class TrainResult:
     model_version: str | None
     skipped_samples: int = 0  # unreadable samples left out (see <run_dir>/rejects)
     mlflow_errors: int = 0  # MLflow calls that failed during training (counted, logged, never silent)
+    mlflow_late: list[int] = dataclasses.field(default_factory=list)  # epochs logged after an MLflow outage

@@ -26,7 +26,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from bpiml.config import redact
-from bpiml.data import cache, inputs, storage
+from bpiml.data import cache, inputs, retry, storage
 from bpiml.model import checkpoint as ckpt
 from bpiml.model import pretrained
 from bpiml.runtime import raycluster, tracking
@@ -96,6 +96,7 @@ def resolve_use_gpu(requested: bool | None) -> bool:
 def _prepare(config: TrainConfig) -> TrainConfig:
     config.validate()
     _check_default_store(config)
+    retry.set_budget(config.storage_retry_s)  # before Ray starts: its workers get it through worker_env()
     raycluster.init_ray()
     use_gpu = resolve_use_gpu(config.use_gpu)
     # The data tasks (decode, augment) need CPUs beside the workers, or Ray Data waits for them forever.
