@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from bpiml.data import rejects, storage
 from bpiml.model import checkpoint as ckpt
 from bpiml.model.student import StudentConfig, build_student
-from bpiml.runtime import logs, tracking
+from bpiml.runtime import logs
+from bpiml.runtime.tracking_queue import StepLogger
 from bpiml.train import init as init_model
 from bpiml.train.batches import to_input, to_target
 from bpiml.train.config import TrainConfig
@@ -39,6 +40,7 @@ from bpiml.train.validation import ValSums, validate
 
 logger = logging.getLogger(__name__)
 MAX_REJECT_ROWS = 1000  # unreadable samples listed per worker in <run_dir>/rejects/
+TRACKING_FLUSH_S = 10.0  # at the end, rank 0 waits this long for queued MLflow logging; the driver replays the rest
 
 
 # --- loss, schedule ------------------------------------------------------------------------------
@@ -101,7 +103,7 @@ class Worker:
     run_dir: str
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     start_epoch: int = 0
-    logged_steps: set[int] = dataclasses.field(default_factory=set)  # epochs MLflow already has
+    steps: StepLogger | None = None  # rank 0: the epochs' MLflow logging, in the background
     mlflow_errors: int = 0
     rejected: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # unreadable samples, first epoch
     rejects_written: bool = False
@@ -142,9 +144,11 @@ def build(loop_config: dict[str, Any]) -> Worker:
 
 
 def restore(worker: Worker, checkpoint: Checkpoint | None) -> None:
-    """Continue from the latest checkpoint (a resumed run, or a restart after a failure)."""
+    """Continue from the latest checkpoint (a resumed run, or a restart after a failure). Rank 0 starts the
+    background MLflow logger and hands it the checkpoint's history: epochs an outage kept out of MLflow
+    are logged now, the ones MLflow holds are not logged again."""
     if worker.rank == 0:
-        worker.logged_steps = _logged_steps(worker)
+        worker.steps = StepLogger(worker.tracking_uri, worker.run_id)
     if checkpoint is None:
         return
     with checkpoint.as_directory() as folder:
@@ -158,18 +162,11 @@ def restore(worker: Worker, checkpoint: Checkpoint | None) -> None:
         group["lr"] = worker.cfg.lr * worker.schedule(worker.scheduler.last_epoch)
     worker.start_epoch = int(state["epoch"]) + 1
     worker.history = history[:worker.start_epoch]
+    if worker.steps is not None:
+        worker.steps.replay(worker.history)
     if worker.rank == 0:
         logger.info("resuming from %s: epoch %d done, continuing to %d", checkpoint.path, worker.start_epoch,
                     worker.cfg.epochs)
-
-
-def _logged_steps(worker: Worker) -> set[int]:
-    try:
-        return {int(m.step) for m in tracking.client(worker.tracking_uri).get_metric_history(worker.run_id, "loss")}
-    except Exception as err:  # noqa: BLE001 - counted and reported, training goes on
-        worker.mlflow_errors += 1
-        logger.warning("MLflow: cannot read the run's logged epochs (%s: %s)", type(err).__name__, err)
-        return set()
 
 
 def _skip_unreadable(worker: Worker, batch: dict[str, Any], epoch: int) -> np.ndarray:
@@ -235,19 +232,8 @@ def log_epoch(worker: Worker, epoch: int, row: dict[str, float], strips: list[tu
                 " | unreadable %d", epoch + 1, worker.cfg.epochs, row["loss"], row["lr"], row["images_per_s"],
                 row["val_f1"], row["val_iou"], row["val_auc"], row["slots_used"], worker.student_cfg.memory_slots,
                 row["attention_entropy_normalized"], int(row["unreadable"]))
-    if epoch in worker.logged_steps:
-        logger.info("epoch %d is in MLflow already (an interrupted attempt logged it): not logged again", epoch + 1)
-        return
-    try:
-        tracking.log_metrics(worker.tracking_uri, worker.run_id,
-                             {k: v for k, v in row.items() if k not in ("start_epoch", "epoch")}, step=epoch)
-        if strips:
-            tracking.log_overlays(worker.tracking_uri, worker.run_id, strips, f"overlays/epoch_{epoch:03d}")
-        worker.logged_steps.add(epoch)
-    except Exception as err:  # noqa: BLE001 - counted and reported, training goes on
-        worker.mlflow_errors += 1
-        logger.warning("MLflow logging failed for epoch %d (%s: %s); %d failure(s) so far, training goes on",
-                       epoch + 1, type(err).__name__, err, worker.mlflow_errors)
+    if worker.steps is not None:  # queued: MLflow down or slow never holds training up
+        worker.steps.log(epoch, row, strips, f"overlays/epoch_{epoch:03d}")
 
 
 def report(worker: Worker, epoch: int, row: dict[str, float]) -> None:
@@ -292,4 +278,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         if worker.rank == 0:
             log_epoch(worker, epoch, row, strips)
         report(worker, epoch, row)
-    return {"start_epoch": worker.start_epoch, "epochs": worker.cfg.epochs, "mlflow_errors": worker.mlflow_errors}
+    late, pending = worker.steps.close(TRACKING_FLUSH_S) if worker.steps is not None else ([], [])
+    errors = worker.mlflow_errors + (worker.steps.errors if worker.steps is not None else 0)
+    return {"start_epoch": worker.start_epoch, "epochs": worker.cfg.epochs, "mlflow_errors": errors,
+            "mlflow_late": late, "mlflow_pending": pending}

@@ -14,7 +14,7 @@ from bpiml.config import redact
 from bpiml.data import storage
 from bpiml.model import checkpoint as ckpt
 from bpiml.model import mlflow_model
-from bpiml.runtime import tracking
+from bpiml.runtime import tracking, tracking_queue
 from bpiml.train.config import TrainConfig, TrainResult
 from bpiml.train.data import TrainingData
 
@@ -112,6 +112,9 @@ def finish_run(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str
     state, _ = _load(best)
     _, history = _load(result.checkpoint or best)
     returned = result.return_value if isinstance(result.return_value, dict) else {}
+    # Epochs an MLflow outage kept out while training: the checkpoint's history holds them; each is logged once.
+    late = sorted({int(s) for s in returned.get("mlflow_late") or []} |
+                  set(tracking_queue.replay_missing(tracking_uri, run_id, history)))
     numbers = {k: float(v) for k, v in best_metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tracking.log_metrics(tracking_uri, run_id, {f"best_{k}": v for k, v in numbers.items()}, step=int(state["epoch"]))
     model_uri = version = None
@@ -127,9 +130,11 @@ def finish_run(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str
         run_state = {**run_state, "registered": {**key, "model_uri": model_uri, "version": version}}
     tracking.end_run(tracking_uri, run_id, status="FINISHED")
     mlflow_errors = int(returned.get("mlflow_errors", 0))
-    if mlflow_errors:
-        logger.warning("%d MLflow call(s) failed during training (see the warnings above); the run's MLflow record "
-                       "is incomplete", mlflow_errors)
+    if late:
+        logger.warning("MLflow was unreachable during training: epoch(s) %s were logged late, from the checkpoint's "
+                       "history; every epoch is in the run once", ", ".join(str(e + 1) for e in late))
+    elif mlflow_errors:
+        logger.warning("%d MLflow call(s) failed during training (see the warnings above)", mlflow_errors)
     skipped = int(sum(row.get("unreadable", 0) for row in history[-1:]))
     if skipped:
         logger.warning("%d sample(s) could not be read and were skipped each epoch; see %s", skipped,
@@ -138,7 +143,7 @@ def finish_run(config: TrainConfig, result: Any, run_dir: str, tracking_uri: str
                        latest_checkpoint=checkpoint_uri(result.checkpoint), best_metrics=numbers, history=history,
                        start_epoch=int(returned.get("start_epoch", len(history))), mlflow_run_id=run_id,
                        tracking_uri=tracking_uri, registered_model_uri=model_uri, model_version=version,
-                       skipped_samples=skipped, mlflow_errors=mlflow_errors)
+                       skipped_samples=skipped, mlflow_errors=mlflow_errors, mlflow_late=late)
     write_run_state(run_dir, {**run_state, "finished": {"epochs": len(history), "result": dataclasses.asdict(done)}})
     return done
 
