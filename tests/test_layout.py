@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bpiml"
-MAX_MODULE_LINES = 300
+MAX_MODULE_LINES = 400  # a tripwire, not a target: a module is as long as its one concept needs
 MAX_FUNCTION_LINES = 60
 
 
