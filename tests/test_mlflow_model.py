@@ -219,12 +219,22 @@ def test_image_f1_against_the_threshold_and_calibration_come_from_the_histograms
     assert share.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0] and count.tolist() == [1, 1, 1, 1, 1]
 
 
-def test_evaluation_logs_its_figures(registered) -> None:
-    uri, model_uri, _, _ = registered
+def test_evaluation_logs_its_figures_and_fills_the_model_cards_evaluation(registered, tmp_path) -> None:
+    uri, _, student, run_id = registered
+    folder = checkpoint.export(student, tmp_path / "bare")
+    card = mlflow_model.model_card({"teacher": "sam"}, {"val_f1": 0.5})
+    model_uri, _ = tracking.register_model_folder(uri, run_id, str(folder), "evaluated", "champion", description=card)
     stats = _stats([0.9, 0.8, 0.3], [0.6, 0.1])
     table = stats_table(stats, ["a"], {}, ["none"])
     config = EvalConfig(model=model_uri, datasets=["a=x.json"], out="unused", tracking_uri=uri, experiment="eval")
     run_id = log_to_mlflow(config, table, {}, ["a"], stats)
+    version = tracking.client(uri).get_model_version_by_alias("evaluated", "champion")
+    assert version.tags["bpiml.evaluation_run"] == run_id
+    section = version.description.split(mlflow_model.EVAL_HEADING)[1]
+    assert f"evaluation run {run_id}" in section
+    assert "| set | image_auc | image_bacc | pixel_auc | pixel_f1 | pixel_iou |" in section
+    assert "| a | 0.8333 | 0.5833 | 0.6000 | 0.5000 | 0.4000 |" in section  # AUC 5/6 pairs; bACC (2/3 + 1/2) / 2
+    assert version.description.startswith(card.split(mlflow_model.EVAL_HEADING)[0]) and mlflow_model.LIMITS_HEADING in section
     logged = [f.path for f in tracking.client(uri).list_artifacts(run_id, "evaluation/figures")]
     assert sorted(logged) == ["evaluation/figures/image_f1_by_threshold.png",
                               "evaluation/figures/image_score_reliability.png", "evaluation/figures/metrics.png"]

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from bpiml.data import parts, storage
+from bpiml.data import degrade, parts, storage
 from bpiml.evaluation import figures, metrics
 from bpiml.evaluation.streaming_metrics import Stats
+from bpiml.model import mlflow_model
 from bpiml.runtime import tracking
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def metric_name(row: dict[str, Any], key: str) -> str:
 def log_to_mlflow(config: Any, table: list[dict[str, Any]], files: dict[str, str], set_names: list[str],
                   stats: dict[tuple[str, str], Stats] | None = None) -> str | None:
     """Log the table's metrics and files, and with `stats` (the merged statistics) the figures of
-    `figures.log_figures`; returns the run id, or None when MLflow is not configured."""
+    `figures.log_figures`; a registered model's version gets the table in its model card
+    (`record_on_model_card`). Returns the run id, or None when MLflow is not configured."""
     if not config.mlflow or not (config.tracking_uri or config.mlflow_run_id or config.experiment
                                  or os.environ.get("MLFLOW_TRACKING_URI")):
         return None
@@ -141,9 +143,25 @@ def log_to_mlflow(config: Any, table: list[dict[str, Any]], files: dict[str, str
         mlc.log_text(run_id, text, f"evaluation/{name}")
     if stats is not None:
         figures.log_figures(mlc, run_id, table, stats, set_names, config.threshold)
+    record_on_model_card(uri, config.model, table, run_id)
     if not config.mlflow_run_id:
         tracking.end_run(uri, run_id)
     logger.info("evaluation logged to MLflow run %s at %s", run_id, uri)
     return run_id
 
 
+def record_on_model_card(tracking_uri: str, model: str, table: list[dict[str, Any]], run_id: str) -> bool:
+    """Write the per-set metrics (each set and degradation, and the average) into the model card of the
+    registered version `model` names (its description) and tag the version `bpiml.evaluation_run`; False
+    (nothing done) for a model that is not a registered version (a checkpoint, `runs:/...`)."""
+    version = tracking.model_version(model, tracking_uri)
+    if version is None:
+        return False
+    evaluations = {r["name"] if r["degradation"] == degrade.CLEAN else f"{r['name']} ({r['degradation']})":
+                   {k: float(r[k]) for k in METRIC_KEYS} for r in table if r["kind"] in ("set", "average")}
+    card = mlflow_model.with_evaluations(version.description or "", evaluations, f"evaluation run {run_id}")
+    mlc = tracking.client(tracking_uri)
+    mlc.update_model_version(version.name, version.version, description=card[:tracking.DESCRIPTION_LIMIT])
+    mlc.set_model_version_tag(version.name, version.version, "bpiml.evaluation_run", run_id)
+    logger.info("evaluation recorded in the model card of %s (version %s)", version.name, version.version)
+    return True

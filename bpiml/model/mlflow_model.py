@@ -77,6 +77,29 @@ def _number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
 
 
+EVAL_HEADING, LIMITS_HEADING = "## Evaluation per test set", "## Limits"
+
+
+def evaluation_section(evaluations: dict[str, dict[str, float]] | None, source: str = "") -> list[str]:
+    """The model card's lines on test sets: a table of `evaluations` (set -> metric -> value) and where from."""
+    if not evaluations:
+        return ["Not evaluated when registered: `bpiml evaluate --model models:/NAME@ALIAS ...`."]
+    keys = sorted({k for row in evaluations.values() for k in row})
+    return ([f"From {source}:", ""] if source else []) + [
+        "| set | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|",
+        *(f"| {name} | " + " | ".join(_number(row.get(k)) for k in keys) + " |" for name, row in evaluations.items())]
+
+
+def with_evaluations(card: str, evaluations: dict[str, dict[str, float]], source: str) -> str:
+    """`card` with its evaluation section replaced by `evaluations` (appended to a card without one)."""
+    section = "\n".join([EVAL_HEADING, "", *evaluation_section(evaluations, source), ""])
+    head, found, rest = card.partition(EVAL_HEADING)
+    if not found:
+        return card.rstrip("\n") + "\n\n" + section
+    _, limits, tail = rest.partition(LIMITS_HEADING)
+    return head + section + ("\n" + limits + tail if limits else "")
+
+
 def model_card(metadata: dict[str, Any], metrics: dict[str, float] | None = None,
                evaluations: dict[str, dict[str, float]] | None = None) -> str:
     """Markdown: what the model was trained on and how, how well it did, what it is for (README.md and the
@@ -97,14 +120,8 @@ def model_card(metadata: dict[str, Any], metrics: dict[str, float] | None = None
               "", "## Validation (best epoch)", ""]
     shown = {k: v for k, v in sorted((metrics or {}).items()) if k.startswith("val_")}
     lines += [f"- {k}: {_number(v)}" for k, v in shown.items()] or ["- no validation metrics"]
-    lines += ["", "## Evaluation per test set", ""]
-    if evaluations:
-        keys = sorted({k for row in evaluations.values() for k in row})
-        lines += ["| set | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(_number(row.get(k)) for k in keys) + " |" for name, row in evaluations.items()]
-    else:
-        lines += ["Not evaluated when registered: `bpiml evaluate --model models:/NAME@ALIAS ...`."]
-    return "\n".join(lines + ["", "## Limits", "", LIMITS, ""])
+    lines += ["", EVAL_HEADING, "", *evaluation_section(evaluations)]
+    return "\n".join(lines + ["", LIMITS_HEADING, "", LIMITS, ""])
 
 
 def _package_copy(dst: Path) -> Path:

@@ -33,6 +33,7 @@ from bpiml.data import naming
 logger = logging.getLogger(__name__)
 
 PARAM_VALUE_LIMIT = 6000  # MLflow's maximum length of a param value
+DESCRIPTION_LIMIT = 5000  # a registered version's description: MLflow's SQL column holds 5000 characters
 
 
 def project_dir() -> Path:
@@ -164,7 +165,7 @@ def register_model_folder(tracking_uri: str, run_id: str, folder: str, registere
     except MlflowException:
         mlc.create_registered_model(registered_model)
     version = str(mlc.create_model_version(registered_model, source, run_id=run_id, tags=dict(tags or {}),
-                                           description=description or None).version)
+                                           description=description[:DESCRIPTION_LIMIT] or None).version)
     if alias:
         mlc.set_registered_model_alias(registered_model, alias, version)
         return f"models:/{registered_model}@{alias}", version
@@ -187,6 +188,17 @@ def download_model(uri: str, tracking_uri: str, dst: str) -> str:
         return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri)
     except Exception as err:  # MlflowException, OSError, a missing alias: all say "not there" to the caller
         raise FileNotFoundError(f"cannot load {uri} from MLflow at {tracking_uri}: {type(err).__name__}: {err}") from err
+
+
+def model_version(uri: str, tracking_uri: str) -> Any | None:
+    """The registered version `models:/NAME@ALIAS` or `models:/NAME/VERSION` names (None for other URIs)."""
+    if not uri.startswith("models:/"):
+        return None
+    name, at, alias = uri[len("models:/"):].partition("@")
+    if at:
+        return client(tracking_uri).get_model_version_by_alias(name, alias)
+    name, _, version = name.partition("/")
+    return client(tracking_uri).get_model_version(name, version) if version.isdigit() else None
 
 
 def check_registered_model(uri: str, tracking_uri: str) -> None:
