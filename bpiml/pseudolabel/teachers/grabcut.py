@@ -31,7 +31,7 @@ foreground posterior p; a pixel agrees with the mask by p where the mask is set 
 is not, and the box's confidence is `clip(2 * mean agreement - 1, 0, 1)`. A box on a flat or
 ambiguous region (the models cannot tell object from context, p ~ 0.5) scores near 0, a box whose
 mask follows a clear colour boundary near 1. It reuses the fitted models (no second GrabCut): one
-mixture evaluation over the crop, a few percent of the box's time (docs/experiments.md). A box
+mixture evaluation over the crop, about a tenth of the box's time (docs/experiments.md). A box
 GrabCut never ran on (too small, no context, an OpenCV error, the time limit) has None; a box that
 fell back to the filled box because GrabCut kept too little or too much of it is scored the same way,
 against the filled box, so it comes out low.
