@@ -113,6 +113,7 @@ def test_label_studio_round_trip_then_training_sees_the_review(label_studio, ray
 
 def _train_and_check(store: Path, root: Path, decisions: dict) -> None:
     from bpiml.model import checkpoint as ckpt
+    from bpiml.runtime import tracking
     from bpiml.runtime.tracking import download_model
     from bpiml.train.datasets import training_data
     from bpiml.train.job import run_training
@@ -121,7 +122,7 @@ def _train_and_check(store: Path, root: Path, decisions: dict) -> None:
                          num_workers=1, cpus_per_worker=0.5, tracking_uri=f"sqlite:///{root}/mlflow.db",
                          experiment="review", register="reviewed@test", log_images=0, warmup_epochs=0,
                          model=StudentConfig(width=32, memory_slots=16, img_size=64, backbone_weights="none"),
-                         aug_scale_min=1.0, aug_hflip=False, aug_color=0.0, min_confidence=0.4)
+                         aug_scale_min=1.0, aug_hflip=False, aug_color=0.0, min_confidence=0.4, confidence_weight=True)
     seen = {str(r["id"]): r for r in training_data(config).train.iter_rows()}  # the dataset the workers are given
     assert set(seen) == {"rec0", "rec2", "rec3", "rec4"}  # rec1 rejected, rec5 below 0.4, rec6 val; rec4 (0.05) reviewed
     corrected = imageio.load_mask(str(store / decisions["rec4"]["reviewed_mask"]))
@@ -130,3 +131,6 @@ def _train_and_check(store: Path, root: Path, decisions: dict) -> None:
     _, _, metadata, _ = ckpt.read_exported(download_model(result.registered_model_uri, result.tracking_uri,
                                                          str(root / "dl")))
     assert metadata["review"] == {"reviewed": 3, "accepted": 1, "corrected": 1, "rejected": 1, "filtered": 1}
+    params = tracking.client(result.tracking_uri).get_run(result.mlflow_run_id).data.params
+    assert (params["review_corrected"], params["review_rejected"], params["confidence_weight"]) == ("1", "1", "true")
+    assert np.isfinite(result.history[0]["loss"])  # the confidence-weighted loss
