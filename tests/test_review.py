@@ -203,3 +203,26 @@ def test_review_page_renders_in_headless_chromium(store: Path, tmp_path: Path) -
     assert dict(re.findall(r'data-(\w+)="(\d+)"', match.group(1)))["loaded"] == "4"
     thumb = imageio.load_image(str(tmp_path / "page" / "thumbs" / "rec4-a872d19157c2.jpg"))[0]
     assert thumb.shape[0] == 160
+
+
+def test_an_import_killed_half_way_is_finished_by_running_it_again(store: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _reviewed_export(store, tmp_path)
+    written = []
+
+    def dies_after_one(root: str, decision: dict) -> str:
+        if written:
+            raise KeyboardInterrupt  # the import is killed after its first decision
+        written.append(real(root, decision))
+        return written[-1]
+
+    real = reviews.write_decision
+    monkeypatch.setattr(reviews, "write_decision", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        importer.import_export(str(store), path)
+    monkeypatch.setattr(reviews, "write_decision", real)
+    assert len(list((store / "review" / "decisions").iterdir())) == 1
+    log = importer.import_export(str(store), path)
+    assert not log["already_imported"] and sorted(log["decisions"]) == sorted(
+        str(p.relative_to(store)) for p in (store / "review" / "decisions").iterdir())  # 3 files, none twice
+    assert len(log["decisions"]) == 3
