@@ -98,7 +98,7 @@ def test_the_model_card_is_the_readme_and_the_version_description(registered, tm
     version = tracking.client(uri).get_model_version_by_alias(NAME, "champion")
     readme = mlflow_model.read_card(tracking.download_model(model_uri, uri, str(tmp_path)))
     assert readme == version.description
-    for text in ("boxes | train | box | 1.0", "synth | train | gt | 0.5", "grabcut", SHA,
+    for text in ("boxes | train | box | 1.0", "synth | train | gt | 0.5", "teacher (pseudo masks): grabcut (version 3)", SHA,
                  "https://hub.example/model.safetensors", "val_f1: 0.4321", "val_iou: 0.3000", "Intended use", "Limits"):
         assert text in readme, text
     assert version.tags["bpiml.epoch"] == "2" and "train:" in version.tags["bpiml.stores"]

@@ -209,7 +209,7 @@ def runs(ray_local, store: Path, tmp_path_factory: pytest.TempPathFactory):
     cfg = TrainConfig(
         store=str(store), storage_path=str(root / "runs"), run_name="tiny", epochs=3, batch_size=4, lr=2e-3,
         warmup_epochs=0.5, num_workers=1, cpus_per_worker=0.5, tracking_uri=f"sqlite:///{root}/mlflow.db", experiment="test-train",
-        register="tiny-student@champion", log_images=2, model=TINY, dice_weight=0.5,
+        register="tiny-student@champion", log_images=2, overlay_every=2, model=TINY, dice_weight=0.5,
     )
     first = run_training(cfg)
     # The rerun prunes checkpoints (best + latest are kept): read the first run's one now.
@@ -270,15 +270,21 @@ def test_mlflow_run_has_params_metrics_and_artifacts(runs) -> None:
     assert sorted(steps) == [0, 1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "overlays"} <= artifacts
+    overlays = [a.path for a in client.list_artifacts(run.info.run_id, "overlays")]
+    assert overlays == ["overlays/epoch_001", "overlays/epoch_002", "overlays/epoch_003"]  # every 2nd epoch, each run's last
 
 
 def test_registered_model_loads_by_alias_and_predicts_any_size(runs) -> None:
+    from mlflow.tracking import MlflowClient
+
     _, _, _, second, _ = runs
     assert second.registered_model_uri == "models:/tiny-student@champion"
     model = load_model(second.registered_model_uri, second.tracking_uri)
     with torch.no_grad():
         logits = model(torch.rand(1, 3, 77, 53))
     assert logits.shape == (1, 1, 77, 53) and torch.isfinite(logits).all()
+    version = MlflowClient(second.tracking_uri).get_model_version_by_alias("tiny-student", "champion")
+    assert "teacher (pseudo masks): fake" in version.description and "val_f1" in version.description  # the card
 
 
 def test_gt_supervision_keeps_authentic_images_as_empty_targets(store: Path, tmp_path: Path) -> None:

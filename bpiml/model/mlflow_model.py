@@ -77,6 +77,14 @@ def _number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
 
 
+def _teacher(teacher: Any) -> str:
+    """`name (key value, ...)` of the teacher record a pseudo store's index keeps (or the value as it is)."""
+    if not isinstance(teacher, dict):
+        return str(teacher or "n/a")
+    details = [f"{k} {v}" for k, v in teacher.items() if k not in ("name", "teachers") and v not in (None, "", {}, [])]
+    return f"{teacher.get('name', 'n/a')}" + (f" ({', '.join(details)})" if details else "")
+
+
 EVAL_HEADING, LIMITS_HEADING = "## Evaluation per test set", "## Limits"
 
 
@@ -110,7 +118,7 @@ def model_card(metadata: dict[str, Any], metrics: dict[str, float] | None = None
     lines += [f"| {s.get('uri')} | {s.get('role', 'train')} | {s.get('supervision', '?')} | {s.get('weight', '?')} |"
               for s in stores if isinstance(s, dict)]
     init = metadata.get("init_from") or {}
-    lines += ["", f"- teacher (pseudo masks): {metadata.get('teacher') or 'n/a'}",
+    lines += ["", f"- teacher (pseudo masks): {_teacher(metadata.get('teacher'))}",
               f"- supervision: {', '.join(sorted({str(s.get('supervision')) for s in stores})) or 'n/a'}",
               f"- backbone weights: {metadata.get('backbone_weights') or 'n/a'}",
               f"- backbone weights source: {metadata.get('backbone_weights_source') or 'n/a'}",
