@@ -74,6 +74,12 @@ def metric_bars(table: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def _unit_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, [0, 1] on both axes, a title and the legend."""
+    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=8)
+
+
 def image_f1_by_threshold(stats: dict[str, Stats], threshold: float) -> Figure:
     fig = Figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
@@ -82,12 +88,7 @@ def image_f1_by_threshold(stats: dict[str, Stats], threshold: float) -> Figure:
             edges, f1 = f1_by_threshold(s)
             ax.plot(edges, f1, label=name)
     ax.axvline(threshold, color="grey", linestyle=":", label=f"threshold {threshold:g}")
-    ax.set_xlabel("image score threshold")
-    ax.set_ylabel("image-level F1")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title("image-level F1 against the threshold (clean)")
-    ax.legend(fontsize=8)
+    _unit_axes(ax, "image score threshold", "image-level F1", "image-level F1 against the threshold (clean)")
     return fig
 
 
@@ -99,12 +100,7 @@ def reliability(stats: dict[str, Stats]) -> Figure:
         if s.pos.sum() + s.neg.sum():
             mean, share, count = calibration(s)
             ax.plot(mean, share, marker="o", label=f"{name} ({int(count.sum())} images)")
-    ax.set_xlabel("mean image score in bin")
-    ax.set_ylabel("share of manipulated images")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title("reliability of image scores (clean)")
-    ax.legend(fontsize=8)
+    _unit_axes(ax, "mean image score in bin", "share of manipulated images", "reliability of image scores (clean)")
     return fig
 
 
