@@ -5,6 +5,7 @@ the older bare folder still loads."""
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import os
 import pickle
@@ -253,3 +254,17 @@ def test_training_logs_overlays_every_n_epochs_and_at_the_end() -> None:
     with pytest.raises(ValueError, match="overlay_every"):
         TrainConfig(overlay_every=-1).validate()
     assert TrainConfig(overlay_every=2).default_run_name() == TrainConfig().default_run_name()  # a logging option
+
+
+def test_requirements_are_the_projects_pinned_also_from_a_checkout_that_is_not_installed(monkeypatch) -> None:
+    installed = mlflow_model.pip_requirements()
+    assert "safetensors==" + importlib.metadata.version("safetensors") in installed
+    assert "torch==" + importlib.metadata.version("torch") in installed
+
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "requires", not_installed)  # a `ray job submit --working-dir` copy
+    from_checkout = mlflow_model.pip_requirements()
+    assert "torch==" + importlib.metadata.version("torch") in from_checkout
+    assert {r.split("==")[0].split("[")[0] for r in from_checkout} >= {"timm", "numpy", "pillow", "mlflow", "safetensors"}

@@ -24,6 +24,7 @@ import importlib.metadata
 import math
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,30 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({"image": [imageio.encode_image(image, "png")]})
 
 
+def _project_requirements() -> list[str]:
+    """bpiml's runtime requirements: from its installed metadata, else from the pyproject.toml beside the
+    package (a source checkout run without `pip install`, e.g. a `ray job submit --working-dir` copy)."""
+    try:
+        return list(importlib.metadata.requires("bpiml") or [])
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(checkpoint.__file__).resolve().parents[2] / "pyproject.toml"
+        if not pyproject.is_file():
+            raise ValueError(f"bpiml is not installed and {pyproject} does not exist: cannot list the model's "
+                             "requirements; install the project (pip install -e .)") from None
+        return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+
+
 def pip_requirements() -> list[str]:
-    """The project's runtime dependencies (pyproject) and EXTRA_REQUIREMENTS, pinned to the installed versions."""
-    wanted = [Requirement(r) for r in importlib.metadata.requires("bpiml") or []]
-    names = [(r.name, r.extras) for r in wanted if r.marker is None] + [(n, set()) for n in EXTRA_REQUIREMENTS]
+    """The project's runtime dependencies (pyproject) and EXTRA_REQUIREMENTS, pinned to the installed versions
+    (a dependency that is not installed keeps its own specifier)."""
+    wanted = [Requirement(r) for r in _project_requirements()] + [Requirement(n) for n in EXTRA_REQUIREMENTS]
     out = []
-    for name, extras in names:
-        extra = f"[{','.join(sorted(extras))}]" if extras else ""
-        out.append(f"{name}{extra}=={importlib.metadata.version(name)}")
+    for req in (r for r in wanted if r.marker is None):
+        extra = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+        try:
+            out.append(f"{req.name}{extra}=={importlib.metadata.version(req.name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(str(req))
     return out
 
 
