@@ -12,6 +12,11 @@ Passing the services to code under test:
 - this process: the `s3_env` fixture (S3 endpoint and credentials in the environment);
 - Ray jobs: nothing to pass; they inherit the S3 endpoint, its credentials and MLFLOW_TRACKING_URI
   from the nodes' environment (see scripts/stack/start_ray.sh).
+
+MLflow runs with basic auth (`StackConfig.mlflow_auth`): the stack's login is in `client_env()`, in
+the nodes' environment, and, for the whole session, in this process's environment
+(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), so in-process MLflow clients of the stack
+and local Rays started by a test log in too.
 """
 
 from __future__ import annotations
@@ -58,13 +63,16 @@ def local_stack() -> Iterator[LocalStack]:
     # the worker nodes mount a private /tmp, and must still see the token file and the stack's logs.
     root = "/var/tmp" if os.path.isdir("/var/tmp") else None
     state_dir = tempfile.mkdtemp(prefix="bpiml-stack-", dir=root)
-    config = StackConfig(workers=int(os.environ.get("BPIML_TEST_RAY_WORKERS", "2")), worker_cpus=2)
+    config = StackConfig(workers=int(os.environ.get("BPIML_TEST_RAY_WORKERS", "2")), worker_cpus=2, mlflow_auth=True)
     started = time.monotonic()
     try:
         stack = start_local_stack(state_dir, config)
         STARTUP["seconds"] = time.monotonic() - started
+        os.environ.update(stack.mlflow_credentials)
         yield stack
     finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key, None)
         try:
             stop_local_stack(state_dir)
         finally:

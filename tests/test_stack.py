@@ -80,17 +80,21 @@ def test_job_without_or_with_wrong_token_is_refused(local_stack: LocalStack, tmp
     assert "Forbidden" in done.stdout + done.stderr
 
 
+def _files_holding(stack: LocalStack, secret: str, allowed: set[Path]) -> list[str]:
+    """Files of the stack's state dir (logs, databases, Ray's session dir) that contain `secret`."""
+    return [
+        str(path) for path in Path(stack.state_dir).rglob("*")
+        if path.is_file() and path not in allowed and not path.is_symlink()
+        and path.stat().st_size < 50_000_000 and secret.encode() in path.read_bytes()
+    ]
+
+
 def test_token_file_is_private_and_never_logged(local_stack: LocalStack) -> None:
     token_file = Path(local_stack.token_path)
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     token = local_stack.read_token()
     assert len(token) == 64 and token not in str(local_stack.env)
-    leaks = [
-        str(path) for path in Path(local_stack.state_dir).rglob("*")
-        if path.is_file() and path != token_file and not path.is_symlink()
-        and path.stat().st_size < 50_000_000 and token.encode() in path.read_bytes()
-    ]
-    assert leaks == []
+    assert _files_holding(local_stack, token, {token_file}) == []
 
 
 def test_mlflow_logs_through_server_into_s3_and_registers(local_stack: LocalStack, tmp_path: Path,
@@ -197,3 +201,52 @@ def test_ports_a_stack_picks_are_distinct_and_never_handed_out_twice(tmp_path: P
     picks = [line.split() for line in done.stdout.splitlines()]
     assert [len(p) for p in picks] == [300, 300] and len(set(picks[0] + picks[1])) == 600
     assert (stack_dir / "ports.reserved").read_text().split() == picks[0] + picks[1]
+
+
+MLFLOW_JOB = """
+import mlflow
+
+mlflow.set_experiment("auth-job-{tag}")
+with mlflow.start_run() as run:
+    mlflow.log_param("lr", 0.1)
+    mlflow.set_tag("stage", "auth-test")
+    print("RUN", run.info.run_id)
+"""
+
+
+def test_mlflow_refuses_a_wrong_or_missing_password(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    login = local_stack.mlflow_credentials
+    user, password = login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"]
+    assert len(password) >= 32 and password in local_stack.client_env()["MLFLOW_TRACKING_PASSWORD"]
+    api = f"{local_stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert requests.get(f"{local_stack.tracking_uri}/health", timeout=30).status_code == 200  # open for probes
+    assert requests.get(api, timeout=30).status_code == 401
+    assert requests.get(api, auth=(user, password[:-1] + "x"), timeout=30).status_code == 401
+    assert requests.get(api, auth=(user, password), timeout=30).status_code == 200
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    with pytest.raises(MlflowException, match="401"):
+        MlflowClient(local_stack.tracking_uri).search_experiments(max_results=1)
+
+
+def test_a_job_logs_in_from_its_node_and_no_mlflow_credential_leaks(local_stack: LocalStack, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    password = local_stack.mlflow_credentials["MLFLOW_TRACKING_PASSWORD"]
+    tag = uuid.uuid4().hex[:8]
+    (tmp_path / "job.py").write_text(MLFLOW_JOB.format(tag=tag))
+    # The submitter holds no MLflow login: the job gets it from the node it runs on.
+    env = {k: v for k, v in local_stack.client_env().items() if not k.startswith("MLFLOW_TRACKING_")}
+    done = _submit(env, tmp_path, "python", "job.py")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert password not in done.stdout + done.stderr
+    run_id = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("RUN "))
+    run = MlflowClient(local_stack.tracking_uri).get_run(run_id)
+    assert run.data.params == {"lr": "0.1"}
+    assert password not in str(run.data.params) + str(run.data.tags)
+    secrets_files = {Path(local_stack.state_dir, name) for name in ("mlflow-auth.env", "env.sh")}
+    assert _files_holding(local_stack, password, secrets_files) == []
+    assert stat.S_IMODE(Path(local_stack.state_dir, "mlflow-auth.env").stat().st_mode) == 0o600

@@ -8,7 +8,9 @@ Services:
 - S3: SeaweedFS on 127.0.0.1, a real object store: it checks the key pair generated into
   `<state_dir>/s3.env` and keeps its data on disk across restarts.
 - MLflow: SQLite backend in the state dir; artifacts proxied by the server into
-  `s3://<bucket>/artifacts`, so clients need no S3 credentials.
+  `s3://<bucket>/artifacts`, so clients need no S3 credentials. With `mlflow_auth` it runs MLflow's
+  basic-auth app; clients send MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (in `env`, and
+  in the Ray nodes' environment), generated once into `<state_dir>/mlflow-auth.env` (mode 600).
 - Ray, token authentication (`RAY_AUTH_MODE=token`, token file `<state_dir>/ray_auth_token`):
   a single-node head on 127.0.0.1 (`workers=0`), or a cluster like `cluster.yaml`'s (`workers=N`):
   a head without CPUs on 127.0.0.2 and N worker nodes on 127.0.0.3.., each with a private /tmp
@@ -43,6 +45,7 @@ class StackConfig(BaseConfig):
     worker_cpus: int = field(1, help="CPUs each worker node offers")
     object_store_bytes: int = field(200_000_000, help="Ray object store size in bytes, per node")
     mlflow_bucket: str = field("bpiml-mlflow", help="S3 bucket holding MLflow artifacts (created if missing)")
+    mlflow_auth: bool = field(False, help="run MLflow with basic auth (BPIML_STACK_MLFLOW_AUTH=1 of the scripts)")
     timeout_s: int = field(300, help="seconds each start script may take before it fails")
 
     def validate(self) -> None:
@@ -62,6 +65,13 @@ def read_s3_credentials(state_dir: str) -> dict[str, str]:
             "AWS_DEFAULT_REGION": REGION}
 
 
+def read_mlflow_credentials(state_dir: str) -> dict[str, str]:
+    """The MLflow basic-auth login as MLflow's client variables (from `<state_dir>/mlflow-auth.env`)."""
+    values = dict(line.split("=", 1) for line in Path(state_dir, "mlflow-auth.env").read_text().split() if "=" in line)
+    return {"MLFLOW_TRACKING_USERNAME": values["BPIML_MLFLOW_USERNAME"],
+            "MLFLOW_TRACKING_PASSWORD": values["BPIML_MLFLOW_PASSWORD"]}
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalStack:
     """Endpoints of a running local stack."""
@@ -75,6 +85,12 @@ class LocalStack:
     mlflow_bucket: str  # bucket holding MLflow artifacts under `artifacts/`
     workers: int = 0  # worker nodes (0: the head alone runs tasks)
     worker_cpus: int = 1  # CPUs of each worker node
+    mlflow_auth: bool = False  # MLflow asks for basic auth (`mlflow_credentials`)
+
+    @property
+    def mlflow_credentials(self) -> dict[str, str]:
+        """MLFLOW_TRACKING_USERNAME / _PASSWORD when MLflow runs with basic auth, else nothing."""
+        return read_mlflow_credentials(self.state_dir) if self.mlflow_auth else {}
 
     @property
     def s3_credentials(self) -> dict[str, str]:
@@ -96,6 +112,7 @@ class LocalStack:
             "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
             **self.s3_credentials,
+            **self.mlflow_credentials,
         }
         if not self.workers:
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # clients keep 127.0.0.1 like the head
@@ -168,6 +185,7 @@ def start_local_stack(state_dir: str, config: StackConfig | None = None) -> Loca
         "BPIML_RAY_WORKERS": str(config.workers),
         "BPIML_RAY_WORKER_CPUS": str(config.worker_cpus),
         "BPIML_RAY_OBJECT_STORE_BYTES": str(config.object_store_bytes),
+        "BPIML_STACK_MLFLOW_AUTH": "1" if config.mlflow_auth else "0",
     }
     if not config.workers:
         env["BPIML_RAY_NUM_CPUS"] = str(config.num_cpus)
@@ -181,7 +199,8 @@ def start_local_stack(state_dir: str, config: StackConfig | None = None) -> Loca
     gcs = (Path(state_dir) / "ray.gcs").read_text().strip()
     return LocalStack(state_dir=state_dir, s3_endpoint=s3, tracking_uri=tracking, ray_address=ray_address,
                       ray_gcs_address=gcs, token_path=str(Path(state_dir) / "ray_auth_token"),
-                      mlflow_bucket=config.mlflow_bucket, workers=config.workers, worker_cpus=config.worker_cpus)
+                      mlflow_bucket=config.mlflow_bucket, workers=config.workers, worker_cpus=config.worker_cpus,
+                      mlflow_auth=config.mlflow_auth)
 
 
 def restart_worker(stack: LocalStack, k: int, timeout_s: int = 300) -> None:

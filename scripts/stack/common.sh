@@ -6,6 +6,8 @@
 #   ports.reserved    every port this stack picked (free_ports), never handed out twice
 #   <service>.log     its stdout/stderr
 #   s3.env            the S3 endpoint's access key and secret (generated once, mode 600)
+#   mlflow-auth.env   MLflow basic auth (BPIML_STACK_MLFLOW_AUTH=1): admin user, password, CSRF key (mode 600);
+#   mlflow.auth       present while the MLflow server runs with it; mlflow-auth.ini/.db: its config and users
 #   s3data/           SeaweedFS data (kept across restarts)
 #   env.sh            exports for clients (written by up.sh), chmod 600
 # shellcheck shell=bash
@@ -32,6 +34,39 @@ load_s3_credentials() {
     unset AWS_SESSION_TOKEN AWS_PROFILE
 }
 
+# export_mlflow_server_auth: for the MLflow server of start_mlflow.sh with BPIML_STACK_MLFLOW_AUTH=1:
+# generate once (mode 600) the admin password and the CSRF key into mlflow-auth.env, write the auth
+# config mlflow-auth.ini (no secret in it), and export what the basic-auth app reads.
+export_mlflow_server_auth() {
+    local creds="$STACK_DIR/mlflow-auth.env"
+    if [[ ! -s "$creds" ]]; then
+        (umask 077 && "$PY" -c 'import secrets
+print(f"BPIML_MLFLOW_USERNAME=bpiml-admin\nBPIML_MLFLOW_PASSWORD={secrets.token_hex(24)}\n"
+      f"BPIML_MLFLOW_SECRET_KEY={secrets.token_hex(32)}")' > "$creds")
+    fi
+    chmod 600 "$creds"
+    # shellcheck disable=SC1090
+    source "$creds"
+    cat > "$STACK_DIR/mlflow-auth.ini" <<INIEOF
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///$STACK_DIR/mlflow-auth.db
+admin_username = $BPIML_MLFLOW_USERNAME
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INIEOF
+    export MLFLOW_AUTH_CONFIG_PATH="$STACK_DIR/mlflow-auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$BPIML_MLFLOW_PASSWORD"
+    export MLFLOW_FLASK_SERVER_SECRET_KEY="$BPIML_MLFLOW_SECRET_KEY"
+}
+
+# load_mlflow_credentials: when this state dir's MLflow runs with basic auth, export its admin
+# credentials as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (what MLflow clients send).
+load_mlflow_credentials() {
+    [[ -f "$STACK_DIR/mlflow.auth" ]] || return 0
+    # shellcheck disable=SC1091
+    source "$STACK_DIR/mlflow-auth.env"
+    export MLFLOW_TRACKING_USERNAME="$BPIML_MLFLOW_USERNAME" MLFLOW_TRACKING_PASSWORD="$BPIML_MLFLOW_PASSWORD"
+}
+
 # export_services: the local S3 endpoint (with its credentials) and MLflow server of this state dir,
 # for a Ray node whose jobs and workers must reach them.
 export_services() {
@@ -42,6 +77,7 @@ export_services() {
     fi
     if alive mlflow; then
         export MLFLOW_TRACKING_URI="http://$HOST:$(cat "$STACK_DIR/mlflow.port")"
+        load_mlflow_credentials
     fi
 }
 

@@ -14,6 +14,12 @@
 # S3 endpoint: BPIML_S3_ENDPOINT, else the local endpoint of start_s3.sh in the same state dir.
 # Credentials: the AWS_* variables in the environment, else the local S3 endpoint's key pair (s3.env).
 # The bucket is created when missing. Prints the tracking URI.
+#
+# BPIML_STACK_MLFLOW_AUTH=1 runs MLflow's basic-auth app (`--app-name basic-auth`): every request but
+# /health needs HTTP basic auth. An admin user and password, and the server's CSRF key, are generated
+# once into <state>/mlflow-auth.env (mode 600; the password never appears on a command line or in a
+# log); the users live in <state>/mlflow-auth.db. Clients send MLFLOW_TRACKING_USERNAME /
+# MLFLOW_TRACKING_PASSWORD (env.sh and the Ray nodes get them from that file).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if alive mlflow; then
@@ -58,13 +64,21 @@ fi
 PORT="${BPIML_MLFLOW_PORT:-$(free_port)}"
 wait_port_free "$PORT" 10 || die "mlflow: port $PORT on $HOST is already in use (set BPIML_MLFLOW_PORT)"
 
+AUTH=() AUTH_NOTE=""
+rm -f "$STACK_DIR/mlflow.auth"
+if [[ "${BPIML_STACK_MLFLOW_AUTH:-0}" == 1 ]]; then
+    export_mlflow_server_auth  # the server's own environment: never its command line
+    AUTH=(--app-name basic-auth) AUTH_NOTE=", basic auth: users in $STACK_DIR/mlflow-auth.db"
+    echo 1 > "$STACK_DIR/mlflow.auth"
+fi
+
 start=$SECONDS
-start_group mlflow "$VENV/bin/mlflow" server \
+start_group mlflow "$VENV/bin/mlflow" server "${AUTH[@]}" \
     --backend-store-uri "sqlite:///$STACK_DIR/mlflow.db" \
     --serve-artifacts --artifacts-destination "$DESTINATION" \
     --host "$HOST" --port "$PORT" --workers 1 \
     --allowed-hosts "localhost,localhost:$PORT,$HOST,$HOST:$PORT"
 echo "$PORT" > "$STACK_DIR/mlflow.port"
 wait_http "http://$HOST:$PORT/health" 180 mlflow
-log "mlflow: up in $((SECONDS - start))s (pid $(cat "$STACK_DIR/mlflow.pid"), artifacts $DESTINATION, log $STACK_DIR/mlflow.log)"
+log "mlflow: up in $((SECONDS - start))s (pid $(cat "$STACK_DIR/mlflow.pid"), artifacts $DESTINATION, log $STACK_DIR/mlflow.log$AUTH_NOTE)"
 echo "http://$HOST:$PORT"

@@ -3,3 +3,4 @@
 # The SQLite database (mlflow.db) stays in the state dir.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 stop_group mlflow
+rm -f "$STACK_DIR/mlflow.auth"  # clients of a later server without auth send no credentials

@@ -7,7 +7,8 @@
 #   source .bpiml/stack/env.sh
 #   ray job submit --working-dir . -- python -c 'print(1)'
 #
-# Ray starts last so that its jobs inherit the S3 endpoint and MLFLOW_TRACKING_URI.
+# Ray starts last so that its jobs inherit the S3 endpoint and MLFLOW_TRACKING_URI (and, with
+# BPIML_STACK_MLFLOW_AUTH=1, MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD).
 # Settings: see start_s3.sh, start_mlflow.sh, start_ray.sh. Stop with scripts/stack/down.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -39,6 +40,11 @@ export AWS_ACCESS_KEY_ID='$AWS_ACCESS_KEY_ID'
 export AWS_SECRET_ACCESS_KEY='$AWS_SECRET_ACCESS_KEY'
 export AWS_DEFAULT_REGION='$LOCAL_AWS_REGION'
 ENVEOF
+if [[ -f "$STACK_DIR/mlflow.auth" ]]; then  # BPIML_STACK_MLFLOW_AUTH=1: MLflow clients log in
+    load_mlflow_credentials
+    echo "export MLFLOW_TRACKING_USERNAME='$MLFLOW_TRACKING_USERNAME'" >> "$ENV_FILE"
+    echo "export MLFLOW_TRACKING_PASSWORD='$MLFLOW_TRACKING_PASSWORD'" >> "$ENV_FILE"
+fi
 if [[ "$(cat "$STACK_DIR/ray.workers")" == 0 ]]; then
     echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # keep this client on 127.0.0.1 like the head" >> "$ENV_FILE"
 fi
