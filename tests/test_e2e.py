@@ -189,6 +189,11 @@ def test_documented_commands_on_a_two_node_cluster(local_stack: LocalStack, clus
         mask = imageio.decode_mask(_read(local_stack, bucket, f"pseudo/casia-sam/{r.extra['pseudo_mask']}"))
         assert mask.shape == (r.extra["height"], r.extra["width"]) == (128, 128)
         assert r.extra["teacher"] == "sam"
+        if r.boxes:  # teacher confidence came through the cluster: per box, and the image's = the min
+            assert len(r.extra["sam_pred_iou"]) == len(r.extra["sam_stability"]) == len(r.boxes)
+            assert 0 <= r.extra["confidence"] == min(c for c in r.extra["box_confidence"] if c is not None) <= 1
+        else:
+            assert r.extra["confidence"] is None
     wipe_worker_scratch(local_stack)  # the next step must not need anything a worker kept locally
 
     trained = submit(local_stack, train)
