@@ -11,12 +11,13 @@
 5. trains each row once per seed (`<work>/runs/<row>-s<seed>`): `box` (GrabCut masks of CVIP train),
    `synth` (synthetic only, exact masks), `synth+box` (synth pretraining, then box fine-tuning via
    --init-from), `gt` (CVIP GT masks: the upper bound), `synth+box-nomem` and `box-nomem` (a recipe
-   without the memory bank: ablate whichever of `synth+box` and `box` scores best);
+   without the memory bank: ablate whichever of `synth+box` and `box` scores best), `box-minconf` (`box`
+   with `--min-confidence`, this script's flag) and `box-confweight` (`box` with `--confidence-weight`);
 6. evaluates every run on the CVIP val scenes, the synthetic-only rows also on `cvip_ood` (every CVIP
    forgery and the val-scene authentic photos: no synthesis photo), and every row on each `--eval` set;
    writes `results.md/json`
    with the mean and spread over seeds: pixel F1/AUC, image AUC, the predicted forged share of
-   authentic images, per set, the mean over sets and the mean pooled over images.
+   authentic images, per set, and over the `--eval` sets alone their mean and the mean pooled over images.
 
 Everything resumes: the stores, finished runs (`experiment_done.json`) and evaluations are reused.
 """
@@ -45,6 +46,12 @@ ROWS = {  # row -> (pretrain on synth?, fine-tune store teacher or None, supervi
     "gt": (False, "grabcut", "gt", True),
     "synth+box-nomem": (True, "grabcut", "pseudo", False),
     "box-nomem": (False, "grabcut", "pseudo", False),
+    "box-minconf": (False, "grabcut", "pseudo", True),
+    "box-confweight": (False, "grabcut", "pseudo", True),
+}
+ROW_OPTIONS = {  # row -> further TrainConfig fields (the teacher-confidence rows differ from `box` only here)
+    "box-minconf": lambda args: {"min_confidence": args.min_confidence},
+    "box-confweight": lambda args: {"confidence_weight": True},
 }
 METRICS = ("pixel_f1", "pixel_auc", "image_auc", "authentic_area")
 
@@ -65,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per training worker (one more stays free for Ray Data)")
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--min-confidence", type=float, default=0.5, help="the box-minconf row's --min-confidence")
     p.add_argument("--quick", action="store_true", help="smoke test: few images, 1 epoch, 64 px")
     args = p.parse_args(argv)
     if args.quick:
@@ -129,7 +137,8 @@ def run_config(row: str, seed: int, stage: str, args: argparse.Namespace, work: 
         num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, supervision=supervision,
         model=StudentConfig(use_memory=memory, img_size=args.img_size), init_from=init,
         tracking_uri=cvip.tracking_uri(work), experiment="synth-experiment", dice_weight=0.5, seed=seed,
-        log_images=2, warmup_epochs=min(1.0, float(epochs)))
+        log_images=2, warmup_epochs=min(1.0, float(epochs)),
+        **(ROW_OPTIONS[row](args) if row in ROW_OPTIONS and stage == "main" else {}))
 
 
 def train(config: Any, work: Path) -> dict[str, Any]:
@@ -164,6 +173,12 @@ def evaluate(done: dict[str, Any], sets: dict[str, str], split: str | None, work
                         out=str(out), batch_size=8, num_workers=1, num_cpus_per_worker=1.0, save_masks=False,
                         probs="none", mlflow=False)
     return run_evaluation(config)["table"]
+
+
+def set_rows(table: list[dict]) -> list[dict]:
+    """Only the per-set rows of an evaluation: the [average] and [pooled] rows of a one-set evaluation repeat
+    its set, and kept beside the --eval sets' they would share a key, mixing sets into the spread over seeds."""
+    return [r for r in table if r["kind"] == "set"]
 
 
 def summarize(results: dict[str, dict[int, list[dict]]]) -> list[dict[str, Any]]:
@@ -209,10 +224,10 @@ def main(args: argparse.Namespace) -> int:
             if ROWS[row][0] and ROWS[row][1]:
                 train(run_config(row, seed, "pretrain", args, work), work)
             done = train(run_config(row, seed, "main", args, work), work)
-            tables = evaluate(done, {"cvip_val": store}, "val", work, "val")
+            tables = set_rows(evaluate(done, {"cvip_val": store}, "val", work, "val"))
             if ROWS[row][1] is None:  # out of domain: no image of it was a synthesis photo
-                tables += evaluate(done, {"cvip_ood": out_of_domain_list(store, work)}, None, work, "ood")
-            if extra:
+                tables += set_rows(evaluate(done, {"cvip_ood": out_of_domain_list(store, work)}, None, work, "ood"))
+            if extra:  # its [average] and [pooled] rows: over the --eval sets alone
                 tables += evaluate(done, extra, None, work, "extra")
             results.setdefault(row, {})[seed] = tables
             logger.info("%s seed %d: %s", row, seed, [(r["name"], r.get("pixel_f1")) for r in tables if r["kind"] == "set"])
