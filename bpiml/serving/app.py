@@ -154,6 +154,7 @@ def run_serve(config: ServeConfig) -> dict[str, Any]:
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
-        logger.info("interrupted: deleting application %s", config.app_name)
-        serve.delete(config.app_name)
-    return summary
+        if os.environ.get("RAY_ADDRESS"):  # a cluster outlives this driver: take the application down
+            logger.info("interrupted: deleting application %s", config.app_name)
+            serve.delete(config.app_name)
+    return summary  # a Ray this process started ends with it
