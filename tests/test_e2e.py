@@ -210,6 +210,8 @@ def test_documented_commands_on_a_two_node_cluster(local_stack: LocalStack, clus
     assert run.data.params["backbone_weights_source"] == "random init (pretrained weights unavailable)"
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
     assert len(losses) == EPOCHS and losses[-1] < losses[0]  # every epoch logged once; the loss falls
+    assert "teacher (pseudo masks): sam" in version.description  # the model card
+    assert "MLmodel" in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(version.run_id, "model")}
     kept = wipe_worker_scratch(local_stack)
     caches = ("bpiml-cache", "torchinductor_")  # weights and torch's compile cache; no job output stays local
     assert all(any(c in p for c in caches) for p in kept), kept
