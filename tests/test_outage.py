@@ -167,11 +167,53 @@ def test_pseudolabel_job_rides_out_a_20s_s3_outage_and_fails_naming_s3_past_its_
         assert finished(local_stack, job, 300) == "FAILED"
     finally:
         start_s3(local_stack.state_dir, port)
-    tail = logs(local_stack, job).strip().splitlines()[-1]
-    assert "S3 endpoint" in tail and "unreachable" in tail, tail
+    tail = logs(local_stack, job).strip().splitlines()[-1]  # the driver stops Ray's log stream before it prints
+    assert tail.startswith("caused by StorageUnavailable: S3 endpoint") and "unreachable" in tail, tail
     time.sleep(7)  # a lock the failing job could not release goes stale after --lock-ttl-s 6
     final = submit(local_stack, pseudolabel_args(bucket, "pseudo-budget"), wait=True)
     assert "pseudo-labeling summary" in logs(local_stack, final)
     check_exactly_once(local_stack, bucket, "pseudo-budget", data["ids"])
     assert not any(k.endswith("/.lock") for k in [o["Key"] for o in s3_client(local_stack).list_objects_v2(
         Bucket=bucket, Prefix="pseudo-budget/").get("Contents", [])])
+
+
+# --- a password inside MLFLOW_TRACKING_URI ------------------------------------------------------------------
+def test_a_password_in_the_tracking_uri_reaches_no_dashboard_log_stdout_or_mlflow(
+        local_stack: LocalStack, data, tmp_path: Path) -> None:  # noqa: F811 - the fixture imported above
+    """A driver started from a laptop against the cluster (RAY_ADDRESS set, not `ray job submit`) with the
+    MLflow login inside the URI: the run trains and logs, and the password is nowhere else."""
+    import json
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    login = local_stack.mlflow_credentials
+    if not login:
+        pytest.fail("the test stack runs MLflow without auth: nothing to leak")
+    user, password = login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"]
+    host = local_stack.tracking_uri.split("://", 1)[1]
+    env = {k: v for k, v in local_stack.client_env().items() if not k.startswith("MLFLOW_TRACKING_")}
+    env["MLFLOW_TRACKING_URI"] = f"http://{user}:{password}@{host}"
+    run = f"secret-{data['bucket']}"
+    args = ["jobs/train.py", "--store", f"s3://{data['bucket']}/store", "--supervision", "box", "--storage-path",
+            f"s3://{data['bucket']}/runs-secret", "--run-name", run, "--smoke-test", "--num-workers", "1",
+            "--model-width", "32", "--model-memory-slots", "16", "--model-img-size", "64", "--experiment", run,
+            "--register", f"{run}@champion"]
+    done = subprocess.run([sys.executable, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert password not in output
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result["tracking_uri"] == local_stack.tracking_uri  # the location, without the login
+    request = urllib.request.Request(f"{local_stack.ray_address}/api/jobs/",
+                                     headers={"Authorization": f"Bearer {local_stack.read_token()}"})
+    jobs = urllib.request.urlopen(request, timeout=60).read().decode()
+    assert host in jobs and password not in jobs  # the driver's runtime_env is there, without the login
+    mlflow = MlflowClient(local_stack.tracking_uri)  # the test's own login: MLFLOW_TRACKING_* of this process
+    record = mlflow.get_run(result["mlflow_run_id"])
+    assert record.data.metrics and password not in json.dumps([record.data.params, record.data.tags])
+    allowed = {Path(local_stack.state_dir, name) for name in ("mlflow-auth.env", "env.sh")}
+    leaks = [str(p) for p in Path(local_stack.state_dir).rglob("*") if p.is_file() and p not in allowed
+             and not p.is_symlink() and p.stat().st_size < 50_000_000 and password.encode() in p.read_bytes()]
+    assert leaks == []  # Ray's logs (runtime_env_agent.log, the workers'), MLflow's and S3's logs and DBs

@@ -45,7 +45,19 @@ def root_cause(err: BaseException) -> BaseException | None:
     return None
 
 
+def _stop_ray_log_stream() -> None:
+    """A job's driver that fails: stop Ray first, or the workers' log lines Ray streams to the driver keep
+    arriving after the traceback and bury its last line."""
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - the job's own error is what must be printed
+            pass
+
+
 def _redacting_excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+    _stop_ray_log_stream()
     text = "".join(traceback.format_exception(kind, err, tb))
     cause = root_cause(err)
     if cause is not None and cause is not err:
