@@ -217,3 +217,19 @@ def test_a_password_in_the_tracking_uri_reaches_no_dashboard_log_stdout_or_mlflo
     leaks = [str(p) for p in Path(local_stack.state_dir).rglob("*") if p.is_file() and p not in allowed
              and not p.is_symlink() and p.stat().st_size < 50_000_000 and password.encode() in p.read_bytes()]
     assert leaks == []  # Ray's logs (runtime_env_agent.log, the workers'), MLflow's and S3's logs and DBs
+
+
+def test_the_last_line_of_a_failed_job_names_the_outage() -> None:
+    """A Ray task's error carries the remote StorageUnavailable as text only: the cause line is found there."""
+    from bpiml.runtime.logs import cause_line
+
+    remote = ("ray.exceptions.RayTaskError(UserCodeException): ray::MapBatches(write_masks)\n"
+              "bpiml.data.retry.StorageUnavailable: S3 endpoint http://h:1 unreachable for 5 s at s3://b/k\n"
+              "ray.exceptions.UserCodeException: UDF failed to process a data block.\n")
+    assert cause_line(RuntimeError("UDF failed"), remote) == (
+        "caused by StorageUnavailable: S3 endpoint http://h:1 unreachable for 5 s at s3://b/k")
+    try:
+        raise RuntimeError("lock release failed") from retry.StorageUnavailable("S3 endpoint http://h:1 unreachable")
+    except RuntimeError as err:
+        assert cause_line(err, "") == "caused by StorageUnavailable: S3 endpoint http://h:1 unreachable"
+    assert cause_line(ValueError("x"), "ValueError: x") == ""

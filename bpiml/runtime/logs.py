@@ -9,6 +9,7 @@ exception's traceback (`bpiml.config.redact`).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 from types import TracebackType
@@ -59,10 +60,23 @@ def _stop_ray_log_stream() -> None:
 def _redacting_excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
     _stop_ray_log_stream()
     text = "".join(traceback.format_exception(kind, err, tb))
+    line = cause_line(err, text)
+    sys.stderr.write(redact(text + (f"{line}\n" if line else "")))
+
+
+def cause_line(err: BaseException, text: str) -> str:
+    """`caused by <Kind>: <message>` for a ROOT_CAUSES error behind `err`: found among its causes, or in its
+    formatted traceback (a Ray task's error carries the remote one as text only); '' when there is none."""
     cause = root_cause(err)
     if cause is not None and cause is not err:
-        text += f"caused by {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}\n"
-    sys.stderr.write(redact(text))
+        return f"caused by {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+    if cause is err:
+        return ""
+    found = [m for m in _CAUSE_IN_TEXT.finditer(text)]
+    return f"caused by {found[-1].group(1)}: {found[-1].group(2).strip()}" if found else ""
+
+
+_CAUSE_IN_TEXT = re.compile(rf"^(?:[\w.]+\.)?({'|'.join(ROOT_CAUSES)}): (.*)$", re.MULTILINE)
 
 
 def setup_logging(level: int = logging.INFO, logger: logging.Logger | None = None) -> None:
