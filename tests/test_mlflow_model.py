@@ -71,10 +71,12 @@ def test_pyfunc_from_the_registry_equals_predict_batch(registered, tmp_path) -> 
     uri, model_uri, student, _ = registered
     images = _images()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # an earlier test in this process may have pointed the registry elsewhere
     try:
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     finally:
         mlflow.set_tracking_uri("")
+        mlflow.set_registry_uri("")
     out = pyfunc.predict(pd.DataFrame({"image": [imageio.encode_image(im, "png") for im in images]}))
     expected = inference.predict_batch(inference.load_model(model_uri, uri), images)  # what jobs/predict.py runs
     assert list(out.columns) == ["probs", "score"] and out["score"].dtype == np.float32

@@ -121,7 +121,9 @@ def test_storage_rides_out_a_seaweedfs_restart_and_names_s3_past_the_budget(seaw
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(storage, "_endpoint_override", endpoint)
     import boto3
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="outage")
+    session = boto3.session.Session(aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],  # not the process's cached one
+                                    aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
+    session.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="outage")
     storage.write_bytes("s3://outage/a.bin", b"before")
     port = stop_s3(state)
     restarter = threading.Timer(4.0, start_s3, (state, port))

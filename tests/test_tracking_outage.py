@@ -103,7 +103,7 @@ def test_training_goes_on_through_an_mlflow_outage_and_mlflow_has_every_epoch_on
 
     store = make_pseudo_store(tmp_path / "data", n_train=8, n_val=4)
     runs = tmp_path / "runs"
-    cfg = TrainConfig(store=str(store), storage_path=str(runs), run_name="outage", epochs=6, batch_size=4,
+    cfg = TrainConfig(store=str(store), storage_path=str(runs), run_name="outage", epochs=10, batch_size=4,
                       warmup_epochs=0.5, num_workers=1, cpus_per_worker=0.5, tracking_uri=server.uri,
                       experiment="outage", model=TINY, log_images=1)
     checkpoints = lambda: len(list((runs / "outage").glob("checkpoint_*")))  # noqa: E731
@@ -114,8 +114,11 @@ def test_training_goes_on_through_an_mlflow_outage_and_mlflow_has_every_epoch_on
         while checkpoints() < 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         server.stop()
-        seen["down_at"] = checkpoints()
-        time.sleep(30)  # several epochs' worth, and past the client's retry budget
+        seen["down_at"], down = checkpoints(), time.monotonic()
+        # Past the client's retry budget (seconds), and until two epochs finished without MLflow; back before
+        # the run ends (the driver needs MLflow to finish the run and register).
+        while time.monotonic() - down < 10 or (checkpoints() < seen["down_at"] + 2 and time.monotonic() - down < 60):
+            time.sleep(0.2)
         seen["up_at"] = checkpoints()
         server.start()
 
@@ -124,5 +127,5 @@ def test_training_goes_on_through_an_mlflow_outage_and_mlflow_has_every_epoch_on
     result = run_training(cfg)
     chaos.join(timeout=120)
     assert seen["up_at"] > seen["down_at"], seen  # epochs finished while MLflow was down
-    assert Counter(_steps(server.uri, result.mlflow_run_id)) == {e: 1 for e in range(6)}
+    assert Counter(_steps(server.uri, result.mlflow_run_id)) == {e: 1 for e in range(10)}
     assert result.mlflow_late, "no epoch was logged late: the outage tested nothing"

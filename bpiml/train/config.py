@@ -20,7 +20,7 @@ DEFAULT_STORAGE_PATH = "runs"
 _REGISTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 # Fields left out of the default run name while at their defaults: runs named before they existed keep their names.
 _NAMED_WHEN_SET = ("add_store", "store_weight", "init_from", "pretrain_store", "pretrain_epochs", "pretrain_supervision",
-                   "min_confidence", "confidence_weight")
+                   "min_confidence", "confidence_weight", "storage_retry_s")
 
 
 @dataclasses.dataclass(frozen=True)
