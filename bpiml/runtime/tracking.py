@@ -13,12 +13,13 @@ For sqlite tracking the artifacts go to `<db folder>/mlartifacts/<experiment>` i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import mlflow
 import mlflow.artifacts
@@ -179,13 +180,27 @@ def is_mlflow_uri(uri: str) -> bool:
     return uri.startswith(MLFLOW_SCHEMES)
 
 
-def download_model(uri: str, tracking_uri: str, dst: str) -> str:
-    """Download the artifacts behind `models:/...` or `runs:/...` into `dst`; returns the local folder.
-    FileNotFoundError naming the URI and the tracking server when MLflow cannot give them."""
+@contextlib.contextmanager
+def _pointed_at(tracking_uri: str) -> Iterator[None]:
+    """MLflow's global tracking and registry URIs set to `tracking_uri` inside the block, restored after it
+    (a library call must not move the caller's MLflow)."""
+    was_tracking, was_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
-        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri)
+        yield
+    finally:
+        mlflow.set_tracking_uri(was_tracking)
+        mlflow.set_registry_uri(was_registry)
+
+
+def download_model(uri: str, tracking_uri: str, dst: str) -> str:
+    """Download the artifacts behind `models:/...` or `runs:/...` into `dst`; returns the local folder.
+    FileNotFoundError naming the URI and the tracking server when MLflow cannot give them."""
+    try:
+        with _pointed_at(tracking_uri):  # MLflow resolves a logged model's run through the global URIs
+            return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri,
+                                                       registry_uri=tracking_uri)
     except Exception as err:  # MlflowException, OSError, a missing alias: all say "not there" to the caller
         raise FileNotFoundError(f"cannot load {uri} from MLflow at {tracking_uri}: {type(err).__name__}: {err}") from err
 
