@@ -67,7 +67,6 @@ from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
 logger = logging.getLogger(__name__)
 
 PART_ROWS = 1024  # per-image rows per part file, and per partial-statistics message
-OLD_FILES = ("per_image.jsonl", "per_image.csv", "rejects.jsonl")  # whole-table files of earlier versions
 
 @dataclass
 class EvalConfig(BaseConfig):
@@ -259,7 +258,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     config.save(storage.join(config.out, "config.json"))
     init_ray()
     check_gpus(config.num_gpus_per_worker, config.num_workers, "evaluate")
-    clear_tables(config.out, (PER_IMAGE_DIR,), OLD_FILES)
+    clear_tables(config.out, (PER_IMAGE_DIR,))
     run_id = parts.new_run_id(time.strftime("%Y%m%d_%H%M%S"), uuid.uuid4().hex[:8])
     counter, stats_counter = start_counter(), start_counter()
     start = time.perf_counter()
