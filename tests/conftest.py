@@ -55,6 +55,21 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ARG001 - pyte
     items.sort(key=lambda item: not _uses_stack(item))
 
 
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001, ARG001 - pytest hook
+    """Under CI=true (.ci/run) a skip is a failure: a missing service binary, Label Studio, Chromium or an
+    earlier test's output must not let the run go green with the test never run."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which runs every test: {reason}"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN001, ARG001 - pytest hook
     if STARTUP:
         terminalreporter.write_line(f"local stack (SeaweedFS, MLflow, Ray head + workers) started in "

@@ -5,7 +5,7 @@ private /tmp), all started by `scripts/stack/*.sh` the way a user starts them.
 `local_stack` is session-scoped: one stack for the whole run, in a short state dir under /var/tmp
 (outside the workers' private /tmp) on free ports, stopped (only the process groups it recorded) at
 the end of the session, also when a test or the start-up fails. It is skipped when the services
-cannot run here (no weed binary, no `setsid`).
+cannot run here (no weed binary, no `setsid`); under CI=true that skip is a failure (tests/conftest.py).
 
 Passing the services to code under test:
 - subprocesses (`ray job submit`, scripts): `env=local_stack.client_env()`;
