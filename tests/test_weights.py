@@ -17,6 +17,7 @@ import pytest
 import torch
 from loopback_http import FileServer
 
+from bpiml.data import cache
 from bpiml.pseudolabel.teachers import weights
 from bpiml.pseudolabel.teachers.tiny_sam import save_tiny_sam_checkpoint
 
@@ -65,7 +66,7 @@ def test_by_name_downloads_once_verifies_and_loads(server: FileServer, tmp_path:
 def test_a_bad_download_is_a_clear_error_and_leaves_no_file(server: FileServer, tmp_path: Path, mode: str,
                                                              words: str) -> None:
     server.mode = mode
-    with pytest.raises(weights.WeightsError, match=words):
+    with pytest.raises(cache.FetchError, match=words):
         weights.local_checkpoint("vit_b")
     assert _leftovers(tmp_path / "node-cache") == []  # no partial or unverified file to be picked up later
     server.mode = "ok"
@@ -74,7 +75,7 @@ def test_a_bad_download_is_a_clear_error_and_leaves_no_file(server: FileServer, 
 
 def test_a_missing_file_names_the_url(server: FileServer) -> None:
     del server.files[PATH]
-    with pytest.raises(weights.WeightsError, match="HTTP 404") as err:
+    with pytest.raises(cache.FetchError, match="HTTP 404") as err:
         weights.local_checkpoint("vit_b")
     assert server.url + PATH in str(err.value)
 
@@ -96,5 +97,5 @@ def test_a_cluster_cache_serves_the_other_nodes(server: FileServer, tmp_path: Pa
     assert server.gets[PATH] == 1  # node 2 copied from the cluster cache, not from the server
     (tmp_path / "cluster-cache" / "sam" / FILE).write_bytes(b"x" * len(server.files[PATH]))  # corrupted
     monkeypatch.setenv("BPIML_CACHE", str(tmp_path / "node-3-cache"))
-    with pytest.raises(weights.WeightsError, match="does not match"):
+    with pytest.raises(cache.FetchError, match="does not match"):
         weights.local_checkpoint("vit_b")

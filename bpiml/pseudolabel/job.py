@@ -40,7 +40,7 @@ from bpiml.pseudolabel.store import (
     write_index,
 )
 from bpiml.pseudolabel.summary import build_summary, format_summary
-from bpiml.pseudolabel.teachers import teacher_identity
+from bpiml.pseudolabel.teachers import teacher_identity, weights
 from bpiml.runtime import progress, raycluster
 from bpiml.runtime.counter import start_counter
 from bpiml.runtime.datasets import READ_CPUS, read_lines
@@ -57,7 +57,7 @@ def check_locations(cfg: PseudoLabelConfig) -> list[str]:
     if all(storage.size(f) == 0 for f in files):  # stops at the first file with content
         raise ValueError(f"{cfg.store}: the manifest is empty ({', '.join(files[:3])}): nothing to label")
     storage.check_writable(cfg.out)
-    if cfg.checkpoint and not cfg.checkpoint.startswith("sam:") and cfg.checkpoint not in ("vit_b", "vit_l", "vit_h"):
+    if cfg.checkpoint and weights.official_name(cfg.checkpoint) is None:
         storage.check_readable(cfg.checkpoint)
     return files
 

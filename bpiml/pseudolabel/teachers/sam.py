@@ -30,6 +30,7 @@ from segment_anything.utils.amg import calculate_stability_score
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from bpiml.config import check_choice, check_range
+from bpiml.data import cache
 from bpiml.pseudolabel.teachers import sam_fast
 from bpiml.pseudolabel.teachers import weights as sam_weights
 from bpiml.pseudolabel.teachers.base import Labels, validate_batch
@@ -108,7 +109,7 @@ def load_sam(checkpoint: str, variant: str | None = None) -> tuple[Sam, str, str
         first_lines = "; ".join(str(err).splitlines()[:4])
         hint = f"its encoder width suggests {guessed}" if guessed else "its encoder width matches no known variant"
         raise ValueError(f"SAM checkpoint {checkpoint} does not fit variant {variant!r} ({hint}): {first_lines}") from err
-    return sam.eval(), sam_weights.sha256_file(path), variant
+    return sam.eval(), cache.sha256_file(path), variant
 
 
 class SamTeacher:

@@ -48,16 +48,10 @@ OFFICIAL = {
 }
 
 
-WeightsError = cache.FetchError  # weights that could not be fetched or do not match their checksum
-
-
 def official_name(checkpoint: str) -> str | None:
     """`vit_h` / `sam:vit_h` -> `vit_h`; None for a path or URI."""
     name = checkpoint.removeprefix("sam:")
     return name if name in OFFICIAL else None
-
-
-sha256_file = cache.sha256_file
 
 
 def official_path(name: str, cache_folder: str | Path | None = None) -> Path:
@@ -94,7 +88,7 @@ def identity(checkpoint: str) -> str:
         info = fs.info(path)
         etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
         return f"etag-{etag}" if etag else f"size-{info.get('size')}"
-    return sha256_file(cache.local_copy(checkpoint))[:16]
+    return cache.sha256_file(cache.local_copy(checkpoint))[:16]
 
 
 def variant_of(checkpoint: str) -> str | None:
