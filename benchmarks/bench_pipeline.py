@@ -7,6 +7,14 @@ writes and Ray Data scheduling included).
     python benchmarks/bench_pipeline.py                                     # CPU: tiny SAM, sample store
     python benchmarks/bench_pipeline.py --teacher sam --variant vit_h --checkpoint sam_vit_h.pth \\
         --gpus-per-actor 1 --num-actors 1 --store s3://bucket/store --limit 2000     # on a GPU node
+
+`--cpu-per-image N` measures instead what the pipeline itself costs: N synthetic records (the
+`bench_scale` store: tiny images, one box each) labeled by the box teacher on a local Ray, and the CPU
+seconds per image of the driver and every process it started (Ray's workers, actors, raylet, GCS),
+read from /proc while the job runs. The box teacher costs next to nothing, so this is the price of
+parsing, planning, decoding, mask writing, the rows between stages and the sink.
+
+    python benchmarks/bench_pipeline.py --cpu-per-image 4000 --num-cpus 2
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,7 +54,88 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--limit", type=int)
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--cpu-per-image", type=int, metavar="N",
+                   help="measure CPU seconds per image of the pipeline with the box teacher on N synthetic records")
     return p.parse_args()
+
+
+class ProcessCpu(threading.Thread):
+    """CPU seconds (user + system) of this process and all its descendants, sampled from /proc every
+    `period` s; a process that exits keeps its last sample (at most `period` of its time is missed)."""
+
+    def __init__(self, period: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.period, self.stop, self.last = period, threading.Event(), {}  # pid -> (name, seconds)
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> None:
+        parent: dict[int, int] = {}
+        stats: dict[int, tuple[str, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            name, rest = text[text.index("(") + 1: text.rindex(")")], text[text.rindex(")") + 2:].split()
+            parent[int(entry)] = int(rest[1])
+            stats[int(entry)] = (name, (int(rest[11]) + int(rest[12])) / self.tick)
+        me = os.getpid()
+        for pid, (name, seconds) in stats.items():
+            p, hops = pid, 0
+            while p not in (me, 0, 1) and hops < 32:
+                p, hops = parent.get(p, 0), hops + 1
+            if p == me:
+                self.last[pid] = (name, seconds)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.period):
+            self._sample()
+
+    def finish(self) -> dict[str, float]:
+        self.stop.set()
+        self.join()
+        self._sample()
+        by_kind: dict[str, float] = {}
+        for pid, (name, seconds) in self.last.items():
+            kind = "driver" if pid == os.getpid() else "ray_worker" if name.startswith("ray::") else "ray_system"
+            by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+        return by_kind
+
+
+def cpu_per_image(args: argparse.Namespace) -> None:
+    """CPU seconds per image of the box-teacher pipeline on `args.cpu_per_image` synthetic records."""
+    import ray
+
+    from bench_scale import make_store
+
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="bpiml-bench-cpu-"))
+    make_store(tmp / "store", args.cpu_per_image)
+    sampler = ProcessCpu()
+    sampler._sample()
+    before = dict(sampler.last)
+    sampler.start()
+    ray.init(address="local", num_cpus=args.num_cpus or 2, include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter()
+    summary = run_pseudolabel(PseudoLabelConfig(store=str(tmp / "store"), out=str(tmp / "out"), teacher="box",
+                                                num_actors=1, cpus_per_actor=0.5, batch_size=64))
+    seconds = time.perf_counter() - started
+    by_kind = sampler.finish()
+    by_kind["driver"] -= before.get(os.getpid(), ("", 0.0))[1]  # the imports and the store before the run
+    ray.shutdown()
+    n = summary["labeled_this_run"]
+    total = sum(by_kind.values())
+    rows = {"images": n, "wall_s": round(seconds, 2), "cpu_s_total": round(total, 2),
+            **{f"cpu_s_{k}": round(v, 2) for k, v in sorted(by_kind.items())},
+            "cpu_ms_per_image": round(1000 * total / n, 3),
+            "cpu_ms_per_image_workers": round(1000 * by_kind.get("ray_worker", 0.0) / n, 3)}
+    print("\npseudo-labeling pipeline CPU time, box teacher")
+    for k, v in rows.items():
+        print(f"  {k:<26} {v}")
+    print(json.dumps(rows))
 
 
 def teacher_alone(args: argparse.Namespace, store: str, checkpoint: str | None) -> tuple[float, int]:
@@ -108,4 +199,8 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    arguments = parse_args()
+    if arguments.cpu_per_image:
+        cpu_per_image(arguments)
+    else:
+        main(arguments)
