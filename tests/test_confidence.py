@@ -200,12 +200,12 @@ def test_summary_and_mlflow_run_of_a_small_grabcut_run(tmp_path: Path, ray_local
     from mlflow.tracking import MlflowClient
 
     from bpiml.pseudolabel.job import run_pseudolabel
-    from bpiml.pseudolabel.store import SHARDS_DIR
+    from bpiml.data.manifest import SHARDS_DIR
 
     _store(tmp_path / "store")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = PseudoLabelConfig(store=str(tmp_path / "store"), out=str(tmp_path / "out"), teacher="grabcut",
-                            num_actors=1, part_rows=2, batch_size=2, review_below=0.3, experiment="pseudo-test",
+                            num_workers=1, part_rows=2, batch_size=2, review_below=0.3, experiment="pseudo-test",
                             tracking_uri=tracking)
     summary = run_pseudolabel(cfg)
 

@@ -39,11 +39,6 @@ def boxes_from_mask(mask: np.ndarray, merge_distance: int = 0, min_area: int = 1
     return sorted(boxes, key=lambda b: (b[1], b[0], b[3], b[2]))
 
 
-def box_gap(a: Sequence[float], b: Sequence[float]) -> float:
-    """Background pixels between two boxes (Chebyshev): 0 when they touch or overlap."""
-    return max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3], 0)
-
-
 def merge_boxes(boxes: list[list[int]], merge_distance: int) -> list[list[int]]:
     """Merge boxes whose gap is <= merge_distance into their union, until stable."""
     boxes = [list(b) for b in boxes]

@@ -32,6 +32,7 @@ from bpiml.data import retry, storage
 
 logger = logging.getLogger(__name__)
 
+LOCK_FILE = ".lock"  # the lock's name in the output it guards
 RELEASE_RETRY_S = 20.0  # how long a failing job waits for the store to release its lock
 
 

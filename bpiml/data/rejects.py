@@ -6,8 +6,8 @@ A row is `{"id", "image", "stage", "reason", "action"}`:
 - `action`: `rejected` (not used), or `converted` / `clipped` (used after a conversion of the
   image or a clip of its boxes; these never count against the reject rate).
 
-Jobs stream rows into `rejects.jsonl` (or into parts merged into it) and end with
-`check_reject_rate`, which fails past the job's `max_reject_rate` after everything else was
+Jobs write the rows as parts of a table under `<out>/rejects/` (`REJECTS_DIR`, `bpiml.data.parts`;
+training: one `rejects/worker-<rank>.jsonl` per worker) and end with `check_reject_rate`, which fails past the job's `max_reject_rate` after everything else was
 written, so a bad input costs its row, never the rest of the job.
 """
 
@@ -17,10 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
-from bpiml.data import storage
-
-REJECTS_FILE = "rejects.jsonl"
-ACTIONS = ("rejected", "converted", "clipped")
+REJECTS_DIR = "rejects"  # the rejects table's folder in a job's output
 
 
 class RejectRateError(RuntimeError):
@@ -46,13 +43,6 @@ def note_action(note: str) -> str:
 
 def to_jsonl(rows: Iterable[Reject | dict[str, Any]]) -> str:
     return "".join(json.dumps(r.to_dict() if isinstance(r, Reject) else r, default=str) + "\n" for r in rows)
-
-
-def write_rejects(folder: str, rows: Iterable[Reject | dict[str, Any]]) -> str:
-    """Write `<folder>/rejects.jsonl` (all rows at once); returns its URI."""
-    uri = storage.join(folder, REJECTS_FILE)
-    storage.write_bytes(uri, to_jsonl(rows).encode())
-    return uri
 
 
 def check_reject_rate(rejected: int, total: int, max_rate: float, what: str, where: str) -> float:

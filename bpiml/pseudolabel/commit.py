@@ -1,4 +1,5 @@
-"""The end of a pseudo-labeling run: remove superseded records, compact parts into shards, clean up.
+"""The end of a pseudo-labeling run: remove superseded records, clean up, count the output (the parts
+are compacted into shards by `bpiml.runtime.batch.compact`, as every batch job's).
 
 Each step can be interrupted and is finished by the next run: superseded records are planned
 again while both copies exist, parts are compacted by the next run, and the index says
@@ -15,13 +16,14 @@ from typing import Any
 import ray
 
 from bpiml.data import parts, storage
+from bpiml.data.manifest import SHARDS_DIR
+from bpiml.data.rejects import REJECTS_DIR
 from bpiml.pseudolabel.confidence import ConfidenceStats
-from bpiml.pseudolabel.store import REJECTS_DIR, SHARDS_DIR, SUPERSEDE_DIR
+from bpiml.pseudolabel.store import SUPERSEDE_DIR
+from bpiml.runtime.batch import DRIVER_LIMIT
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 
 logger = logging.getLogger(__name__)
-
-DRIVER_LIMIT = 64  # at most this many part files are handled on the driver; more go to Ray tasks
 
 
 def _rewrite_part(uri: str, rows: list[dict[str, Any]], out: str) -> dict[str, int]:
@@ -55,41 +57,6 @@ def apply_supersedes(out: str, run_id: str) -> dict[str, Any]:
         ray.get([_rewrite_remote.remote(u, rows, out) for u, rows in by_part.items()])
     counts = {"removed": sum(r["removed"] for r in results), "masks_deleted": sum(r["masks_deleted"] for r in results)}
     return {**counts, "by_teacher": teachers}
-
-
-def _compact_on_driver(folder: str, run_id: str, files: list[str], shard_rows: int) -> int:
-    rows = (row for uri in files for row in parts.read_rows(uri))
-    return len(parts.write_shards(folder, run_id, rows, shard_rows))
-
-
-@ray.remote(num_cpus=0.25)
-def _compact_remote(folder: str, run_id: str, k: int, files: list[str]) -> int:
-    rows = [row for uri in files for row in parts.read_rows(uri)]
-    lines = [json.dumps(r, ensure_ascii=False, allow_nan=False, sort_keys=True) for r in rows]
-    if lines:
-        storage.write_bytes(storage.join(folder, f"shard-{run_id}-{k:06d}.jsonl"), ("\n".join(lines) + "\n").encode())
-    return len(lines)
-
-
-def compact(folder: str, shard_rows: int, part_rows: int) -> list[str]:
-    """Merge the parts of every run without a marker into shards, mark the run, delete its parts."""
-    done = []
-    for run_id in parts.uncompacted_runs(folder):
-        files = sorted(u for u in storage.list_files(folder, ".jsonl")
-                       if os.path.basename(u).startswith(f"part-{run_id}-"))
-        if len(files) <= DRIVER_LIMIT:
-            _compact_on_driver(folder, run_id, files, shard_rows)
-        else:  # about `shard_rows` records per task: groups of files, each becoming one shard
-            per_shard = max(1, shard_rows // max(part_rows, 1))
-            groups = [files[i:i + per_shard] for i in range(0, len(files), per_shard)]
-            ray.get([_compact_remote.remote(folder, run_id, k, g) for k, g in enumerate(groups)])
-        storage.write_bytes(parts.marker_uri(folder, run_id), b"")
-        for uri in files:
-            storage.remove(uri)
-        done.append(run_id)
-    for uri in parts.stale_files(folder):
-        storage.remove(uri)
-    return done
 
 
 def clean_run_folders(out: str, run_id: str) -> None:

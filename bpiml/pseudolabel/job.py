@@ -1,7 +1,7 @@
 """The pseudo-labeling job: a box-annotated store in, one teacher mask per image out, on Ray Data.
 
     read_text(manifest files) -> parse_lines -> plan (resume, by id) -> decode_rows (CPU tasks)
-        -> TeacherLabeler (actor pool, one frozen teacher each) -> write_masks (CPU tasks) -> PartSink
+        -> TeacherLabeler (actor pool, one frozen teacher each) -> write_masks (CPU tasks) -> part_sink
 
 Nothing proportional to the store passes through the driver: Ray Data reads the manifest (one
 file or many shards, local or s3://), tasks write the masks and the part files, and counts come
@@ -16,39 +16,34 @@ import hashlib
 import json
 import logging
 import math
-import time
-import uuid
 from typing import Any
 
 import ray
 
-from bpiml.data import inputs, parts, rejects, retry, storage
+from bpiml.data import inputs, retry, storage
 from bpiml.data import manifest as manifest_io
-from bpiml.data.lock import WriterLock
+from bpiml.data.lock import LOCK_FILE, WriterLock
+from bpiml.data.manifest import SHARDS_DIR
 from bpiml.pseudolabel import commit, plan
 from bpiml.pseudolabel.config import PseudoLabelConfig
 from bpiml.pseudolabel.labeler import TeacherLabeler
-from bpiml.pseudolabel.sink import PartSink
+from bpiml.pseudolabel.sink import part_sink
 from bpiml.pseudolabel.stages import decode_rows, parse_lines, write_masks
 from bpiml.pseudolabel.store import (
-    LOCK_FILE,
     RECORD_VERSION,
-    REJECTS_DIR,
-    SHARDS_DIR,
     read_index,
     source_reference,
     write_index,
 )
-from bpiml.pseudolabel.summary import build_summary, format_summary
+from bpiml.pseudolabel.summary import Summary, build_summary, format_summary
 from bpiml.pseudolabel.teachers import teacher_identity, weights
 from bpiml.runtime import progress, raycluster
-from bpiml.runtime.counter import start_counter
+from bpiml.runtime.batch import WRITE_CPUS, BatchJob, PartsSink, compact, run_batch
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 
 logger = logging.getLogger(__name__)
 
 PARTITION_BYTES = 64 << 20  # manifest bytes per plan partition
-WRITE_CPUS = 0.25  # mask writing and the part sink share one fused task (equal resources fuse)
 
 
 def check_locations(cfg: PseudoLabelConfig) -> list[str]:
@@ -125,11 +120,11 @@ def _plan_partitions(files: list[str]) -> int:
     return int(min(512, max(2, math.ceil(total / PARTITION_BYTES))))
 
 
-def _gpus_per_actor(cfg: PseudoLabelConfig) -> float:
-    if cfg.gpus_per_actor is not None:
-        return cfg.gpus_per_actor
+def _gpus_per_worker(cfg: PseudoLabelConfig) -> float:
+    if cfg.gpus_per_worker is not None:
+        return cfg.gpus_per_worker
     gpus = 1.0 if raycluster.available_gpus() > 0 else 0.0
-    logger.info("teacher actors use %s (the cluster has %g GPUs; --gpus-per-actor sets it)",
+    logger.info("teacher actors use %s (the cluster has %g GPUs; --gpus-per-worker sets it)",
                 "1 GPU each" if gpus else "the CPU", raycluster.available_gpus())
     return gpus
 
@@ -147,11 +142,11 @@ def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, coun
     planned = planned.repartition(target_num_rows_per_block=cfg.part_rows)
     # Decode and write are CPU tasks before and after the teacher actors. Their CPU share differs
     # from the actors' so Ray Data does not fuse decoding into the (GPU) actor process.
-    decode_cpus = 0.25 if cfg.cpus_per_actor != 0.25 else 0.3
+    decode_cpus = 0.25 if cfg.cpus_per_worker != 0.25 else 0.3
     decoded = planned.map_batches(decode_rows, fn_kwargs={"store": cfg.store, "max_boxes": cfg.max_boxes},
                                   batch_size=cfg.part_rows, batch_format="numpy", num_cpus=decode_cpus)
     labeled = decoded.map_batches(TeacherLabeler, fn_constructor_args=(cfg.to_dict(),), **raycluster.actor_pool_kwargs(
-        cfg.num_actors, cfg.cpus_per_actor, cfg.gpus_per_actor or 0.0, cfg.batch_size))
+        cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker or 0.0, cfg.batch_size))
     return labeled.map_batches(write_masks, fn_kwargs={"store": cfg.store, "out": cfg.out},
                                batch_size=cfg.part_rows, batch_format="numpy", num_cpus=WRITE_CPUS)
 
@@ -177,17 +172,9 @@ def _teacher_options(cfg: PseudoLabelConfig) -> dict[str, Any]:
     return {"checkpoint": cfg.checkpoint} if cfg.resolved_teacher == "sam" else {}
 
 
-def _commit(cfg: PseudoLabelConfig, run_id: str, lock: WriterLock) -> dict[str, Any]:
-    lock.check()
-    removed = commit.apply_supersedes(cfg.out, run_id)
-    commit.compact(storage.join(cfg.out, SHARDS_DIR), cfg.shard_rows, cfg.part_rows)
-    commit.clean_run_folders(cfg.out, run_id)
-    return {"removed": removed, "stats": commit.store_stats(cfg.out, cfg.review_below)}
-
-
 def _log_to_mlflow(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> None:
     if cfg.experiment:
-        from bpiml.pseudolabel.mlflow_run import log_pseudolabel_run  # noqa: PLC0415 - MLflow only with --experiment
+        from bpiml.pseudolabel.mlflow_run import log_pseudolabel_run
 
         log_pseudolabel_run(cfg, summary)
 
@@ -197,7 +184,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     cfg = _prepare(cfg)
     files = check_locations(cfg)
     if cfg.experiment:  # a wrong tracking URI fails now, not after the labeling
-        from bpiml.pseudolabel.mlflow_run import check_tracking  # noqa: PLC0415 - MLflow only with --experiment
+        from bpiml.pseudolabel.mlflow_run import check_tracking
 
         check_tracking(cfg)
     identity = teacher_identity(cfg.resolved_teacher, **_teacher_options(cfg))
@@ -212,39 +199,74 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
         _log_to_mlflow(cfg, done)
         return done
     raycluster.init_ray()
-    cfg = cfg.replace(gpus_per_actor=_gpus_per_actor(cfg))
-    raycluster.wait_for_resources(cfg.cpus_per_actor * cfg.num_actors, (cfg.gpus_per_actor or 0) * cfg.num_actors,
+    cfg = cfg.replace(gpus_per_worker=_gpus_per_worker(cfg))
+    raycluster.wait_for_resources(cfg.cpus_per_worker * cfg.num_workers, (cfg.gpus_per_worker or 0) * cfg.num_workers,
                                   cfg.resource_wait_s, "pseudo-labeling")
     raycluster.check_paths_reachable({"store": cfg.store, "out": cfg.out}, "pseudo-labeling")
-    with WriterLock(storage.join(cfg.out, LOCK_FILE), cfg.lock_ttl_s, "pseudo-labeling output") as lock:
+    return run_batch(PseudoLabelJob(cfg, files, identity, source, signature))
+
+
+class PseudoLabelJob(BatchJob):
+    """`run_pseudolabel` on the batch skeleton (`bpiml.runtime.batch`): under the output's writer lock, the
+    pipeline into the parts sink, then supersedes applied, parts compacted, the index marked complete."""
+
+    what, progress_keys = "pseudo-labeling", ("labeled", "rejected", "skipped")
+
+    def __init__(self, cfg: PseudoLabelConfig, files: list[str], identity: str, source: dict[str, str],
+                 signature: str) -> None:
+        super().__init__(cfg.out, cfg.max_reject_rate)
+        self.cfg, self.files, self.identity, self.source, self.signature = cfg, files, identity, source, signature
+        self.writer = WriterLock(storage.join(cfg.out, LOCK_FILE), cfg.lock_ttl_s, "pseudo-labeling output")
+        self.runs: list[str] = []
+        self.stats: dict[str, Any] = {}
+
+    def lock(self) -> WriterLock:
+        return self.writer
+
+    def start(self, run_id: str, counter: Any) -> None:
+        cfg = self.cfg
         index = read_index(cfg.out)
-        check_output(index, cfg, identity, source)
-        run_id = parts.new_run_id(time.strftime("%Y%m%d_%H%M%S"), uuid.uuid4().hex[:8])
-        runs = list((index or {}).get("runs", [])) + [run_id]
-        write_index(cfg.out, {**(index or {}), "complete": False, "source": source, "runs": runs[-20:]})
+        check_output(index, cfg, self.identity, self.source)
+        self.runs = (list((index or {}).get("runs", [])) + [run_id])[-20:]
+        write_index(cfg.out, {**(index or {}), "complete": False, "source": self.source, "runs": self.runs})
         cfg.save(storage.join(cfg.out, "config.json"))
-        logger.info("pseudo-labeling %s -> %s with teacher %s (run %s)", cfg.store, cfg.out, identity, run_id)
-        counter = start_counter()
-        started = time.perf_counter()
-        total = progress.count_records(files)
-        with progress.report(counter, "pseudo-labeling", ("labeled", "rejected", "skipped"),
-                             min(total, cfg.limit) if total is not None and cfg.limit else total):
-            build_pipeline(cfg, files, identity, counter).write_datasink(
-                PartSink(cfg.out, run_id, counter, cfg.part_rows), ray_remote_args={"num_cpus": WRITE_CPUS})
-        counts = ray.get(counter.get.remote())
-        elapsed = time.perf_counter() - started
-        committed = _commit(cfg, run_id, lock)
-        summary = build_summary(cfg, counts, committed, elapsed, identity)
-        storage.write_bytes(storage.join(cfg.out, "summary.json"), (summary.to_json() + "\n").encode())
-        write_index(cfg.out, {"complete": True, "source": source, "runs": runs[-20:],
-                              "input_signature": None if cfg.limit else signature,
-                              "teacher": {"identity": identity, "name": cfg.resolved_teacher},
-                              "records": committed["stats"]["records"], "teachers": committed["stats"]["teachers"]})
-    logger.debug("\n%s", format_summary(summary))  # jobs/pseudolabel.py prints it
-    _log_to_mlflow(cfg, summary.to_dict())
-    if summary.images_in_manifest == 0:
-        raise ValueError(f"{cfg.store}: the manifest has no records (files: {', '.join(files[:3])})")
-    summary.check_counts()
-    rejects.check_reject_rate(summary.rejected, summary.images_in_manifest, cfg.max_reject_rate,
-                              "pseudo-labeling", storage.join(cfg.out, REJECTS_DIR))
-    return summary.to_dict()
+        logger.info("pseudo-labeling %s -> %s with teacher %s (run %s)", cfg.store, cfg.out, self.identity, run_id)
+
+    def total(self) -> int | None:
+        total = progress.count_records(self.files)
+        return min(total, self.cfg.limit) if total is not None and self.cfg.limit else total
+
+    def pipeline(self, counter: Any) -> ray.data.Dataset:
+        return build_pipeline(self.cfg, self.files, self.identity, counter)
+
+    def sink(self, run_id: str, counter: Any) -> PartsSink:
+        return part_sink(self.cfg.out, run_id, counter, self.cfg.part_rows)
+
+    def commit(self, run_id: str) -> dict[str, Any]:
+        cfg = self.cfg
+        self.writer.check()
+        removed = commit.apply_supersedes(cfg.out, run_id)
+        compact(storage.join(cfg.out, SHARDS_DIR), cfg.shard_rows, cfg.part_rows)
+        commit.clean_run_folders(cfg.out, run_id)
+        return {"removed": removed, "stats": commit.store_stats(cfg.out, cfg.review_below)}
+
+    def summarize(self, counts: dict[Any, float], committed: dict[str, Any], elapsed: float) -> dict[str, Any]:
+        self.stats = committed["stats"]
+        return build_summary(self.cfg, counts, committed, elapsed, self.identity).to_dict()
+
+    def seal(self, summary: dict[str, Any]) -> None:
+        write_index(self.cfg.out, {"complete": True, "source": self.source, "runs": self.runs,
+                                   "input_signature": None if self.cfg.limit else self.signature,
+                                   "teacher": {"identity": self.identity, "name": self.cfg.resolved_teacher},
+                                   "records": self.stats["records"], "teachers": self.stats["teachers"]})
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        done = Summary(**summary)
+        logger.debug("\n%s", format_summary(done))  # jobs/pseudolabel.py prints it
+        _log_to_mlflow(self.cfg, summary)
+        if done.images_in_manifest == 0:
+            raise ValueError(f"{self.cfg.store}: the manifest has no records (files: {', '.join(self.files[:3])})")
+        done.check_counts()
+
+    def rejected(self, summary: dict[str, Any]) -> tuple[int, int]:
+        return summary["rejected"], summary["images_in_manifest"]

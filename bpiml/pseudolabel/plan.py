@@ -30,7 +30,8 @@ import ray
 
 from bpiml.data import parts, storage
 from bpiml.pseudolabel.rows import BAD_LINE_PREFIX, ROW_COLUMNS, columns, empty_row
-from bpiml.pseudolabel.store import SHARDS_DIR, mask_path
+from bpiml.data.manifest import SHARDS_DIR
+from bpiml.pseudolabel.store import mask_path
 from bpiml.runtime.counter import add_counts
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 

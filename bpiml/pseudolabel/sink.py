@@ -11,15 +11,14 @@ driver.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any
 
-from ray.data import Datasink
-from ray.data.block import BlockAccessor
-
-from bpiml.data import parts, rejects, storage
+from bpiml.data import rejects
+from bpiml.data.manifest import SHARDS_DIR
+from bpiml.data.rejects import REJECTS_DIR
 from bpiml.pseudolabel.rows import BAD_LINE_PREFIX
-from bpiml.pseudolabel.store import REJECTS_DIR, SHARDS_DIR, SUPERSEDE_DIR
-from bpiml.runtime.counter import add_counts, block_key
+from bpiml.pseudolabel.store import SUPERSEDE_DIR
+from bpiml.runtime.batch import PartsSink, Routed
 
 
 def _reject_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -62,27 +61,12 @@ def route(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list[dict
     return records, reject_rows, supersede, counts
 
 
-class PartSink(Datasink):
-    """Writes each block's rows as part files of `out` for run `run_id` (see the module doc)."""
+def route_parts(rows: list[dict[str, Any]]) -> Routed:
+    """One block's part files, the commit point (its records) last, and its counts."""
+    records, reject_rows, supersede, counts = route(rows)
+    return [(SUPERSEDE_DIR, supersede), (REJECTS_DIR, reject_rows), (SHARDS_DIR, records)], counts
 
-    def __init__(self, out: str, run_id: str, counter: Any, part_rows: int = 64) -> None:
-        self.out, self.run_id, self.counter, self.part_rows = out, run_id, counter, part_rows
 
-    @property
-    def min_rows_per_write(self) -> int:
-        """Hand each write about `part_rows` rows as soon as they are there (Ray Data would otherwise
-        gather far bigger bundles, and a kill would lose them)."""
-        return self.part_rows
-
-    def write(self, blocks: Iterable[Any], ctx: Any) -> None:
-        for block in blocks:
-            accessor = BlockAccessor.for_block(block)
-            if accessor.num_rows() == 0:
-                continue
-            rows = list(accessor.iter_rows(public_row_format=True))
-            records, reject_rows, supersede, counts = route([dict(r) for r in rows])
-            key = block_key(parts.write_part(storage.join(self.out, SUPERSEDE_DIR), self.run_id, supersede),
-                            parts.write_part(storage.join(self.out, REJECTS_DIR), self.run_id, reject_rows),
-                            # last: the commit point
-                            parts.write_part(storage.join(self.out, SHARDS_DIR), self.run_id, records))
-            add_counts(self.counter, counts, key)
+def part_sink(out: str, run_id: str, counter: Any, part_rows: int = 64) -> PartsSink:
+    """The sink of run `run_id` into the pseudo-labeled store `out` (see the module doc)."""
+    return PartsSink(out, run_id, counter, part_rows, route_parts)

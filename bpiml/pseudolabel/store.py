@@ -7,7 +7,7 @@
     <out>/rejects/                the latest run's rejects (`bpiml.data.rejects` rows)
     <out>/config.json             the latest run's resolved config
     <out>/summary.json            the latest run's counts, throughput and mean pseudo-vs-GT IoU
-    <out>/.lock                   held while a job writes (`bpiml.data.lock`)
+    <out>/.lock                   held while a job writes (`bpiml.data.lock.LOCK_FILE`)
     <out>/review/                 human review decisions and corrected masks (`bpiml.pseudolabel.reviews`)
 
 A record is the input record (its `image` and `mask` stay relative to the input store) plus
@@ -32,15 +32,13 @@ import os
 from typing import Any
 
 from bpiml.data import manifest, naming, parts, storage
+from bpiml.data.rejects import REJECTS_DIR
 
 FORMAT = "bpiml-pseudo/2"
 RECORD_VERSION = 2  # the output record's fields (2: teacher confidence); in fingerprints, so a change relabels
 INDEX_FILE = "index.json"
-SHARDS_DIR = "manifest"
 PSEUDO_DIR = "pseudo"
-REJECTS_DIR = "rejects"
 SUPERSEDE_DIR = "supersede"
-LOCK_FILE = ".lock"
 
 
 def mask_path(record_id: str, mask_fingerprint: str) -> str:
@@ -113,10 +111,6 @@ def write_index(out: str, index: dict[str, Any]) -> None:
 def read_rejects(out: str) -> list[dict[str, Any]]:
     """The latest run's reject rows (small: for tools and tests, not for 100M-image outputs)."""
     return list(parts.iter_table(storage.join(out, REJECTS_DIR)))
-
-
-def is_pseudo_store(root: str) -> bool:
-    return storage.exists(index_uri(root))
 
 
 @dataclasses.dataclass

@@ -32,7 +32,6 @@ from bpiml.runtime.loopback import free_ports
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("s3", "mlflow", "ray")
 REGION = "us-east-1"
 
 

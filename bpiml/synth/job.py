@@ -26,7 +26,8 @@ import numpy as np
 import ray
 
 from bpiml.data import imageio, rejects, storage
-from bpiml.data.lock import WriterLock
+from bpiml.data.lock import LOCK_FILE, WriterLock
+from bpiml.data.rejects import REJECTS_DIR
 from bpiml.data.manifest import SHARDS_DIR
 from bpiml.runtime import progress, raycluster
 from bpiml.runtime.datasets import READ_CPUS, read_lines
@@ -37,8 +38,6 @@ from bpiml.synth.pool import Pool, photo_pool, shape_pool
 logger = logging.getLogger(__name__)
 
 RECIPE_FILE = "synth.json"  # the output's recipe and photo pool: a rerun must match it
-REJECTS_DIR = "rejects"
-LOCK_FILE = ".lock"
 DELAY_ENV = "BPIML_TEST_SYNTH_DELAY_S"  # test hook: sleep this long per block, so a kill lands mid-run
 _PART = re.compile(r"^part-(\d{9})-(\d{9})\.jsonl$")
 
@@ -78,7 +77,7 @@ def synthesize_block(batch: dict[str, np.ndarray], out: str, recipe: make.Recipe
                      threads: int = 1, delay_s: float = 0.0) -> dict[str, np.ndarray]:
     """Make images [start, end): files first, then rejects, then the manifest part (the commit)."""
     pool, shapes = _pools(refs)
-    cv2.setNumThreads(threads)  # a task holds `cpus_per_task` CPUs: OpenCV's pool would take every core
+    cv2.setNumThreads(threads)  # a task holds `cpus_per_worker` CPUs: OpenCV's pool would take every core
     rows = []
     for start, end in zip(batch["start"], batch["end"]):
         time.sleep(delay_s)
@@ -153,10 +152,10 @@ def recipe_of(cfg: SynthConfig) -> make.Recipe:
 def _run_blocks(cfg: SynthConfig, todo: list[tuple[int, int]], pool: Pool, shapes: Pool | None) -> dict[str, Any]:
     refs = (ray.put(pool), ray.put(shapes) if shapes is not None else None)
     items = ray.data.from_items([{"start": s, "end": e} for s, e in todo], override_num_blocks=len(todo))
-    results = items.map_batches(synthesize_block, batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_task,
-                                concurrency=cfg.concurrency or None,
+    results = items.map_batches(synthesize_block, batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_worker,
+                                concurrency=cfg.num_workers or None, num_gpus=cfg.gpus_per_worker or 0,
                                 fn_kwargs={"out": cfg.out, "recipe": recipe_of(cfg), "refs": refs,
-                                           "threads": max(1, int(cfg.cpus_per_task)),
+                                           "threads": max(1, int(cfg.cpus_per_worker)),
                                            "delay_s": float(os.environ.get(DELAY_ENV, 0) or 0)})
     counts: dict[str, float] = {"made": 0, "rejected": 0, "task_seconds": 0.0}
     started = last = time.monotonic()
