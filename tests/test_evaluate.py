@@ -11,7 +11,7 @@ from torch import nn
 
 from bpiml.data import degrade, imageio, manifest
 from bpiml.data.rejects import RejectRateError
-from bpiml.evaluation import evaluate, inference, predict, streaming_metrics, tables, testsets
+from bpiml.evaluation import cli, evaluate, inference, predict, streaming_metrics, tables, testsets
 from bpiml.model.student import StudentConfig, build_student
 
 
@@ -186,9 +186,9 @@ def test_evaluation_job_on_ray(data, local_ray, tmp_path, capsys):
     out = tmp_path / "eval_out"
     argv = ["--model", str(data["ckpt"]), "--dataset", f"set_a={data['sets']['set_a']}",
             "--dataset", f"set_b={data['sets']['set_b']}", "--group", "in_dist=set_a", "--group", "both=set_a,set_b",
-            "--degrade", "jpeg:70", "--out", str(out), "--num-workers", "1", "--num-cpus-per-worker", "0.5",
+            "--degrade", "jpeg:70", "--out", str(out), "--num-workers", "1", "--cpus-per-worker", "0.5",
             "--batch-size", "4", "--no-mlflow"]
-    assert evaluate.cli_evaluate(argv) == 0
+    assert cli.cli_evaluate(argv) == 0
     printed = capsys.readouterr().out
     assert "[in_dist]" in printed and "jpeg:70" in printed
     result = json.loads((out / "results.json").read_text())
@@ -254,7 +254,7 @@ def test_evaluation_streams_a_sharded_store_without_rows_on_the_driver(data, loc
         monkeypatch.setattr(ray.data.Dataset, name, refuse)
     monkeypatch.setattr(ray.data, "from_items", refuse)
     config = evaluate.EvalConfig(model=str(data["ckpt"]), datasets=[f"store={store}"], degrade=["jpeg:70"],
-                                 out=str(out), num_workers=1, num_cpus_per_worker=0.5, batch_size=4, mlflow=False,
+                                 out=str(out), num_workers=1, cpus_per_worker=0.5, batch_size=4, mlflow=False,
                                  max_reject_rate=0.25)
     result = evaluate.run_evaluation(config)
     monkeypatch.undo()
@@ -287,7 +287,7 @@ def test_batch_prediction_job_on_ray(data, local_ray, tmp_path):
         f.write("this line is not a record\n")
     out = tmp_path / "pred_out"
     config = predict.PredictConfig(model=str(data["ckpt"]), store=str(store), out=str(tmp_path / "strict"),
-                                   num_workers=1, num_cpus_per_worker=0.5)
+                                   num_workers=1, cpus_per_worker=0.5)
     with pytest.raises(RejectRateError, match="2 of 5"):  # 40% rejected > the default 5%: fails, after writing
         predict.run_predict(config)
     assert len(list(predict.read_predictions(str(tmp_path / "strict")))) == 3
@@ -301,7 +301,7 @@ def test_batch_prediction_job_on_ray(data, local_ray, tmp_path):
         assert (out / r["overlay"]).exists()
     rejected = "".join(p.read_text() for p in (out / "rejects").glob("*.jsonl"))
     assert "missing" in rejected and "bad record" in rejected
-    assert json.loads((out / "config.json").read_text())["num_cpus_per_worker"] == 0.5
+    assert json.loads((out / "config.json").read_text())["cpus_per_worker"] == 0.5
     again = predict.run_predict(config.replace(out=str(out), max_reject_rate=0.5))  # a rerun replaces the tables
     assert again["predicted"] == 3 and len(list(predict.read_predictions(str(out)))) == 3
 
@@ -349,12 +349,12 @@ def test_a_retried_write_is_counted_once(local_ray, tmp_path):
     import pyarrow as pa
 
     from bpiml.data import parts
-    from bpiml.evaluation.sink import TableSink
+    from bpiml.evaluation.sink import table_sink
     from bpiml.runtime.counter import start_counter
 
     counter, tally = start_counter(), start_counter()
-    sink = TableSink(str(tmp_path), "per_image", "evaluate", "run1", counter, 4,
-                     tallies=[(tally, lambda rows: {"n": float(len(rows))})])
+    sink = table_sink(str(tmp_path), "per_image", "evaluate", "run1", counter, 4,
+                      tallies=[(tally, lambda rows: {"n": float(len(rows))})])
     block = pa.table({"id": ["a", "b", "c"], "image": ["a.png", "b.png", "c.png"], "f1": [0.5, 0.25, 0.0],
                       "error": ["", "", "decode: truncated"]})
     other = pa.table({"id": ["d"], "image": ["d.png"], "f1": [1.0], "error": [""]})

@@ -19,7 +19,8 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from bpiml.data import storage
 
@@ -37,14 +38,22 @@ def part_name(run_id: str, rows: list[str]) -> str:
     return f"part-{run_id}-{digest}.jsonl"
 
 
+def encode_rows(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Rows -> JSON lines, as every table file holds them (keys sorted, no NaN)."""
+    return [json.dumps(r, ensure_ascii=False, allow_nan=False, sort_keys=True) for r in rows]
+
+
+def _write_lines(uri: str, lines: list[str]) -> str:
+    storage.write_bytes(uri, ("\n".join(lines) + "\n").encode("utf-8"))
+    return uri
+
+
 def write_part(folder: str, run_id: str, rows: list[dict[str, Any]]) -> str | None:
     """Write rows as one part file named after their content; returns its URI (None for no rows)."""
     if not rows:
         return None
-    lines = [json.dumps(r, ensure_ascii=False, allow_nan=False, sort_keys=True) for r in rows]
-    uri = storage.join(folder, part_name(run_id, lines))
-    storage.write_bytes(uri, ("\n".join(lines) + "\n").encode("utf-8"))
-    return uri
+    lines = encode_rows(rows)
+    return _write_lines(storage.join(folder, part_name(run_id, lines)), lines)
 
 
 def marker_uri(folder: str, run_id: str) -> str:
@@ -106,21 +115,20 @@ def iter_table(folder: str) -> Iterator[dict[str, Any]]:
 
 def write_shards(folder: str, run_id: str, rows: Iterable[dict[str, Any]], shard_rows: int) -> list[str]:
     """Write rows as `shard-<run>-<k>.jsonl` files of at most `shard_rows` rows each."""
-    written, batch, k = [], [], 0
+    written, batch = [], []
     for row in rows:
-        batch.append(json.dumps(row, ensure_ascii=False, allow_nan=False, sort_keys=True))
+        batch.append(row)
         if len(batch) >= shard_rows:
-            written.append(_write_shard(folder, run_id, k, batch))
-            batch, k = [], k + 1
+            written.append(write_shard(folder, run_id, len(written), batch))
+            batch = []
     if batch:
-        written.append(_write_shard(folder, run_id, k, batch))
+        written.append(write_shard(folder, run_id, len(written), batch))
     return written
 
 
-def _write_shard(folder: str, run_id: str, k: int, lines: list[str]) -> str:
-    uri = storage.join(folder, f"shard-{run_id}-{k:06d}.jsonl")
-    storage.write_bytes(uri, ("\n".join(lines) + "\n").encode("utf-8"))
-    return uri
+def write_shard(folder: str, run_id: str, k: int, rows: list[dict[str, Any]]) -> str:
+    """Write rows as the run's shard number `k`; returns its URI."""
+    return _write_lines(storage.join(folder, f"shard-{run_id}-{k:06d}.jsonl"), encode_rows(rows))
 
 
 def rewrite_without(uri: str, drop: set[tuple[str, str]], key: tuple[str, str] = ("id", "fingerprint")) -> int:
@@ -131,8 +139,7 @@ def rewrite_without(uri: str, drop: set[tuple[str, str]], key: tuple[str, str] =
     if len(kept) == len(rows):
         return 0
     if kept:
-        lines = [json.dumps(r, ensure_ascii=False, allow_nan=False, sort_keys=True) for r in kept]
-        storage.write_bytes(uri, ("\n".join(lines) + "\n").encode("utf-8"))
+        _write_lines(uri, encode_rows(kept))
     else:
         storage.remove(uri)
     return len(rows) - len(kept)
