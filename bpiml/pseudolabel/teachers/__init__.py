@@ -19,8 +19,8 @@ import importlib
 import logging
 from typing import Any, Callable
 
-from bpiml.pseudolabel.teachers import weights
-from bpiml.pseudolabel.teachers.base import Teacher, params_hash
+from bpiml.pseudolabel.teachers import box, weights
+from bpiml.pseudolabel.teachers.base import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def teacher_identity(name: str, checkpoint: str | None = None, **options: Any) -
     if name == "grabcut":
         grabcut = importlib.import_module("bpiml.pseudolabel.teachers.grabcut")
         config = grabcut.GrabCutConfig.from_dict({k: v for k, v in options.items() if k != "time_limit_s"})
-        return f"grabcut-v2-{params_hash(config.to_dict())}"
+        return grabcut.grabcut_version(config)
     if name == "box":
-        return "box-v1"
+        return box.VERSION
     raise ValueError(f"unknown teacher {name!r}; known teachers: {', '.join(sorted(TEACHERS))}")

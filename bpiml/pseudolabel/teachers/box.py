@@ -9,12 +9,13 @@ import numpy as np
 from bpiml.data.boxes import fill_boxes
 from bpiml.pseudolabel.teachers.base import Labels, validate_batch
 
+VERSION = "box-v1"  # the box teacher's identity: what it produces never changes with options
 
 class BoxTeacher:
     """Pseudo mask = union of the filled boxes."""
 
     name = "box"
-    version = "box-v1"
+    version = VERSION
 
     def predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
         boxes = validate_batch(images, boxes)

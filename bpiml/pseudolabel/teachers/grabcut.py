@@ -150,6 +150,11 @@ def colour_agreement(crop: np.ndarray, fg: np.ndarray, inside: np.ndarray, bgd: 
     return float(np.clip(2.0 * agreement - 1.0, 0.0, 1.0))
 
 
+def grabcut_version(config: GrabCutConfig) -> str:
+    """The GrabCut teacher's identity: its algorithm version and a hash of its parameters."""
+    return f"grabcut-v2-{params_hash(config.to_dict())}"
+
+
 class GrabCutTeacher:
     """Pseudo mask = union over boxes of a GrabCut segmentation started from the box."""
 
@@ -158,7 +163,7 @@ class GrabCutTeacher:
     def __init__(self, config: GrabCutConfig | None = None, time_limit_s: float | None = None) -> None:
         self.config = config or GrabCutConfig()
         self.config.validate()
-        self.version = f"grabcut-v2-{params_hash(self.config.to_dict())}"
+        self.version = grabcut_version(self.config)
         self.time_limit_s = time_limit_s  # per image, checked between boxes; None = no limit
         self.fallbacks = 0  # boxes answered with the filled box (degenerate or failed GrabCut)
         self.timed_out = 0  # boxes filled because their image ran past the time limit
