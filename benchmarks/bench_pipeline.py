@@ -6,7 +6,7 @@ writes and Ray Data scheduling included).
 
     python benchmarks/bench_pipeline.py                                     # CPU: tiny SAM, sample store
     python benchmarks/bench_pipeline.py --teacher sam --variant vit_h --checkpoint sam_vit_h.pth \\
-        --gpus-per-actor 1 --num-actors 1 --store s3://bucket/store --limit 2000     # on a GPU node
+        --gpus-per-worker 1 --num-workers 1 --store s3://bucket/store --limit 2000     # on a GPU node
 
 `--cpu-per-image N` measures instead what the pipeline itself costs: N synthetic records (the
 `bench_scale` store: tiny images, one box each) labeled by the box teacher on a local Ray, and the CPU
@@ -49,8 +49,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher", default="sam", choices=["sam", "grabcut", "box"])
     p.add_argument("--variant", default="tiny")
     p.add_argument("--checkpoint", help="SAM weights (default for tiny: a random tiny SAM written to a temp file)")
-    p.add_argument("--num-actors", type=int, default=1)
-    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--limit", type=int)
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
@@ -121,7 +121,7 @@ def cpu_per_image(args: argparse.Namespace) -> None:
     ray.init(address="local", num_cpus=args.num_cpus or 2, include_dashboard=False, log_to_driver=False)
     started = time.perf_counter()
     summary = run_pseudolabel(PseudoLabelConfig(store=str(tmp / "store"), out=str(tmp / "out"), teacher="box",
-                                                num_actors=1, cpus_per_actor=0.5, batch_size=64))
+                                                num_workers=1, cpus_per_worker=0.5, batch_size=64))
     seconds = time.perf_counter() - started
     by_kind = sampler.finish()
     by_kind["driver"] -= before.get(os.getpid(), ("", 0.0))[1]  # the imports and the store before the run
@@ -148,7 +148,7 @@ def teacher_alone(args: argparse.Namespace, store: str, checkpoint: str | None) 
         img, _ = decode_image(storage.read_bytes(image_uri(store, rec)))
         images.append(img)
         boxes.append(sanitize_boxes(rec.boxes, img.shape[1], img.shape[0])[0])
-    device = "cuda" if args.gpus_per_actor > 0 else "cpu"
+    device = "cuda" if args.gpus_per_worker > 0 else "cpu"
     teacher = build_teacher(args.teacher, checkpoint=checkpoint, variant=args.variant, device=device,
                             batch_size=args.batch_size)
     teacher.predict(images[: args.batch_size], boxes[: args.batch_size])  # warm-up
@@ -179,7 +179,7 @@ def main(args: argparse.Namespace) -> None:
     teacher_ips, n = teacher_alone(args, store, checkpoint)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     cfg = PseudoLabelConfig(store=store, out=str(Path(tmp, "out")), teacher=args.teacher, checkpoint=checkpoint,
-                            variant=args.variant, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
+                            variant=args.variant, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
                             batch_size=args.batch_size, limit=args.limit, max_reject_rate=1.0)
     summary = run_pseudolabel(cfg)
     ray.shutdown()
@@ -187,10 +187,10 @@ def main(args: argparse.Namespace) -> None:
     rows = {
         "images": n,
         "teacher": f"{args.teacher}/{args.variant}" if args.teacher == "sam" else args.teacher,
-        "actors": args.num_actors,
+        "actors": args.num_workers,
         "teacher_alone_img_s": round(teacher_ips, 2),
         "pipeline_img_s": pipeline_ips,
-        "pipeline_over_teacher": round(pipeline_ips / teacher_ips / args.num_actors, 3),
+        "pipeline_over_teacher": round(pipeline_ips / teacher_ips / args.num_workers, 3),
     }
     print("\npseudo-labeling pipeline vs teacher alone (same images, same run)")
     for k, v in rows.items():

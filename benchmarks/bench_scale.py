@@ -109,7 +109,7 @@ def pseudolabel(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, floa
     baseline, sampler = _start(cpus)
     started = time.perf_counter()
     summary = run_pseudolabel(PseudoLabelConfig(store=str(work / f"store-{n}"), out=str(work / f"pseudo-{n}"),
-                                                teacher="box", num_actors=1, cpus_per_actor=0.5, batch_size=64,
+                                                teacher="box", num_workers=1, cpus_per_worker=0.5, batch_size=64,
                                                 part_rows=part_rows))
     seconds = time.perf_counter() - started
     return {**_finish(sampler, baseline), "rows": summary["labeled_this_run"],

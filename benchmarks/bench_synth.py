@@ -4,7 +4,7 @@ Four measurements side by side, each in fresh processes:
 - `1 process, no Ray`: `bpiml.synth.make.make_one` + encode in a loop (the per-core ceiling, files not written);
 - `2 processes, no Ray`: two such loops at once, half the images each: how the machine itself scales;
 - `ray, 1 worker` and `ray, 2 workers`: the whole job (`run_synthesis`) on a local Ray with 1 and 2 CPUs,
-  `--concurrency` 1 and 2, writing the store to a temporary folder.
+  `--num-workers` 1 and 2, writing the store to a temporary folder.
 Printed: images/s (wall clock, Ray start-up of the tasks included), images/s per core, and images per
 second of task time (what one busy core makes), then the ratio 2 workers / 1 worker (2.0 = linear).
 The photo pool is scikit-image's bundled photos unless `--photos` names a folder or store.
@@ -57,7 +57,7 @@ def with_ray(photos: str, n: int, max_side: int, workers: int) -> dict[str, floa
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as out:
         summary = run_synthesis(SynthConfig(photos=photos, out=out, n=n, max_side=max_side, part_rows=16,
-                                            concurrency=workers, gallery=0))
+                                            num_workers=workers, gallery=0))
     run = summary["this_run"]
     return {"images": run["made"], "seconds": run["seconds"], "cores": workers,
             "task_rate": run["images_per_task_second"]}

@@ -17,8 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-coco": ("bpiml.data.importers.cli:cli_import_coco", "COCO detection JSON -> store manifest"),
     "make-sample": ("bpiml.data.sample:cli_make_sample", "write the synthetic sample store (the embedded default)"),
     "model-info": ("bpiml.model.info:cli_model_info", "parameters and FLOPs of the student and its ablations"),
-    "predict": ("bpiml.evaluation.predict:cli_predict", "predict a mask for one image with a registered model or checkpoint"),
-    "evaluate": ("bpiml.evaluation.evaluate:cli_evaluate", "evaluate a model on test lists; tables to stdout and MLflow"),
+    "predict": ("bpiml.evaluation.cli:cli_predict", "predict a mask for one image with a registered model or checkpoint"),
+    "evaluate": ("bpiml.evaluation.cli:cli_evaluate", "evaluate a model on test lists; tables to stdout and MLflow"),
     "audit": ("bpiml.evaluation.audit:cli_audit", "pseudo-mask quality audit of a pseudo-labeled store against GT"),
     "report": ("bpiml.evaluation.report:cli_report", "HTML/PNG visual report"),
     "review": ("bpiml.review.cli:cli_review", "review pseudo masks: Label Studio export/import, a static page, undo"),
@@ -31,7 +31,7 @@ def usage() -> str:
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "examples:",
               "  bpiml import-imdl --index data/casia/index.json --out stores/casia --split-by-scene --pad 0.05",
-              "  bpiml predict --model models:/bpiml-student@champion --image photo.jpg --out mask.png --probs p.png",
+              "  bpiml predict --model models:/bpiml-student@champion --image photo.jpg --out pred/ --probs npy",
               "  bpiml evaluate --model models:/bpiml-student@champion --dataset cvip=data/cvip/index.json --out eval/",
               "", "run `bpiml <command> --help` for a command's options; the Ray jobs are jobs/*.py (docs/cli.md)"]
     return "\n".join(lines)

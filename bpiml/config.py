@@ -11,7 +11,13 @@ URI's `user:password@`, a `token=` query parameter) are redacted wherever bpiml 
 Command lines: `add_arguments` adds one flag per field whose default is *suppressed*, so the
 parsed namespace holds exactly the flags the user gave. `from_cli` then layers the dataclass
 defaults, the `--config` file, the explicit flags and the smoke-test values, in that order: a flag
-given explicitly always wins, even when it repeats its default.
+given explicitly always wins, even when it repeats its default. A field's `choices` go to argparse;
+a bad value found by `validate()` is a `ConfigError` naming the key, which the jobs' command lines
+turn into an argparse error naming the flag (`bpiml.runtime.jobcli.config_from_args`).
+
+The flags every job shares (`--num-workers`, `--cpus-per-worker`, `--gpus-per-worker`,
+`--max-reject-rate`, `--s3-endpoint`, `--resource-wait-s`) are declared once, below (`workers_field`
+...), so they mean the same on every job.
 """
 
 from __future__ import annotations
@@ -55,7 +61,24 @@ def redact(value: Any) -> Any:
     return value
 
 
-def _field_type(cls: type, name: str) -> Any:
+class ConfigError(ValueError):
+    """A bad value of one config key: `key` (dotted in nested configs: `model.width`) and `detail`
+    ("must be in [1, inf], got 0"); the message is `<key> <detail>`, the command line's `<flag> <detail>`."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"{key} {detail}")
+        self.key, self.detail = key, detail
+
+    def nested(self, prefix: str) -> ConfigError:
+        return ConfigError(f"{prefix}.{self.key}", self.detail)
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a config key: `num_workers` -> `--num-workers`, `model.width` -> `--model-width`."""
+    return "--" + key.replace(".", "-").replace("_", "-")
+
+
+def field_type(cls: type, name: str) -> Any:
     """The field's type with `X | None` unwrapped to `X`."""
     kind = typing.get_type_hints(cls)[name]
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
@@ -66,7 +89,7 @@ def _field_type(cls: type, name: str) -> Any:
 
 
 def _nested_cls(cls: type, name: str) -> type[BaseConfig] | None:
-    kind = _field_type(cls, name)
+    kind = field_type(cls, name)
     return kind if isinstance(kind, type) and issubclass(kind, BaseConfig) else None
 
 
@@ -104,7 +127,10 @@ class BaseConfig:
         for name in known & set(values):
             nested = _nested_cls(cls, name)
             if nested is not None and isinstance(values[name], dict):
-                values[name] = nested.from_dict(values[name])
+                try:
+                    values[name] = nested.from_dict(values[name])
+                except ConfigError as err:
+                    raise err.nested(name) from None
             elif nested is not None and not isinstance(values[name], nested):
                 raise ValueError(f"{cls.__name__}.{name} must be a mapping of {nested.__name__} keys, "
                                  f"got {type(values[name]).__name__}")
@@ -122,11 +148,15 @@ class BaseConfig:
         return cls.from_dict(values)
 
     def validate(self) -> None:
-        """Override to check ranges; raise ValueError naming the key. Nested configs validate too."""
+        """Override to check ranges; raise ConfigError (or ValueError) naming the key. Nested configs
+        validate too, their keys prefixed with the field's name."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, BaseConfig):
-                value.validate()
+                try:
+                    value.validate()
+                except ConfigError as err:
+                    raise err.nested(f.name) from None
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_secrets(dataclasses.asdict(self))
@@ -162,8 +192,12 @@ class BaseConfig:
             dest = prefix + f.name
             flag = "--" + dest.replace(".", "-").replace("_", "-")
             default = _default(f)
-            kind = _field_type(cls, f.name)
+            kind = field_type(cls, f.name)
             common = {"dest": dest, "default": argparse.SUPPRESS, "help": _help(f, default)}
+            if f.metadata.get("choices"):
+                common["choices"] = f.metadata["choices"]
+            if f.metadata.get("metavar"):
+                common["metavar"] = f.metadata["metavar"]
             if kind is bool:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
             elif typing.get_origin(kind) in (list, tuple):
@@ -174,7 +208,8 @@ class BaseConfig:
                 else:
                     parser.add_argument(flag, nargs="*", type=item, **common)
             else:
-                parser.add_argument(flag, type=kind if kind in (int, float, str) else str, **common)
+                parse = f.metadata.get("parse") or (kind if kind in (int, float, str) else str)
+                parser.add_argument(flag, type=parse, **common)
 
     @classmethod
     def explicit_values(cls, namespace: argparse.Namespace) -> dict[str, Any]:
@@ -217,27 +252,101 @@ def _drop_secrets(values: dict[str, Any]) -> dict[str, Any]:
     return {k: _drop_secrets(v) if isinstance(v, dict) else v for k, v in values.items() if not is_secret_key(k)}
 
 
-def field(default: Any, help: str, repeat: str | None = None) -> Any:  # noqa: A002 - mirrors argparse
+def field(default: Any, help: str, repeat: str | None = None,  # noqa: A002 - mirrors argparse
+          choices: typing.Sequence[Any] | None = None, parse: typing.Callable[[str], Any] | None = None,
+          metavar: str | None = None) -> Any:
     """A dataclass field with a one-line help text used for CLI flags and docs.
 
     `repeat="--dataset"` (list fields): the flag may be given many times, also under that singular name,
-    and the values accumulate."""
+    and the values accumulate. `choices`: the values argparse accepts (and shows in --help);
+    `parse`: the function turning the flag's text into the value (default: the field's type)."""
+    metadata: dict[str, Any] = {"help": help}
+    for key, value in (("repeat", repeat), ("choices", choices), ("parse", parse), ("metavar", metavar)):
+        if value:
+            metadata[key] = value
     if isinstance(default, (list, dict, set)):
-        metadata = {"help": help, **({"repeat": repeat} if repeat else {})}
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     if isinstance(default, BaseConfig):
-        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None) -> None:
-    """Raise ValueError naming `name` when `value` falls outside [low, high]."""
+    """Raise ConfigError naming `name` when `value` falls outside [low, high]."""
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ValueError(f"{name} must be in {bounds}, got {value!r}")
+        raise ConfigError(name, f"must be in {bounds}, got {value!r}")
 
 
 def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
     choices = list(choices)
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ConfigError(name, f"must be one of {choices}, got {value!r}")
+
+
+def require(config: BaseConfig, *names: str) -> None:
+    """Raise ConfigError `<name> is required` for the first of `names` that is empty."""
+    for name in names:
+        if not getattr(config, name):
+            raise ConfigError(name, "is required")
+
+
+# --- the flags every job shares --------------------------------------------------------------------
+AUTO = "auto"
+
+
+def parse_gpus(text: str) -> float | None:
+    """`--gpus-per-worker` text: a number >= 0, or `auto` (None: the job decides by what its work is)."""
+    if text.strip().lower() == AUTO:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or '{AUTO}', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or '{AUTO}', got {text!r}")
+    return value
+
+
+def workers_field(default: int, what: str) -> Any:
+    """`--num-workers`: how many parallel units (actors, training workers, tasks) the job runs."""
+    return field(default, what)
+
+
+def cpus_field(default: float, what: str) -> Any:
+    """`--cpus-per-worker`: CPUs Ray reserves for each of them (fractional allowed)."""
+    return field(default, f"CPUs reserved per {what}")
+
+
+def gpus_field(what: str) -> Any:
+    """`--gpus-per-worker`: GPUs per parallel unit; None (`auto`) = by the job's intent."""
+    return field(None, f"GPUs per {what}: a number (0 = CPU only) or auto = decided by what the job runs "
+                       "(see docs/deployment.md), never by what the cluster has at submission (default: auto)",
+                 parse=parse_gpus, metavar="N|auto")
+
+
+def reject_rate_field(default: float, what: str = "images") -> Any:
+    return field(default, f"fail the job (after writing everything) when a larger share of {what} is rejected")
+
+
+def resource_wait_field() -> Any:
+    return field(600.0, "wait this long (s) for the cluster (its autoscaler) to offer the CPUs/GPUs asked for")
+
+
+def s3_endpoint_field() -> Any:
+    return field(None, "S3-compatible endpoint URL (MinIO, SeaweedFS); default: the AWS environment "
+                       "(AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)")
+
+
+def check_job_resources(config: Any, min_workers: int = 1, min_cpus: float = 0.01) -> None:
+    """Ranges of the shared flags (those the config has)."""
+    if hasattr(config, "num_workers"):
+        check_range("num_workers", config.num_workers, min_workers)
+    if hasattr(config, "cpus_per_worker"):
+        check_range("cpus_per_worker", config.cpus_per_worker, min_cpus)
+    if getattr(config, "gpus_per_worker", None) is not None:
+        check_range("gpus_per_worker", config.gpus_per_worker, 0)
+    if hasattr(config, "max_reject_rate"):
+        check_range("max_reject_rate", config.max_reject_rate, 0, 1)
+    if hasattr(config, "resource_wait_s"):
+        check_range("resource_wait_s", config.resource_wait_s, 0)

@@ -25,24 +25,24 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
-from bpiml.runtime.jobcli import job_parser, setup_console
-from bpiml.serving.app import run_serve
-from bpiml.serving.config import ServeConfig
+from bpiml.runtime.jobcli import job_parser, parse_job, setup_console  # noqa: E402
+from bpiml.serving.config import ServeConfig  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     return job_parser("jobs/serve.py", __doc__, ServeConfig)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, ServeConfig]:
+    """The flags and the config; a bad option ends in an argparse error naming the flag (exit 2)."""
+    return parse_job(build_parser(), ServeConfig, argv)
 
-
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, config: ServeConfig) -> int:
     setup_console(args)
-    print(json.dumps(run_serve(ServeConfig.from_cli(args)), indent=2))
+    from bpiml.serving.app import run_serve  # noqa: PLC0415 - after parsing: --help imports no torch or Ray
+
+    print(json.dumps(run_serve(config), indent=2))
     return 0
 
-
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(main(*parse_args()))

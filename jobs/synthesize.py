@@ -30,10 +30,8 @@ from bpiml.runtime.loopback import keep_loopback
 
 keep_loopback()  # before anything imports ray
 
-from bpiml.runtime.jobcli import job_parser, setup_console  # noqa: E402
-from bpiml.data.sample import write_bundled_photos  # noqa: E402
+from bpiml.runtime.jobcli import job_parser, parse_job, setup_console  # noqa: E402
 from bpiml.synth.config import DEFAULT_PHOTOS, SynthConfig  # noqa: E402
-from bpiml.synth.job import run_synthesis  # noqa: E402
 
 SMOKE_TEST = {"n": 16, "part_rows": 8, "gallery": 8}
 
@@ -42,19 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     return job_parser("jobs/synthesize.py", __doc__, SynthConfig, f"a quick run: {SMOKE_TEST}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, SynthConfig]:
+    """The flags and the config; a bad option ends in an argparse error naming the flag (exit 2)."""
+    return parse_job(build_parser(), SynthConfig, argv, SMOKE_TEST)
 
-
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, config: SynthConfig) -> int:
     setup_console(args)
-    config = SynthConfig.from_cli(args, smoke_test=SMOKE_TEST)
+    # After parsing: --help and usage errors import no Ray.
+    from bpiml.data.sample import write_bundled_photos  # noqa: PLC0415
+    from bpiml.synth.job import run_synthesis  # noqa: PLC0415
+
     if config.photos == DEFAULT_PHOTOS and not Path(DEFAULT_PHOTOS).is_dir():
         logging.getLogger("bpiml").info("embedded default: writing scikit-image's bundled photos to %s", DEFAULT_PHOTOS)
         write_bundled_photos(DEFAULT_PHOTOS)
     print(json.dumps(run_synthesis(config), indent=2))
     return 0
 
-
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(main(*parse_args()))

@@ -6,7 +6,7 @@
     python jobs/train.py --store boxes/ --supervision box --pretrain-store synth/ --pretrain-epochs 5
     python jobs/train.py --store boxes/ --supervision box --add-store synth/,weight=1,supervision=gt
     ray job submit --working-dir . -- python jobs/train.py --store s3://b/pseudo --storage-path s3://b/runs \\
-        --run-name exp1 --num-workers 8 --use-gpu
+        --run-name exp1 --num-workers 8 --gpus-per-worker 1
 
 The default store is what `python jobs/pseudolabel.py` writes with its defaults. Relative paths
 (store, storage path, the sqlite MLflow DB in .bpiml/) are taken from the working directory, so
@@ -31,8 +31,8 @@ from bpiml.runtime.loopback import keep_loopback
 keep_loopback()  # before anything imports ray
 
 from bpiml.config import redact  # noqa: E402
-from bpiml.runtime.jobcli import job_parser, setup_console  # noqa: E402
-from bpiml.train.job import TrainConfig, run_training  # noqa: E402
+from bpiml.runtime.jobcli import job_parser, parse_job, setup_console  # noqa: E402
+from bpiml.train.config import TrainConfig  # noqa: E402
 
 SMOKE_TEST = {"epochs": 1, "limit": 8, "batch_size": 4, "log_images": 2}
 
@@ -41,13 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     return job_parser("jobs/train.py", __doc__, TrainConfig, f"a quick run: {SMOKE_TEST}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
+    """The flags and the config; a bad option ends in an argparse error naming the flag (exit 2)."""
+    return parse_job(build_parser(), TrainConfig, argv, SMOKE_TEST)
 
-
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, config: TrainConfig) -> int:
     setup_console(args)
-    config = TrainConfig.from_cli(args, smoke_test=SMOKE_TEST)
+    from bpiml.train.job import run_training  # noqa: PLC0415 - after parsing: --help imports no torch or Ray
+
     result = run_training(config)
     print(json.dumps(redact({
         "run_dir": result.run_dir,
@@ -60,6 +61,5 @@ def main(args: argparse.Namespace) -> int:
     }), indent=2, default=str))
     return 0
 
-
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(main(*parse_args()))

@@ -127,7 +127,7 @@ def pseudo_label(store: str, work: Path, teachers: tuple[str, ...] = TEACHERS) -
     out = {}
     for teacher in teachers:
         cfg = PseudoLabelConfig(store=store, out=str(work / f"pseudo-{teacher}"), teacher=teacher,
-                                num_actors=2, cpus_per_actor=0.5, batch_size=4)
+                                num_workers=2, cpus_per_worker=0.5, batch_size=4)
         out[teacher] = run_pseudolabel(cfg)
         logger.info("teacher %s: mean pseudo-vs-GT IoU %s", teacher, out[teacher]["mean_iou_vs_gt"])
     return out
@@ -200,7 +200,7 @@ def evaluate(spec: RunSpec, done: dict[str, Any], store: str, args: argparse.Nam
             logger.info("evaluation of %s found in %s: reused", done["run_name"], out)
             return next(r for r in saved["table"] if r["kind"] == "set")
     config = EvalConfig(model=done["best_checkpoint"], datasets=[f"cvip_val={store}"], split="val", out=str(out),
-                        batch_size=8, num_workers=1, num_cpus_per_worker=1.0, tracking_uri=tracking_uri(work),
+                        batch_size=8, num_workers=1, cpus_per_worker=1.0, tracking_uri=tracking_uri(work),
                         mlflow_run_id=done["mlflow_run_id"])
     result = run_evaluation(config)
     row = next(r for r in result["table"] if r["kind"] == "set")

@@ -170,7 +170,7 @@ def evaluate(done: dict[str, Any], sets: dict[str, str], split: str | None, work
     if saved.exists() and json.loads(saved.read_text()).get("model") == done["best_checkpoint"]:
         return json.loads(saved.read_text())["table"]
     config = EvalConfig(model=done["best_checkpoint"], datasets=[f"{k}={v}" for k, v in sets.items()], split=split,
-                        out=str(out), batch_size=8, num_workers=1, num_cpus_per_worker=1.0, save_masks=False,
+                        out=str(out), batch_size=8, num_workers=1, cpus_per_worker=1.0, save_masks=False,
                         probs="none", mlflow=False)
     return run_evaluation(config)["table"]
 

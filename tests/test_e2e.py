@@ -58,10 +58,8 @@ def substitute(args: list[str], bucket: str, weights: str, tracking_uri: str) ->
         previous = args[i - 1] if i else ""
         if previous == "--checkpoint":
             arg = weights
-        elif previous in ("--gpus-per-actor", "--num-gpus-per-worker"):
+        elif previous == "--gpus-per-worker":
             arg = "0"  # the test cluster has no GPUs
-        elif arg == "--use-gpu":
-            arg = "--no-use-gpu"
         elif previous == "--working-dir" and arg == ".":
             arg = str(REPO)
         out.append(arg)

@@ -121,7 +121,7 @@ def test_predict_reads_every_form_and_writes_probabilities_by_image_name(ray_loc
     fmt = "npy" if kind == "folder" else "png"
     out = tmp_path / "pred"
     summary = run_predict(PredictConfig(model=data["model"], store=data[kind], out=str(out), num_workers=1,
-                                        num_cpus_per_worker=0.5, batch_size=4, overlays=False, probs=fmt))
+                                        cpus_per_worker=0.5, batch_size=4, overlays=False, probs=fmt))
     expected = {"imdl": 8, "folder": N_FORGED}[kind]
     assert summary["predicted"] == expected and summary["rejected"] == 0
     rows = list(read_predictions(str(out)))
@@ -142,7 +142,7 @@ def test_pseudolabel_reads_every_form(ray_local, data, kind, tmp_path) -> None:
     from bpiml.pseudolabel.store import PseudoStore
 
     out = tmp_path / "pseudo"
-    summary = run_pseudolabel(PseudoLabelConfig(store=data[kind], out=str(out), teacher="box", num_actors=1))
+    summary = run_pseudolabel(PseudoLabelConfig(store=data[kind], out=str(out), teacher="box", num_workers=1))
     labeled = list(manifest.read_manifest(str(out)))
     expected = 8
     assert len(labeled) == expected and summary["labeled_this_run"] == expected and summary["rejected"] == 0
@@ -171,7 +171,7 @@ def test_evaluate_reads_every_form_names_outputs_by_image_and_pools(ray_local, d
     out = tmp_path / "eval"
     sets = {k: data[k] for k in ("store", "imdl", "coco", "folder")}
     result = run_evaluation(EvalConfig(model=data["model"], datasets=[f"{k}={v}" for k, v in sets.items()],
-                                       out=str(out), num_workers=1, num_cpus_per_worker=0.5, mlflow=False,
+                                       out=str(out), num_workers=1, cpus_per_worker=0.5, mlflow=False,
                                        probs="npy"))
     by = {r["name"]: r for r in result["table"]}
     assert by["imdl"]["n_images"] == 8 and by["imdl"]["n_manipulated"] == N_FORGED

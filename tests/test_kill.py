@@ -139,7 +139,7 @@ def tempfile_dir(stack: LocalStack) -> str:
 
 def pseudolabel_args(bucket: str, out: str) -> list[str]:
     return ["jobs/pseudolabel.py", "--store", f"s3://{bucket}/store", "--out", f"s3://{bucket}/{out}",
-            "--teacher", "box", "--num-actors", "2", "--batch-size", "2", "--part-rows", "4", "--lock-ttl-s", "6"]
+            "--teacher", "box", "--num-workers", "2", "--batch-size", "2", "--part-rows", "4", "--lock-ttl-s", "6"]
 
 
 def hooks(log: Path, delay: float = 1.0) -> dict[str, str]:

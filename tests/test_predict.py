@@ -8,7 +8,7 @@ import torch
 
 from bpiml.data import imageio
 from bpiml.data.naming import file_stem
-from bpiml.evaluation import inference, predict, visual
+from bpiml.evaluation import cli, inference, predict, visual
 from bpiml.model.student import StudentConfig, build_student
 
 IMG_SIZE = 64  # small input keeps CPU tests fast
@@ -86,15 +86,18 @@ def test_overlay_tints_mask_and_keeps_the_rest():
 
 
 def test_cli_predict(checkpoint, tmp_path, capsys):
+    """`bpiml predict` writes one image's outputs in jobs/predict.py's layout: --out a folder, --probs a format."""
     src = tmp_path / "in.png"
     src.write_bytes(imageio.encode_image(_image(45, 77), "png"))
-    out, ov, probs = tmp_path / "mask.png", tmp_path / "overlay.jpg", tmp_path / "probs.png"
-    assert predict.cli_predict(["--model", str(checkpoint), "--image", str(src), "--out", str(out),
-                                "--overlay", str(ov), "--probs", str(probs), "--threshold", "0.3"]) == 0
-    assert imageio.load_mask(str(out)).shape == (45, 77)
-    assert imageio.load_image(str(ov))[0].shape == (45, 77, 3)
-    assert imageio.load_image(str(probs))[0].shape == (45, 77, 3)
+    out = tmp_path / "pred"
+    assert cli.cli_predict(["--model", str(checkpoint), "--image", str(src), "--out", str(out),
+                            "--probs", "npy", "--threshold", "0.3"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    name = file_stem("in")  # the image's stem, named as jobs/predict.py names a record id
+    assert printed["mask"] == str(out / "masks" / f"{name}.png")
+    assert imageio.load_mask(printed["mask"]).shape == (45, 77)
+    assert imageio.load_image(str(out / "overlays" / f"{name}.jpg"))[0].shape == (45, 77, 3)
+    assert np.load(out / "probs" / f"{name}.npy").shape == (45, 77)
     assert 0.0 <= printed["score"] <= 1.0 and 0.0 <= printed["mask_area"] <= 1.0
 
 
@@ -114,7 +117,7 @@ def test_predictor_batch_step_on_a_dict(student, tmp_path):
 def test_predict_config_rejects_bad_values():
     with pytest.raises(ValueError, match="model"):
         predict.PredictConfig.from_dict({"store": "s", "out": "o"})
-    with pytest.raises(ValueError, match="num_cpus_per_worker"):
-        predict.PredictConfig.from_dict({"model": "m", "store": "s", "out": "o", "num_cpus_per_worker": 0})
+    with pytest.raises(ValueError, match="cpus_per_worker"):
+        predict.PredictConfig.from_dict({"model": "m", "store": "s", "out": "o", "cpus_per_worker": 0})
     with pytest.raises(ValueError, match="unknown"):
         predict.PredictConfig.from_dict({"model": "m", "store": "s", "out": "o", "gpus": 1})

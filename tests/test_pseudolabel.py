@@ -127,7 +127,7 @@ def test_tiny_sam_pipeline_bad_inputs_and_resume(tmp_path):
     expected = make_store(store)
     checkpoint = save_tiny_sam_checkpoint(str(tmp_path / "tiny_sam.pth"))
     cfg = PseudoLabelConfig(store=str(store), out=str(out), teacher="sam", checkpoint=checkpoint, variant="tiny",
-                            num_actors=2, batch_size=2, part_rows=4, max_reject_rate=1.0, limit=6)
+                            num_workers=2, batch_size=2, part_rows=4, max_reject_rate=1.0, limit=6)
 
     first = run_pseudolabel(cfg)  # a partial run: the first 6 manifest lines
     assert first["labeled_this_run"] == 5 and first["rejected"] == 1  # 5 good, 'missing'
@@ -166,7 +166,7 @@ def test_tiny_sam_pipeline_bad_inputs_and_resume(tmp_path):
 def test_box_teacher_union_of_boxes_and_reject_rate(tmp_path):
     store, out = tmp_path / "store", tmp_path / "out"
     make_store(store, n_good=2)
-    cfg = PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_actors=1, max_reject_rate=0.2)
+    cfg = PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_workers=1, max_reject_rate=0.2)
     with pytest.raises(RuntimeError, match="max_reject_rate"):
         run_pseudolabel(cfg)  # 7 of 13 images are bad: past the allowed rate, but the good ones are labeled
     manifest, _ = _outputs(out)
@@ -182,8 +182,8 @@ def test_box_teacher_union_of_boxes_and_reject_rate(tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(ValueError, match="num_actors"):
-        PseudoLabelConfig(num_actors=0).validate()
+    with pytest.raises(ValueError, match="num_workers"):
+        PseudoLabelConfig(num_workers=0).validate()
     with pytest.raises(ValueError, match="checkpoint"):
         PseudoLabelConfig(teacher="sam").validate()
     with pytest.raises(ValueError, match="unknown PseudoLabelConfig key"):
@@ -199,14 +199,14 @@ def test_an_unchanged_finished_output_reruns_without_a_pass(tmp_path, monkeypatc
     from bpiml.pseudolabel import job
 
     store, out = make_sample_store(str(tmp_path / "store"), n_images=6, seed=3, size=64), tmp_path / "out"
-    cfg = PseudoLabelConfig(store=store, out=str(out), teacher="box", num_actors=1)
+    cfg = PseudoLabelConfig(store=store, out=str(out), teacher="box", num_workers=1)
     first = run_pseudolabel(cfg)
     assert first["labeled_this_run"] == 6 and first["rejected"] == 0
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     passes = []
     build = job.build_pipeline
     monkeypatch.setattr(job, "build_pipeline", lambda *a, **k: passes.append(1) or build(*a, **k))
-    again = run_pseudolabel(cfg.replace(num_actors=2, part_rows=8))  # resources and layout change no record
+    again = run_pseudolabel(cfg.replace(num_workers=2, part_rows=8))  # resources and layout change no record
     assert (again["labeled_this_run"], again["skipped_already_labeled"], again["labeled_total"]) == (0, 6, 6)
     assert passes == [] and {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
     part = tmp_path / "part"
@@ -229,7 +229,7 @@ def test_what_brings_back_the_full_pass(tmp_path):
     files = manifest_files(store)
     sign = lambda c: input_signature(c, files, "box-v1")
     signature = sign(cfg)
-    assert sign(cfg.replace(num_actors=5, batch_size=1, part_rows=3, s3_endpoint="http://x")) == signature
+    assert sign(cfg.replace(num_workers=5, batch_size=1, part_rows=3, s3_endpoint="http://x")) == signature
     for changed in (cfg.replace(max_boxes=3), cfg.replace(grabcut_time_limit_s=1.0)):
         assert sign(changed) != signature
     assert input_signature(cfg, files, "grabcut-v2-abc") != signature
@@ -261,7 +261,7 @@ def test_every_bad_line_is_its_own_reject_and_the_counts_add_up(tmp_path):
              "{not json", "{not json", good[1], json.dumps({"id": "g1", "image": photo}),  # g1 also on a bad line
              good[2], good[2]]  # g2 twice
     (store / "manifest.jsonl").write_text("\n".join(lines) + "\n\n")
-    summary = run_pseudolabel(PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_actors=1,
+    summary = run_pseudolabel(PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_workers=1,
                                                 max_reject_rate=1.0))
     rejects = read_rejects(str(out))
     manifest_file = str(store / "manifest.jsonl")
@@ -271,6 +271,6 @@ def test_every_bad_line_is_its_own_reject_and_the_counts_add_up(tmp_path):
     assert summary["images_in_manifest"] == len(lines) == 9
     assert summary["labeled_this_run"] == 1 and summary["rejected"] == 8 and summary["duplicates"] == 2
     assert summary["labeled_this_run"] + summary["skipped_already_labeled"] + summary["rejected"] == 9
-    again = run_pseudolabel(PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_actors=1,
+    again = run_pseudolabel(PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_workers=1,
                                               max_reject_rate=1.0))
     assert (again["skipped_already_labeled"], again["rejected"]) == (1, 8)

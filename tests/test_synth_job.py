@@ -90,7 +90,7 @@ def test_same_seed_same_bytes_and_kill_resume_exactly_once(photos: Path, tmp_pat
     killed = tmp_path / "killed"
     args = [sys.executable, str(REPO / "jobs/synthesize.py"), "--photos", str(photos), "--out", str(killed),
             "--n", "32", "--seed", "5", "--max-side", "160", "--part-rows", "4", "--gallery", "6",
-            "--max-reject-rate", "0.5", "--lock-ttl-s", "3", "--concurrency", "1"]
+            "--max-reject-rate", "0.5", "--lock-ttl-s", "3", "--num-workers", "1"]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "BPIML_TEST_SYNTH_DELAY_S": "0.3"}
     driver = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

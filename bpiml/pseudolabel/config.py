@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 
-from bpiml.config import BaseConfig, check_choice, check_range, field
+from bpiml.config import (
+    BaseConfig,
+    check_choice,
+    check_job_resources,
+    check_range,
+    cpus_field,
+    field,
+    gpus_field,
+    require,
+    reject_rate_field,
+    resource_wait_field,
+    s3_endpoint_field,
+    workers_field,
+)
 
 TEACHER_CHOICES = ("auto", "sam", "grabcut", "box")
 VARIANTS = ("vit_b", "vit_l", "vit_h", "tiny")
@@ -17,27 +30,28 @@ class PseudoLabelConfig(BaseConfig):
     store: str = field(DEFAULT_STORE, "input: a store, an IMDL-BenCo list .json, a COCO .json or a folder of images (local or s3://)")
     import_dir: str = field("", "where an input that is not a store is imported once (default: <out>/inputs)")
     out: str = field(DEFAULT_OUT, "output pseudo-labeled store (masks, sharded manifest, rejects, summary)")
-    teacher: str = field("auto", "sam | grabcut | box | auto (sam when --checkpoint is given, else grabcut)")
+    teacher: str = field("auto", "auto = sam when --checkpoint is given, else grabcut", choices=TEACHER_CHOICES)
     checkpoint: str | None = field(None, "SAM weights: vit_b | vit_l | vit_h (official, by name), a path or s3:// URI")
-    variant: str | None = field(None, "SAM variant vit_b | vit_l | vit_h; default: from the checkpoint (name or shapes)")
+    variant: str | None = field(None, "SAM variant; default: from the checkpoint (its name or its weights' shapes)",
+                                choices=VARIANTS)
     fast: bool | None = field(None, "SAM fast path (fused attention, bf16); default: on for GPU, off for CPU")
     compile: bool = field(False, "torch.compile the SAM image encoder (GPU)")
-    num_actors: int = field(2, "teacher actors in the pool (one model each)")
-    gpus_per_actor: float | None = field(None, "GPUs per teacher actor; 0 = CPU; default: 1 when the cluster has GPUs")
-    cpus_per_actor: float = field(0.5, "CPUs reserved per teacher actor (fractional leaves room for decode tasks)")
+    num_workers: int = workers_field(2, "teacher actors in the pool (each loads the model once)")
+    cpus_per_worker: float = cpus_field(0.5, "teacher actor (fractional leaves room for decode tasks)")
+    gpus_per_worker: float | None = gpus_field("teacher actor")
     batch_size: int = field(4, "images per teacher call (SAM: images per encoder pass)")
     limit: int | None = field(None, "label at most the first N manifest lines (never removes earlier records)")
-    max_reject_rate: float = field(0.05, "fail the job (after writing everything) when more images are rejected")
+    max_reject_rate: float = reject_rate_field(0.05)
     part_rows: int = field(32, "records per task and per part file: a killed run redoes at most the parts in flight")
     shard_rows: int = field(20000, "records per manifest shard after a run's parts are compacted")
     max_boxes: int = field(64, "reject images with more boxes than this (a broken annotation, or a memory bomb)")
     grabcut_time_limit_s: float = field(30.0, "GrabCut: after this long on one image, its remaining boxes are filled")
     relabel: bool = field(False, "allow a different teacher than the output's: relabel every record it changes")
     lock_ttl_s: float = field(120.0, "a writer lock without heartbeat for this long is taken over")
-    resource_wait_s: float = field(600.0, "wait this long for the cluster to offer the CPUs/GPUs asked for")
+    resource_wait_s: float = resource_wait_field()
     storage_retry_s: float = field(300.0, "wait out an object-store outage this long (retries with backoff) before "
                                           "failing the job naming the store")
-    s3_endpoint: str | None = field(None, "S3-compatible endpoint URL (MinIO, SeaweedFS); default: AWS environment")
+    s3_endpoint: str | None = s3_endpoint_field()
     review_below: float = field(0.5, "count the images whose teacher confidence is below this as to review (summary)")
     experiment: str | None = field(None, "log the run to this MLflow experiment (default: not logged)")
     tracking_uri: str = field("", "MLflow tracking URI with --experiment; '' = MLFLOW_TRACKING_URI or sqlite in .bpiml/")
@@ -47,16 +61,11 @@ class PseudoLabelConfig(BaseConfig):
         check_choice("teacher", self.teacher, TEACHER_CHOICES)
         if self.variant is not None:
             check_choice("variant", self.variant, VARIANTS)
-        check_range("num_actors", self.num_actors, 1)
-        if self.gpus_per_actor is not None:
-            check_range("gpus_per_actor", self.gpus_per_actor, 0)
-        check_range("cpus_per_actor", self.cpus_per_actor, 0)
+        check_job_resources(self, min_cpus=0)
         for key in ("batch_size", "part_rows", "shard_rows", "max_boxes"):
             check_range(key, getattr(self, key), 1)
-        check_range("max_reject_rate", self.max_reject_rate, 0, 1)
         check_range("grabcut_time_limit_s", self.grabcut_time_limit_s, 0.01)
         check_range("lock_ttl_s", self.lock_ttl_s, 1)
-        check_range("resource_wait_s", self.resource_wait_s, 0)
         check_range("storage_retry_s", self.storage_retry_s, 0)
         check_range("review_below", self.review_below, 0, 1)
         if self.experiment is not None and not self.experiment.strip():
@@ -65,8 +74,7 @@ class PseudoLabelConfig(BaseConfig):
             check_range("limit", self.limit, 1)
         if self.teacher == "sam" and not self.checkpoint:
             raise ValueError("teacher 'sam' needs --checkpoint (vit_b | vit_l | vit_h, a local path or an s3:// URI)")
-        if not self.store or not self.out:
-            raise ValueError("store and out must both be given")
+        require(self, "store", "out")
         if self.store.rstrip("/") == self.out.rstrip("/"):
             raise ValueError(f"out must differ from store, both are {self.out!r}")
 

@@ -35,7 +35,7 @@ class TeacherLabeler:
         self.cfg = PseudoLabelConfig.from_dict(config)
         if self.cfg.s3_endpoint:
             storage.set_s3_endpoint(self.cfg.s3_endpoint)
-        device = "cuda" if (self.cfg.gpus_per_actor or 0) > 0 else "cpu"
+        device = "cuda" if (self.cfg.gpus_per_worker or 0) > 0 else "cpu"
         self.teacher = build_teacher(self.cfg.resolved_teacher, checkpoint=self.cfg.checkpoint,
                                      variant=self.cfg.variant, device=device, fast=self.cfg.fast,
                                      compile=self.cfg.compile, batch_size=self.cfg.batch_size,

@@ -30,6 +30,7 @@ from ray.serve import Application
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bpiml.data import storage
 from bpiml.evaluation.inference import check_model, load_model, predict_batch
 from bpiml.runtime.raycluster import check_gpus, init_ray
 from bpiml.serving import http
@@ -65,7 +66,7 @@ class Segmenter:
     def __init__(self, config: dict[str, Any], tracking_uri: str = "") -> None:
         self.config = ServeConfig.from_dict(config)
         self.key = read_api_key(self.config.api_key_env)
-        self.device = replica_device(self.config.gpus_per_worker)
+        self.device = replica_device(self.config.gpus_per_worker or 0.0)
         self.model = load_model(self.config.model, tracking_uri or self.config.tracking_uri).to(self.device)
         self.predict_images.set_max_batch_size(self.config.max_batch_size)
         self.predict_images.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
@@ -131,7 +132,7 @@ def deploy(config: ServeConfig) -> str:
     """Start Serve's HTTP proxy (host, port) when it is not running, deploy the application, return its URL."""
     app = build(config)
     replicas = config.min_replicas if config.max_replicas else config.num_replicas
-    check_gpus(config.gpus_per_worker, max(replicas, 1), "serve")
+    check_gpus(config.gpus_per_worker or 0.0, max(replicas, 1), "serve", config.resource_wait_s)
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(app, name=config.app_name, route_prefix=config.route_prefix, blocking=False)
     url = f"http://{config.host}:{config.port}{config.route_prefix.rstrip('/')}"
@@ -143,6 +144,8 @@ def deploy(config: ServeConfig) -> str:
 def run_serve(config: ServeConfig) -> dict[str, Any]:
     """Join or start Ray, deploy, then either return (`blocking=False`) or serve until interrupted."""
     config.validate()
+    if config.s3_endpoint:
+        storage.set_s3_endpoint(config.s3_endpoint)  # before Ray starts: the replicas get it through worker_env()
     init_ray()
     url = deploy(config)
     summary = {"app": config.app_name, "url": url, "predict": f"{url}/predict", "healthz": f"{url}/healthz"}

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any
 
-from bpiml.config import BaseConfig, check_range, field
+from bpiml.config import (
+    BaseConfig,
+    check_job_resources,
+    check_range,
+    cpus_field,
+    field,
+    field_type,
+    gpus_field,
+    require,
+    resource_wait_field,
+    s3_endpoint_field,
+)
 from bpiml.data.imageio import MAX_PIXELS
 
 
@@ -26,8 +36,10 @@ class ServeConfig(BaseConfig):
     max_ongoing_requests: int = field(32, help="requests one replica takes at once (>= --max-batch-size, or batches stay small)")
     max_batch_size: int = field(8, help="images per model call (dynamic batching, @serve.batch)")
     batch_wait_timeout_s: float = field(0.01, help="how long a batch waits to fill before it runs")
-    cpus_per_worker: float = field(1.0, help="CPUs per replica (fractional allowed)")
-    gpus_per_worker: float = field(0.0, help="GPUs per replica; > 0 runs the model on the GPU Ray assigns it, 0 on CPU")
+    cpus_per_worker: float = cpus_field(1.0, "replica (fractional allowed)")
+    gpus_per_worker: float | None = gpus_field("replica (> 0 runs the model on the GPU Ray assigns it)")
+    resource_wait_s: float = resource_wait_field()
+    s3_endpoint: str | None = s3_endpoint_field()
     threshold: float = field(0.5, help="probability threshold for the returned mask")
     max_image_pixels: int = field(40_000_000, help="refuse images with more pixels (HTTP 413)")
     max_request_bytes: int = field(50_000_000, help="refuse request bodies larger than this (HTTP 413)")
@@ -37,8 +49,7 @@ class ServeConfig(BaseConfig):
                                       "application stays on a long-running cluster, e.g. under `ray job submit`)")
 
     def validate(self) -> None:
-        if not self.model:
-            raise ValueError("ServeConfig.model is required (--model / model=...)")
+        require(self, "model")
         if not self.route_prefix.startswith("/"):
             raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
         check_range("port", self.port, 1, 65535)
@@ -52,8 +63,7 @@ class ServeConfig(BaseConfig):
         check_range("max_batch_size", self.max_batch_size, 1)
         check_range("max_ongoing_requests", self.max_ongoing_requests, 1)
         check_range("batch_wait_timeout_s", self.batch_wait_timeout_s, 0.0)
-        check_range("cpus_per_worker", self.cpus_per_worker, 0.0)
-        check_range("gpus_per_worker", self.gpus_per_worker, 0.0)
+        check_job_resources(self, min_cpus=0.0)
         check_range("threshold", self.threshold, 0.0, 1.0)
         check_range("max_image_pixels", self.max_image_pixels, 1, MAX_PIXELS)
         check_range("max_request_bytes", self.max_request_bytes, 1)
@@ -64,12 +74,17 @@ class ServeConfig(BaseConfig):
     def from_strings(cls, values: dict[str, Any]) -> ServeConfig:
         """The config of `serve run module:build_app key=value ...` (strings) or of a Serve config file's
         `args` (YAML values): numbers and booleans parsed by each field's type."""
-        kinds = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         typed: dict[str, Any] = {}
         for key, value in values.items():
-            kind = kinds.get(key, str) if key in known else str
-            if kind is bool and isinstance(value, str):
+            kind = field_type(cls, key) if key in fields else str
+            parse = fields[key].metadata.get("parse") if key in fields else None
+            if parse is not None and isinstance(value, str):
+                try:
+                    typed[key] = parse(value)
+                except Exception as err:  # noqa: BLE001 - argparse.ArgumentTypeError, ValueError
+                    raise ValueError(f"{key}: {err}") from None
+            elif kind is bool and isinstance(value, str):
                 if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
                     raise ValueError(f"{key} must be true or false, got {value!r}")
                 typed[key] = value.lower() in ("1", "true", "yes")
@@ -88,7 +103,7 @@ class ServeConfig(BaseConfig):
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments of `Deployment.options`: replicas or autoscaling, resources, concurrency."""
         actor: dict[str, Any] = {"num_cpus": self.cpus_per_worker}
-        if self.gpus_per_worker > 0:
+        if self.gpus_per_worker:
             actor["num_gpus"] = self.gpus_per_worker
         options: dict[str, Any] = {"ray_actor_options": actor,
                                    "max_ongoing_requests": max(self.max_ongoing_requests, self.max_batch_size)}

@@ -6,7 +6,18 @@ import dataclasses
 import hashlib
 import json
 
-from bpiml.config import BaseConfig, check_range, field
+from bpiml.config import (
+    BaseConfig,
+    check_job_resources,
+    check_range,
+    cpus_field,
+    field,
+    gpus_field,
+    reject_rate_field,
+    resource_wait_field,
+    s3_endpoint_field,
+    workers_field,
+)
 
 DEFAULT_PHOTOS = ".bpiml/photos"  # the embedded default: scikit-image's bundled photos, written there on first use
 DEFAULT_OUT = ".bpiml/synth"
@@ -34,12 +45,14 @@ class SynthConfig(BaseConfig):
     box_jitter: float = field(0.1, "boxes: each edge moved by up to this share of the side (a human's coarse box)")
     merge_distance: int = field(4, "boxes: components closer than this many pixels share one box")
     part_rows: int = field(64, "images per task and per manifest part: a killed run redoes at most the parts in flight")
-    cpus_per_task: float = field(1.0, "CPUs per synthesis task")
-    concurrency: int = field(0, "at most this many tasks at once (0 = as many as the cluster's CPUs allow)")
+    num_workers: int = workers_field(0, "synthesis tasks at once (0 = as many as the cluster's CPUs allow)")
+    cpus_per_worker: float = cpus_field(1.0, "synthesis task (OpenCV uses that many threads)")
+    gpus_per_worker: float | None = gpus_field("synthesis task (auto = 0: synthesis is CPU work)")
     gallery: int = field(24, "samples shown on gallery.html (0 = no gallery)")
-    max_reject_rate: float = field(0.05, "fail the job (after writing everything) when more images fail")
+    max_reject_rate: float = reject_rate_field(0.05)
     lock_ttl_s: float = field(120.0, "a writer lock without heartbeat for this long is taken over")
-    s3_endpoint: str | None = field(None, "S3-compatible endpoint URL (MinIO, SeaweedFS); default: AWS environment")
+    resource_wait_s: float = resource_wait_field()
+    s3_endpoint: str | None = s3_endpoint_field()
 
     def validate(self) -> None:
         super().validate()
@@ -64,10 +77,8 @@ class SynthConfig(BaseConfig):
         check_range("box_jitter", self.box_jitter, 0, 0.49)
         check_range("merge_distance", self.merge_distance, -1)
         check_range("part_rows", self.part_rows, 1, 100_000)
-        check_range("cpus_per_task", self.cpus_per_task, 0.05)
-        check_range("concurrency", self.concurrency, 0)
+        check_job_resources(self, min_workers=0, min_cpus=0.05)
         check_range("gallery", self.gallery, 0, 1000)
-        check_range("max_reject_rate", self.max_reject_rate, 0, 1)
         check_range("lock_ttl_s", self.lock_ttl_s, 1)
 
     def mix(self) -> dict[str, float]:

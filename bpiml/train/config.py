@@ -9,9 +9,22 @@ import math
 import re
 from typing import Any
 
-from bpiml.config import BaseConfig, check_choice, check_range, field, redact
+from bpiml.config import (
+    BaseConfig,
+    check_choice,
+    check_job_resources,
+    check_range,
+    cpus_field,
+    field,
+    gpus_field,
+    redact,
+    reject_rate_field,
+    resource_wait_field,
+    s3_endpoint_field,
+    workers_field,
+)
 from bpiml.data.manifest import SPLITS
-from bpiml.model.student import StudentConfig
+from bpiml.model.config import StudentConfig
 
 SUPERVISIONS = ("pseudo", "gt", "box")
 STORE_KEYS = ("weight", "supervision")  # what an --add-store entry may set after its URI
@@ -20,7 +33,7 @@ DEFAULT_STORAGE_PATH = "runs"
 _REGISTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 # Fields left out of the default run name while at their defaults: runs named before they existed keep their names.
 _NAMED_WHEN_SET = ("add_store", "store_weight", "init_from", "pretrain_store", "pretrain_epochs", "pretrain_supervision",
-                   "min_confidence", "confidence_weight", "storage_retry_s")
+                   "min_confidence", "confidence_weight", "storage_retry_s", "s3_endpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +100,7 @@ class TrainConfig(BaseConfig):
     pretrain_store: str = field("", "first train <run-name>-pretrain on this store (--pretrain-epochs, "
                                     "--pretrain-supervision), then this run from its best checkpoint; both resume")
     pretrain_epochs: int = field(0, "epochs of the pretraining run (with --pretrain-store)")
-    pretrain_supervision: str = field("gt", "training target of the pretraining run: pseudo | gt | box")
+    pretrain_supervision: str = field("gt", "training target of the pretraining run", choices=SUPERVISIONS)
     import_dir: str = field("", "where an input that is not a store is imported once (default: <storage-path>/inputs)")
     storage_path: str = field(DEFAULT_STORAGE_PATH, "where runs keep checkpoints (local folder or s3://)")
     run_name: str = field("", "run name; the same name + storage path resumes; '' = student-<hash of this config>")
@@ -97,12 +110,13 @@ class TrainConfig(BaseConfig):
     weight_decay: float = field(0.05, "AdamW weight decay (not applied to norms and biases)")
     warmup_epochs: float = field(1.0, "linear warmup length in epochs, then cosine decay")
     min_lr_ratio: float = field(0.01, "final learning rate as a fraction of lr")
-    num_workers: int = field(2, "Ray Train workers (DDP processes)")
-    use_gpu: bool | None = field(None, "train on GPUs; default: when the Ray cluster offers GPUs")
-    cpus_per_worker: float = field(0.5, "CPUs reserved per worker (fractional; data tasks need CPUs too)")
-    supervision: str = field("pseudo", "training target: pseudo (teacher masks) | gt (upper bound) | box (filled boxes)")
-    train_split: str = field("train", "manifest split used for training")
-    val_split: str = field("val", "manifest split used for validation (records with GT masks)")
+    num_workers: int = workers_field(2, "Ray Train workers (DDP processes)")
+    cpus_per_worker: float = cpus_field(0.5, "training worker (fractional; data tasks need CPUs too)")
+    gpus_per_worker: float | None = gpus_field("training worker")
+    supervision: str = field("pseudo", "training target: pseudo (teacher masks), gt (upper bound) or box (filled boxes)",
+                             choices=SUPERVISIONS)
+    train_split: str = field("train", "manifest split used for training", choices=SPLITS)
+    val_split: str = field("val", "manifest split used for validation (records with GT masks)", choices=SPLITS)
     dice_weight: float = field(0.0, "weight of a soft Dice term added to BCE (0 = BCE only, the paper's loss)")
     min_confidence: float = field(0.0, "leave out train records whose teacher confidence is below this (records with "
                                        "no confidence, e.g. the box teacher's, and human-reviewed ones are kept)")
@@ -129,11 +143,12 @@ class TrainConfig(BaseConfig):
     aug_jpeg_prob: float = field(0.0, "probability of a JPEG re-compression of the input")
     keep_checkpoints: int = field(1, "best checkpoints kept by validation F1 (the latest is always kept too)")
     max_failures: int = field(3, "worker-group restarts from the latest checkpoint after a failure (spot nodes)")
-    max_unreadable: float = field(0.01, "stop when more than this share of samples cannot be read")
+    max_reject_rate: float = reject_rate_field(0.01, "samples (unreadable)")
     allow_external_source: bool = field(False, "read the pseudo store's input store even outside its bucket/folder")
-    resource_wait_s: float = field(600.0, "wait this long for the cluster to offer the CPUs/GPUs asked for")
+    resource_wait_s: float = resource_wait_field()
     storage_retry_s: float = field(300.0, "wait out an object-store outage this long (retries with backoff) before "
                                           "failing the job naming the store")
+    s3_endpoint: str | None = s3_endpoint_field()
 
     def validate(self) -> None:
         super().validate()
@@ -143,7 +158,8 @@ class TrainConfig(BaseConfig):
             raise ValueError(f"storage_path must be a folder or s3:// URI, got {self.storage_path!r}")
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise ValueError(f"run_name must be a plain name without '/', got {self.run_name!r}")
-        for key in ("epochs", "batch_size", "num_workers", "log_every"):
+        check_job_resources(self)
+        for key in ("epochs", "batch_size", "log_every"):
             check_range(key, getattr(self, key), 1)
         for key in ("limit", "log_images", "overlay_every", "max_failures", "seed", "shuffle_buffer"):
             check_range(key, getattr(self, key), 0)
@@ -153,8 +169,6 @@ class TrainConfig(BaseConfig):
         check_range("weight_decay", self.weight_decay, 0)
         check_range("warmup_epochs", self.warmup_epochs, 0, self.epochs)
         check_range("min_lr_ratio", self.min_lr_ratio, 0, 1)
-        if not self.cpus_per_worker > 0:
-            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
         check_choice("supervision", self.supervision, SUPERVISIONS)
         check_choice("train_split", self.train_split, SPLITS)
         check_choice("val_split", self.val_split, SPLITS)
@@ -165,8 +179,6 @@ class TrainConfig(BaseConfig):
         check_range("aug_scale_min", self.aug_scale_min, 0.05, 1)
         check_range("aug_color", self.aug_color, 0, 0.9)
         check_range("aug_jpeg_prob", self.aug_jpeg_prob, 0, 1)
-        check_range("max_unreadable", self.max_unreadable, 0, 1)
-        check_range("resource_wait_s", self.resource_wait_s, 0)
         check_range("storage_retry_s", self.storage_retry_s, 0)
         if not self.experiment:
             raise ValueError("experiment must name an MLflow experiment, got ''")

@@ -83,14 +83,14 @@ def check_training_inputs(config: TrainConfig) -> TrainingData:
     return data
 
 
-def resolve_use_gpu(requested: bool | None) -> bool:
-    """Decided from the cluster's resources (the driver may run on a CPU-only head)."""
+def resolve_gpus(requested: float | None) -> float:
+    """GPUs per training worker: as asked, or (auto) 1 when the cluster offers GPUs."""
     have = raycluster.available_gpus()
     if requested is None:
-        logger.info("training on %s (the cluster offers %g GPUs; --use-gpu / --no-use-gpu sets it)",
+        logger.info("training on %s (the cluster offers %g GPUs; --gpus-per-worker sets it)",
                     "GPUs" if have else "CPUs", have)
-        return have >= 1
-    return bool(requested)
+        return 1.0 if have >= 1 else 0.0
+    return float(requested)
 
 
 def _prepare(config: TrainConfig) -> TrainConfig:
@@ -98,16 +98,18 @@ def _prepare(config: TrainConfig) -> TrainConfig:
     _check_default_store(config)
     retry.set_budget(config.storage_retry_s)  # before Ray starts: its workers get it through worker_env()
     raycluster.init_ray()
-    use_gpu = resolve_use_gpu(config.use_gpu)
+    if config.s3_endpoint:
+        storage.set_s3_endpoint(config.s3_endpoint)  # before Ray starts: its workers get it through worker_env()
+    gpus = resolve_gpus(config.gpus_per_worker)
     # The data tasks (decode, augment) need CPUs beside the workers, or Ray Data waits for them forever.
     raycluster.wait_for_resources(config.num_workers * config.cpus_per_worker + DATA_CPUS,
-                                  config.num_workers * use_gpu, config.resource_wait_s,
+                                  config.num_workers * gpus, config.resource_wait_s,
                                   f"training ({config.num_workers} workers x {config.cpus_per_worker:g} CPUs + "
                                   f"{DATA_CPUS:g} for data tasks)")
     storage_path = storage.absolute(config.storage_path)
     import_root = config.import_dir or storage.join(storage_path, "inputs")
     added = [dataclasses.replace(spec, uri=_input_store(spec.uri, import_root)).entry() for spec in config.stores()[1:]]
-    return config.replace(use_gpu=use_gpu, storage_path=storage_path, store=_input_store(config.store, import_root),
+    return config.replace(gpus_per_worker=gpus, storage_path=storage_path, store=_input_store(config.store, import_root),
                           add_store=added, run_name=config.run_name or config.default_run_name())
 
 
@@ -193,10 +195,11 @@ def _trainer(config: TrainConfig, data: TrainingData, tracking_uri: str, run_sta
                    "init_from": run_state.get("init_from")}
     if init is not None:  # through the object store: workers on other nodes need not see the path
         loop_config["init"] = {"weights": ray.put(init.state), "record": init.record()}
-    resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
+    gpus = config.gpus_per_worker or 0.0
+    resources = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config, datasets={"train": data.train, "val": data.val},
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=bool(config.use_gpu),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=gpus > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=config.run_name, storage_path=ray_storage_path, storage_filesystem=storage_fs,
@@ -242,7 +245,7 @@ def _train(config: TrainConfig) -> TrainResult:
     _check_shared(config, tracking_uri)
     run_state = _open_mlflow_run(config, data, tracking_uri, run_dir, backbone, init)
     logger.info("training %s: %d train / %d val images, %d worker(s) on %s, checkpoints in %s, MLflow run %s",
-                config.run_name, data.n_train, data.n_val, config.num_workers, "GPU" if config.use_gpu else "CPU",
+                config.run_name, data.n_train, data.n_val, config.num_workers, "GPU" if config.gpus_per_worker else "CPU",
                 run_dir, run_state["mlflow_run_id"])
     finished = finished_result(config, run_state)
     if finished is not None:

@@ -210,12 +210,12 @@ def train_one_epoch(worker: Worker, epoch: int) -> dict[str, float]:
 
 
 def check_unreadable(worker: Worker, unreadable: float, total: float) -> None:
-    """Stop the run (clearly) when more than `max_unreadable` of the samples cannot be read."""
+    """Stop the run (clearly) when more than `max_reject_rate` of the samples cannot be read."""
     share = unreadable / max(total, 1.0)
-    if share > worker.cfg.max_unreadable:
+    if share > worker.cfg.max_reject_rate:
         raise RuntimeError(
             f"{int(unreadable)} of {int(total)} training samples ({share:.1%}) could not be read, more than "
-            f"max_unreadable {worker.cfg.max_unreadable:.1%}; see {storage.join(worker.run_dir, 'rejects')} "
+            f"--max-reject-rate {worker.cfg.max_reject_rate:.1%}; see {storage.join(worker.run_dir, 'rejects')} "
             "(missing or corrupt files, or masks of another size than their image)")
 
 
