@@ -43,6 +43,11 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def s3_uri(path: str) -> str:
+    """An S3 path as a URI: `bucket/key` (as pyarrow and fsspec name it) -> `s3://bucket/key`; a URI as given."""
+    return path if is_s3(path) else "s3://" + path
+
+
 def local_path(uri: str) -> str:
     """A local URI as a plain path (`file://` dropped)."""
     return uri[len("file://"):] if uri.startswith("file://") else uri
@@ -187,7 +192,7 @@ def _s3(fn: Any, uri: str) -> Any:
 
 
 def _uri(fs_path: str, like: str) -> str:
-    return "s3://" + fs_path if is_s3(like) else fs_path
+    return s3_uri(fs_path) if is_s3(like) else fs_path
 
 
 # --- reading and writing -------------------------------------------------------------------------

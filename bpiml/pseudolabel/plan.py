@@ -68,8 +68,7 @@ def read_done(out: str) -> ray.data.Dataset | None:
 
 
 def _s3_paths(batch: dict[str, Any]) -> dict[str, Any]:
-    return {**batch, "path": np.asarray(["s3://" + str(p) if not str(p).startswith("s3://") else str(p)
-                                         for p in batch["path"]], dtype=object)}
+    return {**batch, "path": np.asarray([storage.s3_uri(str(p)) for p in batch["path"]], dtype=object)}
 
 
 # --- the plan, per block of co-located ids -------------------------------------------------------

@@ -77,7 +77,7 @@ def resolve_source(out: str, reference: Any, allow_external: bool = False) -> st
         if not storage.is_s3(out):
             raise ValueError(f"{out}: a 'bucket' source reference is for s3:// stores")
         bucket, _ = storage.split_s3(out)
-        return storage.resolve_in_store(f"s3://{bucket}", path)
+        return storage.resolve_in_store(storage.s3_uri(bucket), path)
     if not allow_external:
         raise ValueError(
             f"{out} names its input store {path}, outside its own bucket/folder. Reading it could read "

@@ -42,7 +42,7 @@ def write_run_state(run_dir: str, state: dict[str, Any]) -> None:
 def checkpoint_uri(checkpoint: Any) -> str | None:
     if checkpoint is None:
         return None
-    return f"s3://{checkpoint.path}" if getattr(checkpoint.filesystem, "type_name", "") == "s3" else checkpoint.path
+    return storage.s3_uri(checkpoint.path) if getattr(checkpoint.filesystem, "type_name", "") == "s3" else checkpoint.path
 
 
 def _best(result: Any) -> tuple[Any, dict[str, Any]]:

@@ -23,7 +23,7 @@ def resolve_source(base: str, path: str) -> str:
     """A path listed in an index -> URI: absolute paths and URIs as given (normalised), relative ones
     below `base`; a relative path that climbs above `base` (`../..`) is a ValueError."""
     if storage.is_s3(path):
-        return "s3://" + posixpath.normpath(path[len("s3://"):])
+        return storage.s3_uri(posixpath.normpath(path[len("s3://"):]))
     if path.startswith("file://") or os.path.isabs(path):
         return os.path.normpath(storage.local_path(path))
     return storage.join(base, storage.relative_path(path, base))
