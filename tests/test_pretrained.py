@@ -41,6 +41,9 @@ def hub(published, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     server = FileServer({f"/{repo}/resolve/main/model.safetensors": published[0]})
     monkeypatch.setenv(pretrained.BASE_URL_ENV, server.url)
     monkeypatch.setenv("BPIML_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    for name in ("BPIML_OFFLINE", "HF_HUB_OFFLINE", "BPIML_WEIGHTS_CACHE", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(pretrained, "_unavailable", {})
     monkeypatch.setattr(pretrained, "_warned", set())
     yield server
@@ -57,24 +60,45 @@ def test_auto_loads_the_published_weights_once_per_node(hub: FileServer, publish
     assert first.weights_sha256 == hashlib.sha256(published[0]).hexdigest()
 
 
-def test_offline_auto_warns_once_and_starts_random(hub: FileServer, caplog: pytest.LogCaptureFixture) -> None:
-    hub.mode = "down"
+@pytest.mark.parametrize("env", ["HF_HUB_OFFLINE", "BPIML_OFFLINE"])
+def test_offline_auto_warns_once_and_starts_random(hub: FileServer, caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    monkeypatch.setenv(env, "1")
     with caplog.at_level(logging.WARNING, logger="bpiml.model.pretrained"):
         a, _ = Backbone(NAME), Backbone(NAME)
     warnings = [r for r in caplog.records if "NO PRETRAINED BACKBONE" in r.getMessage()]
     assert len(warnings) == 1 and "--model-backbone-weights" in caplog.text
+    assert "offline" in caplog.text and "is not cached" in caplog.text
     assert a.weights_source.startswith("random init") and a.weights_sha256 is None
-    assert sum(hub.gets.values()) == 1  # the process asked once
+    assert not hub.requests  # offline: not one connection
     assert not list((Path(cache.cache_dir()) / "backbones").rglob("*.safetensors"))  # nothing partial kept
 
 
 def test_explicit_imagenet_fails_when_unavailable_and_none_never_asks(hub: FileServer) -> None:
-    hub.mode = "down"
-    with pytest.raises(cache.FetchError, match="HTTP 503"):
+    del hub.files[next(iter(hub.files))]  # a hub without the file: 404 (not retried, unlike a 5xx)
+    with pytest.raises(cache.FetchError, match="404"):
         Backbone(NAME, pretrained.IMAGENET)
-    hub.gets.clear()
-    assert Backbone(NAME, pretrained.NONE).weights_source == "random init" and not hub.gets
-    assert Backbone(NAME, None).weights_source == "random init" and not hub.gets
+    hub.requests.clear()
+    assert Backbone(NAME, pretrained.NONE).weights_source == "random init" and not hub.requests
+    assert Backbone(NAME, None).weights_source == "random init" and not hub.requests
+
+
+def test_the_hub_client_resumes_a_dropped_download_sends_the_token_and_serves_offline(
+        hub: FileServer, published, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = next(iter(hub.files))
+    hub.drop_at = len(published[0]) // 2
+    monkeypatch.setenv("HF_TOKEN", "hf_loopbacktoken")
+    tokens: list[str | None] = []
+    monkeypatch.setattr(hub, "on_request", lambda headers: tokens.append(headers.get("Authorization")), raising=False)
+    fetched = pretrained.fetch(NAME)
+    assert fetched.read_bytes() == published[0]  # byte-identical after the drop
+    first, resumed = hub.ranged(path)  # huggingface_hub resumed with Range from what it had written
+    assert first is None and 0 < int(resumed.removeprefix("bytes=").rstrip("-")) <= len(published[0]) // 2
+    assert tokens and set(tokens) == {"Bearer hf_loopbacktoken"}  # HF_TOKEN honoured
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(pretrained, "_unavailable", {})
+    hub.requests.clear()
+    assert pretrained.fetch(NAME) == fetched and not hub.requests  # offline: from the hub cache, no connection
 
 
 def test_a_state_dict_file_keeps_working(tmp_path: Path, published) -> None:
@@ -88,7 +112,8 @@ def test_a_state_dict_file_keeps_working(tmp_path: Path, published) -> None:
 @pytest.mark.parametrize("up, expected", [(True, pretrained.IMAGENET), (False, pretrained.NONE)])
 def test_the_training_driver_decides_once_and_records_the_source(hub: FileServer, published, up: bool,
                                                                  expected: str) -> None:
-    hub.mode = "ok" if up else "down"
+    if not up:
+        hub.files.clear()  # a 404 (a 5xx is retried by huggingface_hub for ~20 s first)
     config, recorded = resolve_backbone_weights(TrainConfig())
     assert config.model.backbone_weights == expected  # what every worker gets: no worker decides on its own
     if up:

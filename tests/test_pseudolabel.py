@@ -127,7 +127,7 @@ def test_tiny_sam_pipeline_bad_inputs_and_resume(tmp_path):
     expected = make_store(store)
     checkpoint = save_tiny_sam_checkpoint(str(tmp_path / "tiny_sam.pth"))
     cfg = PseudoLabelConfig(store=str(store), out=str(out), teacher="sam", checkpoint=checkpoint, variant="tiny",
-                            num_workers=2, batch_size=2, part_rows=4, max_reject_rate=1.0, limit=6)
+                            num_workers=2, gpus_per_worker=0, batch_size=2, part_rows=4, max_reject_rate=1.0, limit=6)
 
     first = run_pseudolabel(cfg)  # a partial run: the first 6 manifest lines
     assert first["labeled_this_run"] == 5 and first["rejected"] == 1  # 5 good, 'missing'

@@ -50,7 +50,12 @@ class Cluster:
         self.polls += 1
         return self.offers[min(self.polls - 1, len(self.offers) - 1)]
 
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> Cluster:
+    def install(self, monkeypatch: pytest.MonkeyPatch, joined: bool = True) -> Cluster:
+        """Joined (RAY_ADDRESS set, as under `ray job submit`): nodes may still join; else a Ray of our own."""
+        if joined:
+            monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+        else:
+            monkeypatch.delenv("RAY_ADDRESS", raising=False)
         monkeypatch.setattr(resources, "_offered", self.offered)
         monkeypatch.setattr(resources, "_max_resources", lambda: self.most)
         monkeypatch.setattr(resources, "_request", lambda cpus, gpus: self.requests.append((cpus, gpus)))
@@ -93,10 +98,13 @@ def test_short_of_cpus_only_names_the_cpu_flags(monkeypatch) -> None:
 
 
 def test_a_ray_started_here_fails_at_once(monkeypatch) -> None:
-    cluster = Cluster([(2, 0)]).install(monkeypatch)
+    cluster = Cluster([(2, 0)]).install(monkeypatch, joined=False)
     with pytest.raises(RuntimeError, match="started by the job itself.*--gpus-per-worker 0 to run on CPU"):
-        wait_for_resources(1, 1, 600, "serve", can_grow=False)
+        wait_for_resources(1, 1, 600, "serve")
     assert cluster.requests == [] and cluster.polls == 1
+    with pytest.raises(RuntimeError, match="started by the job itself"):  # or when told so
+        Cluster([(2, 0)]).install(monkeypatch, joined=True)
+        wait_for_resources(1, 1, 600, "serve", can_grow=False)
 
 
 def test_an_autoscaler_that_cannot_reach_the_count_fails_at_once(monkeypatch) -> None:

@@ -2,9 +2,10 @@
 
 `fetch_once` is the one way weights reach a node (SAM checkpoints, backbone weights): under a
 file lock (concurrent actors on one node fetch once), from a cluster-wide cache prefix when it
-has the file, else from a URL (then uploaded to the cluster cache for the other nodes); streamed
-into a temp file beside the target, checked against the expected size and SHA-256 where known,
-renamed into place only when it matches. Nothing partial or unverified is ever left behind.
+has the file, else from a URL (`bpiml.data.download`: retried, resumed from `<target>.part`, with
+progress; then uploaded to the cluster cache for the other nodes); checked against the expected
+size and SHA-256 where known, renamed into place only when it matches. A file that fails the check
+is deleted; a download cut short keeps its `.part` file, which the next try resumes.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import hashlib
 import logging
 import os
 import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from filelock import FileLock
 
+from bpiml.data import download
+from bpiml.data.download import FetchError
 from bpiml.data.storage import (
     exists,
     is_s3,
@@ -33,10 +34,6 @@ logger = logging.getLogger(__name__)
 CHUNK_BYTES = 8 << 20  # streaming copies move 8 MiB at a time
 
 
-class FetchError(ValueError):
-    """A download that failed or did not match what was expected (no partial file is left)."""
-
-
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -46,21 +43,14 @@ def sha256_file(path: str | Path) -> str:
 
 
 def _verify(tmp: Path, source: str, size: int | None, sha256: str | None) -> None:
+    """Raise FetchError (deleting `tmp`: a wrong file is never resumed) unless it has the size and SHA-256 given."""
     got = tmp.stat().st_size
     if size is not None and got != size:
+        tmp.unlink()
         raise FetchError(f"{source}: got {got} bytes, expected {size} (a truncated download or another file)")
     if sha256 is not None and (actual := sha256_file(tmp)) != sha256:
+        tmp.unlink()
         raise FetchError(f"{source}: SHA-256 {actual} does not match the expected {sha256}")
-
-
-def _download(url: str, tmp: Path, timeout_s: float) -> None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, CHUNK_BYTES)
-    except urllib.error.HTTPError as err:
-        raise FetchError(f"download of {url} failed: HTTP {err.code} {err.reason}") from err
-    except (urllib.error.URLError, OSError) as err:
-        raise FetchError(f"download of {url} failed: {type(err).__name__}: {err}") from err
 
 
 def fetch_once(target: str | Path, url: str, size: int | None = None, sha256: str | None = None,
@@ -71,21 +61,17 @@ def fetch_once(target: str | Path, url: str, size: int | None = None, sha256: st
     with FileLock(str(target) + ".lock"):
         if target.exists() and (size is None or target.stat().st_size == size):
             return target
-        tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
-        try:
-            if shared_uri and exists(shared_uri):
-                copy_to_local(shared_uri, tmp)
-                _verify(tmp, shared_uri, size, sha256)
-            else:
-                logger.info("downloading %s%s", url, f" ({size / 1e9:.2f} GB)" if size else "")
-                _download(url, tmp, timeout_s)
-                _verify(tmp, url, size, sha256)
-                if shared_uri:
-                    with open(tmp, "rb") as src, open_uri(shared_uri, "wb") as dst:
-                        shutil.copyfileobj(src, dst, CHUNK_BYTES)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        part = target.with_name(target.name + ".part")  # one writer under the lock: a later try resumes it
+        if shared_uri and exists(shared_uri):
+            copy_to_local(shared_uri, part)
+            _verify(part, shared_uri, size, sha256)
+        else:
+            logger.info("downloading %s%s", url, f" ({size / 1e9:.2f} GB)" if size else "")
+            download.fetch(url, part, size, target.name, timeout_s)  # cut short: .part stays, to be resumed
+            _verify(part, url, size, sha256)
+            if shared_uri:
+                copy_to_remote(part, shared_uri)
+        os.replace(part, target)
     logger.info("%s ready at %s%s", target.name, target, " (SHA-256 verified)" if sha256 else "")
     return target
 
@@ -103,6 +89,12 @@ def copy_to_local(uri: str, target: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def copy_to_remote(path: str | Path, uri: str) -> None:
+    """Stream the local file `path` to `uri` (the cluster cache), in chunks."""
+    with open(path, "rb") as src, open_uri(uri, "wb") as dst:
+        shutil.copyfileobj(src, dst, CHUNK_BYTES)
 
 
 def cache_dir() -> Path:

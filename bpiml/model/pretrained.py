@@ -10,11 +10,15 @@ The student's `backbone_weights` (`--model-backbone-weights`):
 
 Where they come from: timm's registry names the model's Hugging Face Hub repo
 (`pretrained_cfg.hf_hub_id`, for `tiny_vit_5m_224` `timm/tiny_vit_5m_224.dist_in22k`), whose
-`model.safetensors` is fetched from `$BPIML_HF_BASE_URL` (else `$HF_ENDPOINT`, a mirror; else
-https://huggingface.co) once per node into the node cache, under a file lock, through the cluster
-cache `BPIML_WEIGHTS_CACHE` when set (`bpiml.data.cache.fetch_once`). Safetensors hold tensors only:
-nothing is unpickled. timm knows no checksum for hub files, so the SHA-256 of what was fetched is
-recorded instead: an MLflow param of the training run and part of the registered model's metadata.
+`model.safetensors` is fetched by `huggingface_hub` into its cache (`HF_HUB_CACHE`, else
+`$HF_HOME/hub`, default `~/.cache/huggingface/hub`) from `$BPIML_HF_BASE_URL` (else `$HF_ENDPOINT`, a
+mirror; else https://huggingface.co), with `HF_TOKEN` when set, retried and resumed by the hub
+client, with its progress bar. In order: the hub cache; the cluster cache `BPIML_WEIGHTS_CACHE` when
+set (copied to the node cache, `bpiml.data.cache.fetch_once`); offline (`HF_HUB_OFFLINE=1` or
+`BPIML_OFFLINE=1`) an error at once; else the hub (then uploaded to the cluster cache). Safetensors
+hold tensors only: nothing is unpickled. timm knows no checksum for hub files, so the SHA-256 of
+what was fetched is recorded instead: an MLflow param of the training run and part of the
+registered model's metadata.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import timm
 
-from bpiml.data import cache, storage
+from bpiml.data import cache, download, storage
 
 logger = logging.getLogger(__name__)
 
@@ -47,29 +51,63 @@ class Resolved:
     sha256: str | None
 
 
-def hub_url(backbone: str) -> str:
+def hub_repo(backbone: str) -> str:
     cfg = timm.models.get_pretrained_cfg(backbone)
     repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     if not repo:
         raise ValueError(f"timm publishes no pretrained weights on the hub for {backbone!r}; "
                          "pass --model-backbone-weights PATH (a state dict) or none")
-    base = os.environ.get(BASE_URL_ENV) or os.environ.get("HF_ENDPOINT") or DEFAULT_BASE_URL
-    return f"{base.rstrip('/')}/{repo}/resolve/main/{HUB_FILE}"
+    return repo
+
+
+def _endpoint() -> str:
+    return (os.environ.get(BASE_URL_ENV) or os.environ.get("HF_ENDPOINT") or DEFAULT_BASE_URL).rstrip("/")
+
+
+def hub_url(backbone: str) -> str:
+    return f"{_endpoint()}/{hub_repo(backbone)}/resolve/main/{HUB_FILE}"
+
+
+def _hub_download(repo: str, local_only: bool) -> Path:
+    """The file from the hub client's cache (`local_only`) or the hub; huggingface_hub's errors as FetchError."""
+    # imported on use: most commands never fetch a backbone
+    from huggingface_hub import hf_hub_download
+
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at huggingface_hub's import
+    try:
+        return Path(hf_hub_download(repo, HUB_FILE, endpoint=_endpoint(), cache_dir=cache_dir,
+                                    local_files_only=local_only, etag_timeout=30))
+    except Exception as err:  # HTTP, connection, missing entry, auth: all mean "not had"
+        cause = err.__cause__ or err.__context__
+        why = f"{type(err).__name__}: {err}" + (f" (caused by {type(cause).__name__}: {cause})" if cause else "")
+        raise cache.FetchError(f"{_endpoint()}/{repo}/resolve/main/{HUB_FILE}: {why[:600]}") from err
 
 
 def fetch(backbone: str) -> Path:
-    """The pretrained weights of `backbone` on this node (fetched once); raises cache.FetchError."""
+    """The pretrained weights of `backbone` on this node (see the module doc); raises cache.FetchError."""
+    repo = hub_repo(backbone)
     url = hub_url(backbone)
     if url in _unavailable:
         raise cache.FetchError(_unavailable[url])
-    name = url.split("://", 1)[-1].split("/", 1)[-1].replace("/resolve/main/", "/")
-    shared = os.environ.get("BPIML_WEIGHTS_CACHE")
     try:
-        return cache.fetch_once(cache.cache_dir() / "backbones" / name, url,
-                                shared_uri=storage.join(shared, "backbones", name) if shared else None, timeout_s=30)
+        return _hub_download(repo, local_only=True)
+    except cache.FetchError:
+        pass
+    shared = os.environ.get("BPIML_WEIGHTS_CACHE")
+    shared_uri = storage.join(shared, "backbones", repo, HUB_FILE) if shared else None
+    try:
+        if shared_uri and storage.exists(shared_uri):
+            return cache.fetch_once(cache.cache_dir() / "backbones" / repo / HUB_FILE, url, shared_uri=shared_uri)
+        if download.offline():
+            raise download.offline_error(f"{repo}/{HUB_FILE}", f"the Hugging Face cache "
+                                         f"({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'})")
+        path = _hub_download(repo, local_only=False)
     except cache.FetchError as err:
         _unavailable[url] = str(err)
         raise
+    if shared_uri:
+        cache.copy_to_remote(path, shared_uri)
+    return path
 
 
 def resolve(spec: str | None, backbone: str) -> Resolved:

@@ -12,14 +12,16 @@ from bpiml.config import (
     cpus_field,
     field,
     gpus_field,
-    require,
     reject_rate_field,
+    require,
     resource_wait_field,
     s3_endpoint_field,
     workers_field,
 )
+from bpiml.runtime.resources import GpuDecision, decide_gpus
 
 TEACHER_CHOICES = ("auto", "sam", "grabcut", "box")
+MODEL_TEACHERS = ("sam",)  # teachers that run a torch model on their device; GrabCut (OpenCV) and box run on CPU
 VARIANTS = ("vit_b", "vit_l", "vit_h", "tiny")
 DEFAULT_STORE = ".bpiml/sample"
 DEFAULT_OUT = ".bpiml/sample-pseudo"
@@ -83,3 +85,13 @@ class PseudoLabelConfig(BaseConfig):
         if self.teacher != "auto":
             return self.teacher
         return "sam" if self.checkpoint else "grabcut"
+
+    def gpu_decision(self) -> GpuDecision:
+        """GPUs per teacher actor by intent: SAM (any variant) runs on a GPU; GrabCut and box run on CPU."""
+        teacher = self.resolved_teacher
+        if teacher in MODEL_TEACHERS:
+            name = self.variant or (self.checkpoint or "").removeprefix("sam:")
+            return decide_gpus(self.gpus_per_worker, 1,
+                               f"the sam {name} teacher runs on GPU" if name in VARIANTS else "the sam teacher runs on GPU")
+        why = "OpenCV on CPU" if teacher == "grabcut" else "filled boxes, no model"
+        return decide_gpus(self.gpus_per_worker, 0, f"the {teacher} teacher runs on CPU ({why})")

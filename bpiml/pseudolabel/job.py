@@ -40,6 +40,7 @@ from bpiml.pseudolabel.teachers import teacher_identity, weights
 from bpiml.runtime import progress, raycluster
 from bpiml.runtime.batch import WRITE_CPUS, BatchJob, PartsSink, compact, run_batch
 from bpiml.runtime.datasets import READ_CPUS, read_lines
+from bpiml.runtime.resources import GpuDecision, wait_for_resources
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +121,6 @@ def _plan_partitions(files: list[str]) -> int:
     return int(min(512, max(2, math.ceil(total / PARTITION_BYTES))))
 
 
-def _gpus_per_worker(cfg: PseudoLabelConfig) -> float:
-    if cfg.gpus_per_worker is not None:
-        return cfg.gpus_per_worker
-    gpus = 1.0 if raycluster.available_gpus() > 0 else 0.0
-    logger.info("teacher actors use %s (the cluster has %g GPUs; --gpus-per-worker sets it)",
-                "1 GPU each" if gpus else "the CPU", raycluster.available_gpus())
-    return gpus
-
-
 def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, counter: Any) -> ray.data.Dataset:
     text = read_lines(files, include_paths=True, line_numbers=True)
     if cfg.limit:
@@ -198,12 +190,14 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
                     cfg.out, index["runs"][-1] if index.get("runs") else "?")
         _log_to_mlflow(cfg, done)
         return done
+    decision = cfg.gpu_decision()
+    logger.info("teacher actors: %s", decision)
+    cfg = cfg.replace(gpus_per_worker=decision.gpus_per_worker)
     raycluster.init_ray()
-    cfg = cfg.replace(gpus_per_worker=_gpus_per_worker(cfg))
-    raycluster.wait_for_resources(cfg.cpus_per_worker * cfg.num_workers, (cfg.gpus_per_worker or 0) * cfg.num_workers,
-                                  cfg.resource_wait_s, "pseudo-labeling")
+    wait_for_resources(cfg.cpus_per_worker * cfg.num_workers, decision.gpus_per_worker * cfg.num_workers,
+                       cfg.resource_wait_s, "pseudo-labeling")
     raycluster.check_paths_reachable({"store": cfg.store, "out": cfg.out}, "pseudo-labeling")
-    return run_batch(PseudoLabelJob(cfg, files, identity, source, signature))
+    return run_batch(PseudoLabelJob(cfg, files, identity, source, signature, decision))
 
 
 class PseudoLabelJob(BatchJob):
@@ -213,9 +207,10 @@ class PseudoLabelJob(BatchJob):
     what, progress_keys = "pseudo-labeling", ("labeled", "rejected", "skipped")
 
     def __init__(self, cfg: PseudoLabelConfig, files: list[str], identity: str, source: dict[str, str],
-                 signature: str) -> None:
+                 signature: str, decision: GpuDecision) -> None:
         super().__init__(cfg.out, cfg.max_reject_rate)
         self.cfg, self.files, self.identity, self.source, self.signature = cfg, files, identity, source, signature
+        self.decision = decision
         self.writer = WriterLock(storage.join(cfg.out, LOCK_FILE), cfg.lock_ttl_s, "pseudo-labeling output")
         self.runs: list[str] = []
         self.stats: dict[str, Any] = {}
@@ -252,7 +247,7 @@ class PseudoLabelJob(BatchJob):
 
     def summarize(self, counts: dict[Any, float], committed: dict[str, Any], elapsed: float) -> dict[str, Any]:
         self.stats = committed["stats"]
-        return build_summary(self.cfg, counts, committed, elapsed, self.identity).to_dict()
+        return build_summary(self.cfg, counts, committed, elapsed, self.identity, self.decision).to_dict()
 
     def seal(self, summary: dict[str, Any]) -> None:
         write_index(self.cfg.out, {"complete": True, "source": self.source, "runs": self.runs,

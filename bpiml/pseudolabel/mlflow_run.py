@@ -90,7 +90,8 @@ def log_pseudolabel_run(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> str:
     """Log one finished pseudo-labeling job to `cfg.experiment`; returns the MLflow run id."""
     uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     run_id = tracking.start_or_resume_run(uri, str(cfg.experiment), run_name=f"pseudolabel-{summary['teacher']}",
-                                          tags={"bpiml.job": "pseudolabel", "bpiml.out": cfg.out})
+                                          tags={"bpiml.job": "pseudolabel", "bpiml.out": cfg.out,
+                                                "bpiml.gpu_decision": summary.get("gpu_decision", "")})
     try:
         tracking.log_params(uri, run_id, cfg.to_dict())
         tracking.log_metrics(uri, run_id, summary_metrics(summary), step=0)

@@ -8,6 +8,7 @@ from typing import Any
 
 from bpiml.pseudolabel.confidence import format_confidence
 from bpiml.pseudolabel.config import PseudoLabelConfig
+from bpiml.runtime.resources import GpuDecision
 
 
 @dataclasses.dataclass
@@ -32,6 +33,8 @@ class Summary:
     images_with_gt: int
     out: str
     confidence: dict[str, Any] | None = None  # teacher confidence of the records in the output now (confidence.py)
+    gpus_per_worker: float | None = None  # GPUs per teacher actor this run asked for
+    gpu_decision: str = ""  # that number and why (`bpiml.runtime.resources.GpuDecision`)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -51,7 +54,7 @@ class Summary:
 
 
 def build_summary(cfg: PseudoLabelConfig, counts: dict[str, float], committed: dict[str, Any], elapsed: float,
-                  identity: str) -> Summary:
+                  identity: str, decision: GpuDecision) -> Summary:
     count = lambda key: int(counts.get(key, 0))  # noqa: E731
     stats = committed["stats"]
     labeled, iou_n = count("labeled"), count("iou_n")
@@ -64,7 +67,7 @@ def build_summary(cfg: PseudoLabelConfig, counts: dict[str, float], committed: d
         rejected_by_stage={k.split(":", 1)[1]: int(v) for k, v in counts.items() if k.startswith("rejected:")},
         seconds=round(elapsed, 2), images_per_second=round(labeled / elapsed, 2) if elapsed > 0 and labeled else 0.0,
         mean_iou_vs_gt=round(counts["iou_sum"] / iou_n, 4) if iou_n else None, images_with_gt=iou_n, out=cfg.out,
-        confidence=stats["confidence"].summary() if "confidence" in stats else None)
+        confidence=stats["confidence"].summary() if "confidence" in stats else None, **decision.record())
 
 
 def format_summary(summary: Summary) -> str:
@@ -72,6 +75,7 @@ def format_summary(summary: Summary) -> str:
     teachers = ", ".join(f"{k}: {v}" for k, v in sorted(summary.teachers.items())) or "none"
     rows = [
         ("teacher", f"{summary.teacher} ({summary.teacher_identity})"),
+        *([("GPUs", summary.gpu_decision)] if summary.gpu_decision else []),
         ("images in manifest", summary.images_in_manifest),
         ("labeled this run", summary.labeled_this_run),
         ("skipped (already labeled)", summary.skipped_already_labeled),

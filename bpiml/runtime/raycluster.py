@@ -92,12 +92,19 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
             "`ray job submit` sets it by itself for a job") from None
 
 
+def joins_cluster() -> bool:
+    """True when this process joins a running cluster (RAY_ADDRESS, set by `ray job submit`): nodes may
+    join it later. False when `init_ray` starts a Ray of its own, which no node will join."""
+    address = os.environ.get("RAY_ADDRESS")
+    return bool(address) and address != "local"
+
+
 def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     """Join the cluster at RAY_ADDRESS (set by `ray job submit`), else start a local Ray; idempotent."""
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    dashboard_port = None if address and address != "local" else free_port()
+    dashboard_port = None if joins_cluster() else free_port()
     env = {**worker_env(), **_state_api_env(address, dashboard_port)}
     runtime_env = {"env_vars": env} if env else None
     if address and address.startswith("http"):
@@ -105,7 +112,7 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
             f"RAY_ADDRESS={address} is a Jobs API (dashboard) address: submit with `ray job submit`, "
             "or set RAY_ADDRESS to the head's GCS address (host:port) to run this script against it"
         )
-    if address and address != "local":
+    if joins_cluster():
         check_reachable(address)
         if is_loopback_address(address) and os.environ.get(SWITCH) != "0":
             logger.warning("joining %s without %s=0 set before ray was imported; if the connection hangs, "

@@ -104,18 +104,23 @@ def fixes(cpus_short: bool, gpus_short: bool, waited: bool) -> str:
     return "; ".join(out)
 
 
-def wait_for_resources(cpus: float, gpus: float, timeout_s: float, what: str, *, can_grow: bool = True,
+def wait_for_resources(cpus: float, gpus: float, timeout_s: float, what: str, *, can_grow: bool | None = None,
                        poll_s: float = 2.0, note_s: float = 30.0) -> float:
     """Return once the cluster offers `cpus` CPUs and `gpus` GPUs in total (the seconds waited).
 
     Asks an autoscaler for them and polls `ray.cluster_resources()`, logging what it waits for and how
     long is left (at once, then every `note_s`). Fails with a RuntimeError naming the fix at once when
-    nothing can add them (`can_grow` False: a Ray this process started; or an autoscaler whose node
-    types cannot reach the count), else after `timeout_s`.
+    nothing can add them (`can_grow` False, by default when this process started its Ray rather than
+    joined a cluster: `raycluster.joins_cluster`; or an autoscaler whose node types cannot reach the
+    count), else after `timeout_s`.
     """
     have_cpus, have_gpus = _offered()
     if have_cpus >= cpus and have_gpus >= gpus:
         return 0.0
+    if can_grow is None:
+        from bpiml.runtime.raycluster import joins_cluster  # noqa: PLC0415 - imports ray
+
+        can_grow = joins_cluster()
     short = (have_cpus < cpus, have_gpus < gpus)
     most = _max_resources()
     if not can_grow or (most is not None and (most.get("CPU", 0) < cpus or most.get("GPU", 0) < gpus)):

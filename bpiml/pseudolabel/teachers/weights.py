@@ -4,14 +4,16 @@
 
 1. look in the node's cache (`BPIML_CACHE`, default `~/.cache/bpiml`, under `sam/`);
 2. else copy it from a cluster-wide cache prefix (`BPIML_WEIGHTS_CACHE=s3://bucket/prefix`) when set;
-3. else download it from `BPIML_SAM_BASE_URL` (default the official
+3. else (and not offline: `BPIML_OFFLINE=1` / `HF_HUB_OFFLINE=1` fail here at once, naming the file)
+   download it from `BPIML_SAM_BASE_URL` (default the official
    `https://dl.fbaipublicfiles.com/segment_anything/`; a mirror, or a test server) and, with a
    cluster cache, upload it there for the other nodes.
 
-Every copy streams in chunks into a temporary file beside the target (never the whole object in
-memory), is checked against the known size and SHA-256 and renamed into place only when it matches;
-anything else is deleted and reported. A file lock makes concurrent actors on one node download once
-(`bpiml.data.cache.fetch_once`).
+Downloads are retried with backoff and resumed from `<file>.part` with HTTP Range (also by a later
+run), with a progress line every few seconds (`bpiml.data.download`). Every copy streams in chunks
+(never the whole object in memory), is checked against the known size and SHA-256 and renamed into
+place only when it matches; a file that does not match is deleted and reported. A file lock makes
+concurrent actors on one node download once (`bpiml.data.cache.fetch_once`).
 A path or s3:// URI is used as given (s3:// objects are streamed to the cache once).
 """
 
