@@ -58,6 +58,7 @@ def main(args: argparse.Namespace, config: TrainConfig) -> int:
         "mlflow_run_id": result.mlflow_run_id,
         "tracking_uri": result.tracking_uri,
         "registered_model_uri": result.registered_model_uri,
+        "gpu_decision": result.gpu_decision,
     }), indent=2, default=str))
     return 0
 

@@ -7,7 +7,9 @@
 #      register it in the MLflow model registry
 #   4. print where to look. The services keep running for the MLflow UI: scripts/stack/down.sh stops them.
 # Settings: BPIML_EPOCHS (default 10), BPIML_SAMPLE_IMAGES (default 48), BPIML_TEACHER (auto: GrabCut unless BPIML_SAM_CHECKPOINT is set),
-# BPIML_SAM_CHECKPOINT, BPIML_MLFLOW_PORT (default: a free port), BPIML_RAY_NUM_CPUS (default 2).
+# BPIML_SAM_CHECKPOINT, BPIML_MLFLOW_PORT (default: a free port), BPIML_RAY_NUM_CPUS (default 2),
+# BPIML_GPUS_PER_WORKER (default 0: the local head has no GPU; SAM and the student at 224 px would otherwise wait
+# for one, see docs/deployment.md "How jobs pick GPUs").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -26,6 +28,7 @@ unset RAY_AUTH_TOKEN
 data="$root/.bpiml"
 run_name="demo-$(date +%Y%m%d-%H%M%S)"
 teacher_args=(--teacher "${BPIML_TEACHER:-auto}")
+gpus=(--gpus-per-worker "${BPIML_GPUS_PER_WORKER:-0}")
 [[ -n "${BPIML_SAM_CHECKPOINT:-}" ]] && teacher_args+=(--checkpoint "$BPIML_SAM_CHECKPOINT")
 
 submit() {
@@ -35,9 +38,9 @@ submit() {
 }
 # Paths are absolute: a submitted job runs in a copy of the working directory.
 submit sample bpiml make-sample --out "$data/sample" --n "${BPIML_SAMPLE_IMAGES:-48}"
-submit pseudolabel python jobs/pseudolabel.py --store "$data/sample" --out "$data/sample-pseudo" "${teacher_args[@]}"
+submit pseudolabel python jobs/pseudolabel.py --store "$data/sample" --out "$data/sample-pseudo" "${teacher_args[@]}" "${gpus[@]}"
 submit train python jobs/train.py --store "$data/sample-pseudo" --storage-path "$data/runs" --run-name "$run_name" \
-  --epochs "${BPIML_EPOCHS:-10}" --experiment bpiml-demo --register bpiml-student@champion
+  --epochs "${BPIML_EPOCHS:-10}" --experiment bpiml-demo --register bpiml-student@champion "${gpus[@]}"
 
 cat <<MSG
 

@@ -157,8 +157,8 @@ def test_training_reads_an_imdl_list_with_gt_supervision(ray_local, data, tmp_pa
     from bpiml.train.config import TrainConfig
     from bpiml.train.job import _prepare, check_training_inputs
 
-    config = _prepare(TrainConfig(store=data["imdl"], supervision="gt", storage_path=str(tmp_path / "runs"),
-                                  num_workers=1, cpus_per_worker=0.5, resource_wait_s=10))
+    config, _ = _prepare(TrainConfig(store=data["imdl"], supervision="gt", storage_path=str(tmp_path / "runs"),
+                                     num_workers=1, cpus_per_worker=0.5, gpus_per_worker=0, resource_wait_s=10))
     assert config.store.startswith(str(tmp_path / "runs" / "inputs"))
     training = check_training_inputs(config)
     assert training.n_train + training.n_val == N_FORGED + N_AUTHENTIC and training.n_val >= 1

@@ -81,7 +81,7 @@ def test_waits_until_a_gpu_node_joins_then_withdraws_the_request(monkeypatch, ca
 
 def test_times_out_naming_the_fix(monkeypatch) -> None:
     cluster = Cluster([(4, 0)]).install(monkeypatch)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(ValueError) as err:
         wait_for_resources(2, 2, 0.05, "training", poll_s=0.01)
     message = str(err.value)
     assert "training waited 0.05 s (--resource-wait-s) for 2 GPUs (offered: 0)" in message
@@ -92,24 +92,24 @@ def test_times_out_naming_the_fix(monkeypatch) -> None:
 
 def test_short_of_cpus_only_names_the_cpu_flags(monkeypatch) -> None:
     Cluster([(1, 0)]).install(monkeypatch)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(ValueError) as err:
         wait_for_resources(3, 0, 0.02, "predict", poll_s=0.01)
     assert "--cpus-per-worker" in str(err.value) and "--gpus-per-worker" not in str(err.value)
 
 
 def test_a_ray_started_here_fails_at_once(monkeypatch) -> None:
     cluster = Cluster([(2, 0)]).install(monkeypatch, joined=False)
-    with pytest.raises(RuntimeError, match="started by the job itself.*--gpus-per-worker 0 to run on CPU"):
+    with pytest.raises(ValueError, match="started by the job itself.*--gpus-per-worker 0 to run on CPU"):
         wait_for_resources(1, 1, 600, "serve")
     assert cluster.requests == [] and cluster.polls == 1
-    with pytest.raises(RuntimeError, match="started by the job itself"):  # or when told so
+    with pytest.raises(ValueError, match="started by the job itself"):  # or when told so
         Cluster([(2, 0)]).install(monkeypatch, joined=True)
         wait_for_resources(1, 1, 600, "serve", can_grow=False)
 
 
 def test_an_autoscaler_that_cannot_reach_the_count_fails_at_once(monkeypatch) -> None:
     Cluster([(0, 0)], most={"CPU": 24, "GPU": 6}).install(monkeypatch)
-    with pytest.raises(RuntimeError, match="can grow to 24 CPUs and 6 GPUs at most.*check the GPU worker group"):
+    with pytest.raises(ValueError, match="can grow to 24 CPUs and 6 GPUs at most.*check the GPU worker group"):
         wait_for_resources(8, 8, 600, "pseudo-labeling")
 
 
@@ -135,3 +135,34 @@ def test_a_gpu_without_cuda_fails_naming_the_fix() -> None:
 def test_asked_but_not_assigned_fails() -> None:
     with pytest.raises(RuntimeError, match="asked for 1 GPUs but Ray assigned it none"):
         torch_device(1, assigned=[], cuda_usable=lambda: True)
+
+
+# --- each job's intent -------------------------------------------------------------------------
+@pytest.mark.parametrize("options, gpus, reason", [
+    ({"checkpoint": "vit_h"}, 1, "the sam vit_h teacher runs on GPU (by intent"),
+    ({"teacher": "sam", "checkpoint": "/w/sam.pth", "variant": "vit_b"}, 1, "the sam vit_b teacher runs on GPU"),
+    ({"teacher": "sam", "checkpoint": "s3://b/tiny.pth"}, 1, "the sam teacher runs on GPU"),
+    ({}, 0, "the grabcut teacher runs on CPU (OpenCV on CPU) (by intent"),
+    ({"teacher": "box"}, 0, "the box teacher runs on CPU (filled boxes, no model)"),
+    ({"checkpoint": "vit_h", "gpus_per_worker": 0}, 0, "asked with --gpus-per-worker 0; by intent 1: the sam vit_h"),
+])
+def test_pseudolabel_intent(options, gpus, reason) -> None:
+    from bpiml.pseudolabel.config import PseudoLabelConfig
+
+    decision = PseudoLabelConfig(**options).gpu_decision()
+    assert decision.gpus_per_worker == gpus and decision.reason.startswith(reason)
+
+
+@pytest.mark.parametrize("img_size, asked, gpus, reason", [
+    (224, None, 1, "training the student at 224 px runs on GPU (by intent"),
+    (512, None, 1, "training the student at 512 px runs on GPU"),
+    (64, None, 0, "a 64 px student (below the default 224 px) is smoke/test-sized work for CPUs"),
+    (224, 0, 0, "asked with --gpus-per-worker 0; by intent 1"),
+    (64, 1, 1, "asked with --gpus-per-worker 1; by intent 0"),
+])
+def test_training_intent(img_size, asked, gpus, reason) -> None:
+    from bpiml.model.config import StudentConfig
+    from bpiml.train.config import TrainConfig
+
+    decision = TrainConfig(model=StudentConfig(img_size=img_size), gpus_per_worker=asked).gpu_decision()
+    assert decision.gpus_per_worker == gpus and decision.reason.startswith(reason)

@@ -109,7 +109,7 @@ def wait_for_resources(cpus: float, gpus: float, timeout_s: float, what: str, *,
     """Return once the cluster offers `cpus` CPUs and `gpus` GPUs in total (the seconds waited).
 
     Asks an autoscaler for them and polls `ray.cluster_resources()`, logging what it waits for and how
-    long is left (at once, then every `note_s`). Fails with a RuntimeError naming the fix at once when
+    long is left (at once, then every `note_s`). Fails with a ValueError naming the fix at once when
     nothing can add them (`can_grow` False, by default when this process started its Ray rather than
     joined a cluster: `raycluster.joins_cluster`; or an autoscaler whose node types cannot reach the
     count), else after `timeout_s`.
@@ -127,7 +127,7 @@ def wait_for_resources(cpus: float, gpus: float, timeout_s: float, what: str, *,
         limit = (f"its node types can grow to {most.get('CPU', 0):g} CPUs and {most.get('GPU', 0):g} GPUs at most"
                  if can_grow else "this Ray was started by the job itself on this machine (RAY_ADDRESS unset), so "
                                   "no node will join it; submit to a cluster (`ray job submit`) to use its GPU workers")
-        raise RuntimeError(f"{what} needs {_missing(cpus, gpus, have_cpus, have_gpus)} and {limit}. "
+        raise ValueError(f"{what} needs {_missing(cpus, gpus, have_cpus, have_gpus)} and {limit}. "
                            f"Fix: {fixes(*short, waited=False)}")
     _request(cpus, gpus)
     started = time.monotonic()
@@ -142,7 +142,7 @@ def wait_for_resources(cpus: float, gpus: float, timeout_s: float, what: str, *,
                 return waited
             if waited >= timeout_s:
                 short = (have_cpus < cpus, have_gpus < gpus)
-                raise RuntimeError(
+                raise ValueError(
                     f"{what} waited {timeout_s:g} s ({WAIT_FLAG}) for {_missing(cpus, gpus, have_cpus, have_gpus)}; "
                     f"the cluster did not offer them. Fix: {fixes(*short, waited=True)}")
             if waited - last_note >= note_s:

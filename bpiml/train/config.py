@@ -25,6 +25,7 @@ from bpiml.config import (
 )
 from bpiml.data.manifest import SPLITS
 from bpiml.model.config import StudentConfig
+from bpiml.runtime.resources import GpuDecision, decide_gpus
 
 SUPERVISIONS = ("pseudo", "gt", "box")
 STORE_KEYS = ("weight", "supervision")  # what an --add-store entry may set after its URI
@@ -228,6 +229,15 @@ class TrainConfig(BaseConfig):
         """Whether epoch `epoch` (0-based) logs overlays: every `overlay_every` epochs, and the last one."""
         return epoch == self.epochs - 1 or (self.overlay_every > 0 and (epoch + 1) % self.overlay_every == 0)
 
+    def gpu_decision(self) -> GpuDecision:
+        """GPUs per training worker by intent: the student at its default input size or larger trains on a
+        GPU; a smaller one (a smoke or test size, e.g. 64 px) is CPU-sized work."""
+        px, default = self.model.img_size, StudentConfig().img_size
+        if px >= default:
+            return decide_gpus(self.gpus_per_worker, 1, f"training the student at {px} px runs on GPU")
+        return decide_gpus(self.gpus_per_worker, 0, f"a {px} px student (below the default {default} px) is "
+                                                    "smoke/test-sized work for CPUs")
+
     def default_run_name(self) -> str:
         """student-<hash>: the same command (epochs aside) names the same run, so rerunning it resumes."""
         defaults = TrainConfig().to_dict()
@@ -256,3 +266,4 @@ class TrainResult:
     skipped_samples: int = 0  # unreadable samples left out (see <run_dir>/rejects)
     mlflow_errors: int = 0  # MLflow calls that failed during training (counted, logged, never silent)
     mlflow_late: list[int] = dataclasses.field(default_factory=list)  # epochs logged after an MLflow outage
+    gpu_decision: str = ""  # GPUs per worker and why (`bpiml.runtime.resources.GpuDecision`)

@@ -30,6 +30,7 @@ from bpiml.data import cache, inputs, retry, storage
 from bpiml.model import checkpoint as ckpt
 from bpiml.model import pretrained
 from bpiml.runtime import raycluster, tracking
+from bpiml.runtime.resources import GpuDecision, wait_for_resources
 from bpiml.train import init as init_model
 from bpiml.train.config import DEFAULT_STORE, TrainConfig, TrainResult
 from bpiml.train.data import StorePart, TrainingData
@@ -83,34 +84,28 @@ def check_training_inputs(config: TrainConfig) -> TrainingData:
     return data
 
 
-def resolve_gpus(requested: float | None) -> float:
-    """GPUs per training worker: as asked, or (auto) 1 when the cluster offers GPUs."""
-    have = raycluster.available_gpus()
-    if requested is None:
-        logger.info("training on %s (the cluster offers %g GPUs; --gpus-per-worker sets it)",
-                    "GPUs" if have else "CPUs", have)
-        return 1.0 if have >= 1 else 0.0
-    return float(requested)
-
-
-def _prepare(config: TrainConfig) -> TrainConfig:
+def _prepare(config: TrainConfig) -> tuple[TrainConfig, GpuDecision]:
+    """The config the workers get (GPUs decided, paths absolute, inputs imported) and the GPU decision,
+    once the cluster offers the CPUs and GPUs it asks for."""
     config.validate()
     _check_default_store(config)
     retry.set_budget(config.storage_retry_s)  # before Ray starts: its workers get it through worker_env()
-    raycluster.init_ray()
     if config.s3_endpoint:
         storage.set_s3_endpoint(config.s3_endpoint)  # before Ray starts: its workers get it through worker_env()
-    gpus = resolve_gpus(config.gpus_per_worker)
+    decision = config.gpu_decision()
+    logger.info("training workers: %s", decision)
+    raycluster.init_ray()
     # The data tasks (decode, augment) need CPUs beside the workers, or Ray Data waits for them forever.
-    raycluster.wait_for_resources(config.num_workers * config.cpus_per_worker + DATA_CPUS,
-                                  config.num_workers * gpus, config.resource_wait_s,
-                                  f"training ({config.num_workers} workers x {config.cpus_per_worker:g} CPUs + "
-                                  f"{DATA_CPUS:g} for data tasks)")
+    wait_for_resources(config.num_workers * config.cpus_per_worker + DATA_CPUS,
+                       config.num_workers * decision.gpus_per_worker, config.resource_wait_s,
+                       f"training ({config.num_workers} workers x {config.cpus_per_worker:g} CPUs + "
+                       f"{DATA_CPUS:g} for data tasks)")
     storage_path = storage.absolute(config.storage_path)
     import_root = config.import_dir or storage.join(storage_path, "inputs")
     added = [dataclasses.replace(spec, uri=_input_store(spec.uri, import_root)).entry() for spec in config.stores()[1:]]
-    return config.replace(gpus_per_worker=gpus, storage_path=storage_path, store=_input_store(config.store, import_root),
-                          add_store=added, run_name=config.run_name or config.default_run_name())
+    return config.replace(gpus_per_worker=decision.gpus_per_worker, storage_path=storage_path,
+                          store=_input_store(config.store, import_root), add_store=added,
+                          run_name=config.run_name or config.default_run_name()), decision
 
 
 def _input_store(uri: str, import_root: str) -> str:
@@ -161,12 +156,13 @@ def _resolve_init(config: TrainConfig, run_dir: str, tracking_uri: str) -> InitM
 
 
 def _open_mlflow_run(config: TrainConfig, data: TrainingData, tracking_uri: str, run_dir: str,
-                     backbone: dict[str, Any], init: InitModel | None) -> dict[str, Any]:
+                     backbone: dict[str, Any], init: InitModel | None, decision: GpuDecision) -> dict[str, Any]:
     previous = read_run_state(run_dir)
     stores = stores_seen(config, init.record() if init else previous.get("init_from"))
     run_id = tracking.start_or_resume_run(tracking_uri, config.experiment, previous.get("mlflow_run_id"),
                                           config.run_name, tags={"bpiml.job": "train", "bpiml.run_dir": run_dir,
                                                                  "bpiml.stores": stores_summary(stores)})
+    tracking.client(tracking_uri).set_tag(run_id, "bpiml.gpu_decision", str(decision))  # this call's, also on resume
     state = {**previous, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": config.experiment,
              "backbone_weights": previous.get("backbone_weights", backbone),  # a resumed run keeps its first start
              "init_from": init.record() if init else previous.get("init_from")}
@@ -234,7 +230,7 @@ def run_training(config: TrainConfig) -> TrainResult:
 
 def _train(config: TrainConfig) -> TrainResult:
     """One run: check, train on Ray, export + register the best model; resumes a run of the same name."""
-    config = _prepare(config)
+    config, decision = _prepare(config)
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     run_dir = storage.join(config.storage_path, config.run_name)
     init = _resolve_init(config, run_dir, tracking_uri)
@@ -243,7 +239,7 @@ def _train(config: TrainConfig) -> TrainResult:
     data = check_training_inputs(config)
     config, backbone = resolve_backbone_weights(config, init)
     _check_shared(config, tracking_uri)
-    run_state = _open_mlflow_run(config, data, tracking_uri, run_dir, backbone, init)
+    run_state = _open_mlflow_run(config, data, tracking_uri, run_dir, backbone, init, decision)
     logger.info("training %s: %d train / %d val images, %d worker(s) on %s, checkpoints in %s, MLflow run %s",
                 config.run_name, data.n_train, data.n_val, config.num_workers, "GPU" if config.gpus_per_worker else "CPU",
                 run_dir, run_state["mlflow_run_id"])
@@ -252,10 +248,11 @@ def _train(config: TrainConfig) -> TrainResult:
         logger.info("run %s already trained %d epochs (best checkpoint %s): nothing to do; pass --epochs > %d to "
                     "continue it", config.run_name, len(finished.history), finished.best_checkpoint, len(finished.history))
         tracking.end_run(tracking_uri, run_state["mlflow_run_id"], status="FINISHED")
-        return finished
+        return dataclasses.replace(finished, gpu_decision=str(decision))
     try:
         result = _trainer(config, data, tracking_uri, run_state, run_dir, init).fit()
     except BaseException:
         tracking.end_run(tracking_uri, run_state["mlflow_run_id"], status="FAILED")
         raise
-    return finish_run(config, result, run_dir, tracking_uri, run_state, data)
+    return dataclasses.replace(finish_run(config, result, run_dir, tracking_uri, run_state, data),
+                               gpu_decision=str(decision))

@@ -32,6 +32,7 @@ from bpiml.data import rejects, storage
 from bpiml.model import checkpoint as ckpt
 from bpiml.model.student import StudentConfig, build_student
 from bpiml.runtime import logs
+from bpiml.runtime.resources import torch_device
 from bpiml.runtime.tracking_queue import StepLogger
 from bpiml.train import init as init_model
 from bpiml.train.batches import to_input, to_target
@@ -131,6 +132,8 @@ def build(loop_config: dict[str, Any]) -> Worker:
     core = build_student(cfg.model)
     if cfg.channels_last:
         core = core.to(memory_format=torch.channels_last)
+    # A GPU Ray assigned to a process where CUDA does not work is an error naming the fix, not a CPU run.
+    torch_device(cfg.gpus_per_worker or 0)
     model = ray.train.torch.prepare_model(core)
     core = model.module if hasattr(model, "module") else model
     steps = max(1, math.ceil(loop_config["n_train"] / (cfg.batch_size * world)))
