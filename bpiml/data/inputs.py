@@ -156,6 +156,5 @@ def as_store(uri: str, import_root: str, options: dict[str, Any] | None = None) 
         raise ValueError(f"{uri}: no usable images ({len(summary.skipped)} skipped, e.g. "
                          f"{summary.skipped[0] if summary.skipped else 'none listed'})")
     logger.info("imported %d records from %s (%d skipped)", summary.n_records, uri, len(summary.skipped))
-    storage.write_bytes(done, (json.dumps({"input": uri, "kind": kind, "options": options,
-                                           "records": summary.n_records}, indent=2) + "\n").encode())
+    storage.write_json(done, {"input": uri, "kind": kind, "options": options, "records": summary.n_records})
     return dest, kind

@@ -135,7 +135,7 @@ def declare_link(root: str, name: str) -> None:
     meta = join(root, STORE_META)
     values = json.loads(read_bytes(meta)) if exists(meta) else {}
     links = sorted(set(values.get("links", [])) | {name})
-    write_bytes(meta, (json.dumps({**values, "links": links}, indent=2) + "\n").encode())
+    write_json(meta, {**values, "links": links})
     _real_roots.cache_clear()
 
 
@@ -232,6 +232,12 @@ def write_bytes(uri: str, data: bytes) -> None:
     tmp = temp_beside(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_json(uri: str, value: Any, *, indent: int | None = 2, sort_keys: bool = False,
+               default: Any = None) -> None:
+    """`value` as a JSON document (and a final newline), written atomically (`write_bytes`)."""
+    write_bytes(uri, (json.dumps(value, indent=indent, sort_keys=sort_keys, default=default) + "\n").encode())
 
 
 def exists(uri: str) -> bool:

@@ -9,7 +9,6 @@ worst-k records. Records without a GT mask are counted as skipped; unreadable on
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +17,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bpiml.runtime.jobcli import HelpFormatter
 from bpiml.data import imageio, manifest, storage
 from bpiml.evaluation import metrics
 from bpiml.pseudolabel.store import PseudoStore
+from bpiml.runtime.jobcli import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +136,6 @@ def cli_audit(argv: list[str] | None = None) -> int:
     report = audit_pseudo_labels(args.store, args.tolerance, args.worst_k)
     print(format_audit(report))
     if args.out:
-        storage.write_bytes(args.out, (json.dumps(report, indent=2, default=str) + "\n").encode())
+        storage.write_json(args.out, report, default=str)
         print(f"\naudit written to {args.out}")
     return 0

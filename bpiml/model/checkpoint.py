@@ -46,7 +46,7 @@ def save(folder: str | Path, state: dict[str, Any], history: list[dict[str, Any]
     """Write a training checkpoint folder (see the module doc)."""
     folder = Path(folder)
     torch.save(state, folder / CHECKPOINT_FILE)
-    (folder / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    storage.write_json(str(folder / HISTORY_FILE), history, indent=1)
     (folder / CONFIG_FILE).write_text(config_json)
 
 
@@ -135,8 +135,8 @@ def export(model: Student, folder: str | Path, metadata: dict[str, Any] | None =
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
-    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True))
-    (folder / METADATA_FILE).write_text(json.dumps(metadata or {}, indent=2, sort_keys=True, default=str))
+    storage.write_json(str(folder / MODEL_CONFIG_FILE), model.config.to_dict(), sort_keys=True)
+    storage.write_json(str(folder / METADATA_FILE), metadata or {}, sort_keys=True, default=str)
     return folder
 
 

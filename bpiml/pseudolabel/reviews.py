@@ -48,7 +48,7 @@ def store_id(root: str, create: bool = False) -> str | None:
     if not create:
         return None
     sid = uuid.uuid4().hex
-    storage.write_bytes(uri, (json.dumps({"store_id": sid}) + "\n").encode())
+    storage.write_json(uri, {"store_id": sid}, indent=None)
     return sid
 
 
@@ -80,7 +80,7 @@ def write_decision(root: str, decision: dict[str, Any]) -> str:
     """Write one decision (idempotent: the same decision rewrites the same file); returns its store path."""
     decision = check_decision(decision, "decision")
     path = decision_path(decision)
-    storage.write_bytes(storage.join(root, path), (json.dumps(decision, sort_keys=True) + "\n").encode())
+    storage.write_json(storage.join(root, path), decision, indent=None, sort_keys=True)
     return path
 
 

@@ -105,7 +105,7 @@ def read_index(out: str) -> dict[str, Any] | None:
 
 
 def write_index(out: str, index: dict[str, Any]) -> None:
-    storage.write_bytes(index_uri(out), (json.dumps({"format": FORMAT, **index}, indent=2, sort_keys=True) + "\n").encode())
+    storage.write_json(index_uri(out), {"format": FORMAT, **index}, sort_keys=True)
 
 
 def read_rejects(out: str) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ s3:// URIs (`--s3-urls s3`, resolved by the project's S3 source storage) or pres
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from typing import Any
@@ -99,8 +98,8 @@ def export_tasks(store: str, out: str, below: float | None = None, lowest: int |
     summary = {"store": opened.root, "store_id": sid, "tasks": len(tasks), "of": len(records),
                "below": below, "lowest": lowest, "document_root": os.path.abspath(document_root)}
     storage.write_bytes(storage.join(out, "config.xml"), LABEL_CONFIG.encode())
-    storage.write_bytes(storage.join(out, "tasks.json"), json.dumps(tasks).encode())
-    storage.write_bytes(storage.join(out, "export.json"), (json.dumps(summary, indent=2) + "\n").encode())
+    storage.write_json(storage.join(out, "tasks.json"), tasks, indent=None)
+    storage.write_json(storage.join(out, "export.json"), summary)
     logger.info("%d of %d records, least confident first -> %s", len(tasks), len(records), out)
     return summary
 

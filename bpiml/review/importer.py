@@ -144,7 +144,7 @@ def import_export(store: str, path: str, keep_going: bool = False) -> dict[str, 
     counts = {s: sum(d["status"] == s for d, _ in decisions) for s in ("accepted", "corrected", "rejected")}
     log = {"export": os.path.basename(path), "sha256": digest, "at": reviews.utc_iso(), "decisions": written,
            "counts": counts, "rejects": [r.to_dict() for r in rejected]}
-    storage.write_bytes(log_uri, (json.dumps(log, indent=2) + "\n").encode())
+    storage.write_json(log_uri, log)
     return {**log, "already_imported": False}
 
 

@@ -139,7 +139,7 @@ def check_recipe(out: str, cfg: SynthConfig, pool: Pool, shapes: Pool | None = N
                 changed.append("shape pool")
             raise ValueError(f"{out} was made with another recipe (changed: {', '.join(changed)}); a store keeps "
                              "one recipe so that its images are reproducible: use a new --out")
-    storage.write_bytes(uri, (json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
+    storage.write_json(uri, wanted, sort_keys=True)
     return wanted
 
 
@@ -195,7 +195,7 @@ def run_synthesis(cfg: SynthConfig) -> dict[str, Any]:
                                                                       "task_seconds": 0.0}
         lock.check()
         summary = build_summary(cfg, recipe, counts, count_kinds(cfg.out))
-        storage.write_bytes(storage.join(cfg.out, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+        storage.write_json(storage.join(cfg.out, "summary.json"), summary)
         if cfg.gallery:
             summary["gallery"] = gallery.write_gallery(cfg.out, cfg.gallery)
     attempted = counts["made"] + counts["rejected"]

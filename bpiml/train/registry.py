@@ -36,7 +36,7 @@ def read_run_state(run_dir: str) -> dict[str, Any]:
 
 
 def write_run_state(run_dir: str, state: dict[str, Any]) -> None:
-    storage.write_bytes(storage.join(run_dir, RUN_STATE_FILE), (json.dumps(redact(state), indent=2) + "\n").encode())
+    storage.write_json(storage.join(run_dir, RUN_STATE_FILE), redact(state))
 
 
 def checkpoint_uri(checkpoint: Any) -> str | None:

@@ -137,7 +137,7 @@ def write_import(records: list[Record], summary: ImportSummary, out_store: str,
         summary.box_count_histogram = {str(int(v)): int(f) for v, f in zip(values, freq)}
     summary.manifest = write_manifest(records, out_store)
     payload = {"summary": summary.to_dict(), "config": config}
-    storage.write_bytes(storage.join(out_store, SUMMARY_NAME), (json.dumps(payload, indent=2) + "\n").encode())
+    storage.write_json(storage.join(out_store, SUMMARY_NAME), payload)
     logger.info("import: %d records, %d skipped", summary.n_records, len(summary.skipped))
     return summary
 
