@@ -25,9 +25,10 @@ from bpiml.pseudolabel.config import PseudoLabelConfig
 from bpiml.pseudolabel.job import check_locations
 from bpiml.pseudolabel.labeler import TeacherLabeler
 from bpiml.pseudolabel.plan import plan_block
-from bpiml.pseudolabel.rows import ROW_COLUMNS
+from bpiml.pseudolabel.rows import table
 from bpiml.pseudolabel.sink import route
-from bpiml.pseudolabel.stages import decode_rows, parse_lines, write_masks
+from bpiml.pseudolabel.stages import OUT_COLUMNS, decode_rows, parse_lines, write_masks
+from bpiml.pseudolabel.store import read_rejects
 
 REPO = Path(__file__).resolve().parents[1]
 BOX = [[4, 4, 20, 16]]
@@ -149,19 +150,21 @@ def _build_store(root: Path, outside: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def _run_stages(lines: list[str], store: Path, out: Path) -> dict[str, dict]:
-    """The job's stages by hand, in its order; returns every row the sink would see, by id."""
+    """The job's stages by hand, in its order; returns every record and reject row of the run, by id
+    (the stages write the rows they reject to rejects/ themselves; the sink writes the records and notes)."""
     cfg = PseudoLabelConfig(store=str(store), out=str(out), teacher="box")
     parsed = parse_lines({"text": np.array(lines, dtype=object)}, identity="box-v1")
-    order = np.argsort(parsed["id"], kind="stable")  # the plan sees each id's rows together, sorted
-    planned = plan_block({c: parsed[c][order] for c in ROW_COLUMNS})
-    decoded = decode_rows(planned, store=str(store), max_boxes=cfg.max_boxes)
-    written = write_masks(TeacherLabeler(cfg.to_dict())(decoded), store=str(store), out=str(out))
-    rows = [{c: written[c][i] for c in ROW_COLUMNS} for i in range(len(written["id"]))]
-    records, rejects, _, _ = route(rows)
+    rows = sorted(parsed.to_pylist(), key=lambda r: r["id"])  # the plan sees each id's rows together, sorted
+    planned = plan_block(table(rows), out=str(out), run_id="run1")
+    decoded = decode_rows(planned, store=str(store), out=str(out), run_id="run1", max_boxes=cfg.max_boxes)
+    written = write_masks(TeacherLabeler(cfg.to_dict(), "run1")(decoded), store=str(store), out=str(out),
+                          run_id="run1")
+    sunk = [{c: written[c][i] for c in OUT_COLUMNS} for i in range(len(written["id"]))]
+    [(_, notes), (_, lines_out)], _ = route(sunk)
     by_id: dict[str, dict] = {}
-    for r in rejects:
+    for r in read_rejects(str(out)) + notes:
         by_id.setdefault(r.get("id") or "<no id>", {}).setdefault("rejects", []).append(r)
-    for r in records:
+    for r in (json.loads(line) for line in lines_out):
         by_id.setdefault(r["id"], {})["record"] = r
     return by_id
 

@@ -15,7 +15,7 @@ from PIL import Image
 from bpiml.pseudolabel.confidence import ConfidenceStats
 from bpiml.pseudolabel.config import PseudoLabelConfig
 from bpiml.pseudolabel.plan import _plan_id
-from bpiml.pseudolabel.rows import empty_row, fingerprints
+from bpiml.pseudolabel.rows import fingerprints, plan_row
 from bpiml.pseudolabel.stages import output_record
 from bpiml.pseudolabel.store import mask_path
 from bpiml.pseudolabel.teachers import build_teacher
@@ -73,9 +73,8 @@ def test_tiny_sam_records_carry_pred_iou_stability_and_confidence(tiny_checkpoin
     assert all(0.0 <= c <= 1.0 for lab in labels for c in lab.box_confidence)
 
     # into the output record: one entry per box of the record, a dropped (degenerate) box gets null
-    row = empty_row(id="a", line=json.dumps({"id": "a", "image": "a.png", "boxes": [OBJECT_BOX, [5, 5, 5, 9],
-                                                                                       FLAT_BOX]}),
-                    fingerprint="f", mask_fp="m", teacher_identity="sam-x")
+    row = plan_row(id="a", image="a.png", boxes=[OBJECT_BOX, [5, 5, 5, 9], FLAT_BOX], fingerprint="f", mask_fp="m",
+                   teacher_identity="sam-x")
     record = output_record(row, labels[0].mask, teacher.version, None, [], labels[0].record_fields())
     assert record["box_confidence"][1] is None and record["sam_stability"][1] is None
     assert record["box_confidence"][0] == labels[0].box_confidence[0]
@@ -165,13 +164,13 @@ def test_a_record_written_before_confidence_is_relabeled() -> None:
     old_fingerprint = hashlib.sha256(
         f"grabcut-v2-x\n{json.dumps(record, sort_keys=True)}".encode()).hexdigest()[:32]
     assert fingerprint != old_fingerprint
-    row = empty_row(id="a", kind="in", fingerprint=fingerprint, mask_fp=mask_fp, status="label")
-    old = empty_row(id="a", kind="done", fingerprint=old_fingerprint, part="p", status="done",
-                    pseudo_mask=mask_path("a", mask_fp))
+    row = plan_row(id="a", kind="in", fingerprint=fingerprint, mask_fp=mask_fp)
+    old = plan_row(id="a", kind="done", fingerprint=old_fingerprint, part="p", pseudo_mask=mask_path("a", mask_fp))
     counts = dict.fromkeys(("input", "skipped", "new", "relabel", "duplicate", "invalid"), 0.0)
     planned = _plan_id([row, old], counts)
-    assert counts["relabel"] == 1 and planned[0]["status"] == "label"
-    assert planned[1]["status"] == "superseded" and not planned[1]["delete_mask"]  # same mask file, kept
+    assert counts["relabel"] == 1 and planned.label == [row] and not planned.rejects
+    assert [s["fingerprint"] for s in planned.supersede] == [old_fingerprint]
+    assert not planned.supersede[0]["delete_mask"]  # same mask file, kept
 
 
 def test_review_below_is_checked() -> None:
@@ -199,8 +198,8 @@ def _store(root: Path) -> None:
 def test_summary_and_mlflow_run_of_a_small_grabcut_run(tmp_path: Path, ray_local: None) -> None:
     from mlflow.tracking import MlflowClient
 
-    from bpiml.pseudolabel.job import run_pseudolabel
     from bpiml.data.manifest import SHARDS_DIR
+    from bpiml.pseudolabel.job import run_pseudolabel
 
     _store(tmp_path / "store")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"

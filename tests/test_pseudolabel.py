@@ -16,6 +16,8 @@ from bpiml.data.naming import file_stem
 from bpiml.pseudolabel.config import PseudoLabelConfig
 from bpiml.pseudolabel.job import run_pseudolabel
 from bpiml.pseudolabel.labeler import TeacherLabeler
+from bpiml.pseudolabel.plan import plan_block
+from bpiml.pseudolabel.rows import table
 from bpiml.pseudolabel.stages import decode_rows, parse_lines, write_masks
 from bpiml.pseudolabel.store import read_rejects
 
@@ -101,21 +103,26 @@ def _outputs(out: Path) -> tuple[list[dict], list[dict]]:
 
 def test_batch_steps_called_directly_on_a_batch(tmp_path):
     make_store(tmp_path, n_good=2)
+    out = tmp_path / "out"
     lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
     parsed = parse_lines({"text": np.array(lines, dtype=object)}, identity="box-v1")
-    decoded = decode_rows(parsed, store=str(tmp_path))
-    status = dict(zip(decoded["id"], decoded["status"]))
-    assert status["good0"] == "ok" and status["gray"] == "ok"
-    assert status["missing"] == status["corrupt"] == status["truncated"] == status["zero_size"] == "rejected"
-    assert decoded["image"][0].shape == (48, 64, 3)
+    planned = plan_block(table(sorted(parsed.to_pylist(), key=lambda r: r["id"])), out=str(out), run_id="run1")
+    decoded = decode_rows(planned, store=str(tmp_path), out=str(out), run_id="run1")
+    ids = list(decoded["id"])
+    rejected = {r["id"]: r["stage"] for r in read_rejects(str(out))}
+    assert "good0" in ids and "gray" in ids  # decoded: on to the teacher
+    assert rejected["missing"] == rejected["corrupt"] == rejected["truncated"] == rejected["zero_size"] == "decode"
+    assert not {"missing", "corrupt", "truncated", "zero_size"} & set(ids)  # rejects go no further
+    k = ids.index("good0")
+    assert decoded["pixels"][k].shape == (48, 64, 3)
 
-    labeler = TeacherLabeler(PseudoLabelConfig(store=str(tmp_path), out=str(tmp_path / "out"), teacher="box").to_dict())
+    labeler = TeacherLabeler(PseudoLabelConfig(store=str(tmp_path), out=str(out), teacher="box").to_dict(), "run1")
     labeled = labeler(decoded)
-    assert labeled["mask"][0].shape == (48, 64) and labeled["mask"][0].sum() == 20 * 28
+    assert labeled["mask_out"][k].shape == (48, 64) and labeled["mask_out"][k].sum() == 20 * 28
 
-    written = write_masks(labeled, store=str(tmp_path), out=str(tmp_path / "out"))
-    good0 = json.loads(written["line"][0])
-    assert good0["pseudo_mask"].startswith(f"pseudo/{file_stem('good0')}.") and (tmp_path / "out" / good0["pseudo_mask"]).exists()
+    written = write_masks(labeled, store=str(tmp_path), out=str(out), run_id="run1")
+    good0 = json.loads(written["line"][list(written["id"]).index("good0")])
+    assert good0["pseudo_mask"].startswith(f"pseudo/{file_stem('good0')}.") and (out / good0["pseudo_mask"]).exists()
     assert good0["iou_gt"] == 1.0  # the box is exactly the GT rectangle
     assert good0["teacher"] == "box" and good0["mask_area"] == pytest.approx(20 * 28 / (48 * 64))
 

@@ -38,9 +38,11 @@ def part_name(run_id: str, rows: list[str]) -> str:
     return f"part-{run_id}-{digest}.jsonl"
 
 
-def encode_rows(rows: Iterable[dict[str, Any]]) -> list[str]:
-    """Rows -> JSON lines, as every table file holds them (keys sorted, no NaN)."""
-    return [json.dumps(r, ensure_ascii=False, allow_nan=False, sort_keys=True) for r in rows]
+def encode_rows(rows: Iterable[dict[str, Any] | str]) -> list[str]:
+    """Rows -> JSON lines, as every table file holds them (keys sorted, no NaN); a row given as a string is
+    one encoded so already (`encode_rows([row])[0]`: a record built and encoded once, where it is made)."""
+    return [r if isinstance(r, str) else json.dumps(r, ensure_ascii=False, allow_nan=False, sort_keys=True)
+            for r in rows]
 
 
 def _write_lines(uri: str, lines: list[str]) -> str:
@@ -48,7 +50,7 @@ def _write_lines(uri: str, lines: list[str]) -> str:
     return uri
 
 
-def write_part(folder: str, run_id: str, rows: list[dict[str, Any]]) -> str | None:
+def write_part(folder: str, run_id: str, rows: list[dict[str, Any]] | list[str]) -> str | None:
     """Write rows as one part file named after their content; returns its URI (None for no rows)."""
     if not rows:
         return None

@@ -121,13 +121,15 @@ def _plan_partitions(files: list[str]) -> int:
     return int(min(512, max(2, math.ceil(total / PARTITION_BYTES))))
 
 
-def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, counter: Any) -> ray.data.Dataset:
+def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, run_id: str,
+                   counter: Any) -> ray.data.Dataset:
+    """The run's stages (see the module doc); each writes the rows it rejects as parts of run `run_id`."""
     text = read_lines(files, include_paths=True, line_numbers=True)
     if cfg.limit:
         text = text.limit(cfg.limit)
     rows = text.map_batches(parse_lines, fn_kwargs={"identity": identity}, batch_size=1024, batch_format="numpy",
                             num_cpus=READ_CPUS)
-    planned = plan.plan(rows, plan.read_done(cfg.out), counter, _plan_partitions(files))
+    planned = plan.plan(rows, plan.read_done(cfg.out), counter, _plan_partitions(files), cfg.out, run_id)
     # One block of `part_rows` records is the unit of work from here on: one decode task, one
     # teacher call per `batch_size`, one part file. Without this split a block is a whole plan
     # partition and nothing is committed until it is labeled through (a kill would lose it all).
@@ -135,11 +137,12 @@ def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, coun
     # Decode and write are CPU tasks before and after the teacher actors. Their CPU share differs
     # from the actors' so Ray Data does not fuse decoding into the (GPU) actor process.
     decode_cpus = 0.25 if cfg.cpus_per_worker != 0.25 else 0.3
-    decoded = planned.map_batches(decode_rows, fn_kwargs={"store": cfg.store, "max_boxes": cfg.max_boxes},
-                                  batch_size=cfg.part_rows, batch_format="numpy", num_cpus=decode_cpus)
-    labeled = decoded.map_batches(TeacherLabeler, fn_constructor_args=(cfg.to_dict(),), **raycluster.actor_pool_kwargs(
+    side = {"out": cfg.out, "run_id": run_id, "counter": counter}
+    decoded = planned.map_batches(decode_rows, fn_kwargs={"store": cfg.store, "max_boxes": cfg.max_boxes, **side},
+                                  batch_size=cfg.part_rows, batch_format="pyarrow", num_cpus=decode_cpus)
+    labeled = decoded.map_batches(TeacherLabeler, fn_constructor_args=(cfg.to_dict(), run_id, counter), **raycluster.actor_pool_kwargs(
         cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker or 0.0, cfg.batch_size))
-    return labeled.map_batches(write_masks, fn_kwargs={"store": cfg.store, "out": cfg.out},
+    return labeled.map_batches(write_masks, fn_kwargs={"store": cfg.store, **side},
                                batch_size=cfg.part_rows, batch_format="numpy", num_cpus=WRITE_CPUS)
 
 
@@ -166,7 +169,7 @@ def _teacher_options(cfg: PseudoLabelConfig) -> dict[str, Any]:
 
 def _log_to_mlflow(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> None:
     if cfg.experiment:
-        from bpiml.pseudolabel.mlflow_run import log_pseudolabel_run
+        from bpiml.pseudolabel.mlflow_run import log_pseudolabel_run  # noqa: PLC0415 - MLflow only with --experiment
 
         log_pseudolabel_run(cfg, summary)
 
@@ -176,7 +179,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     cfg = _prepare(cfg)
     files = check_locations(cfg)
     if cfg.experiment:  # a wrong tracking URI fails now, not after the labeling
-        from bpiml.pseudolabel.mlflow_run import check_tracking
+        from bpiml.pseudolabel.mlflow_run import check_tracking  # noqa: PLC0415 - MLflow only with --experiment
 
         check_tracking(cfg)
     identity = teacher_identity(cfg.resolved_teacher, **_teacher_options(cfg))
@@ -231,8 +234,8 @@ class PseudoLabelJob(BatchJob):
         total = progress.count_records(self.files)
         return min(total, self.cfg.limit) if total is not None and self.cfg.limit else total
 
-    def pipeline(self, counter: Any) -> ray.data.Dataset:
-        return build_pipeline(self.cfg, self.files, self.identity, counter)
+    def pipeline(self, run_id: str, counter: Any) -> ray.data.Dataset:
+        return build_pipeline(self.cfg, self.files, self.identity, run_id, counter)
 
     def sink(self, run_id: str, counter: Any) -> PartsSink:
         return part_sink(self.cfg.out, run_id, counter, self.cfg.part_rows)

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 
 from bpiml.data import storage
-from bpiml.pseudolabel.config import PseudoLabelConfig
-from bpiml.pseudolabel.rows import columns, rows_of
+from bpiml.data.rejects import Reject
+from bpiml.pseudolabel.config import MODEL_TEACHERS, PseudoLabelConfig
+from bpiml.pseudolabel.rows import LABEL_COLUMNS, RejectsOut
 from bpiml.pseudolabel.teachers import build_teacher
 from bpiml.pseudolabel.teachers.base import Labels
+from bpiml.runtime.batch import BatchStep
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +30,22 @@ DELAY_ENV = "BPIML_TEST_TEACHER_DELAY_S"  # sleep this long per batch, so a kill
 LABEL_LOG_ENV = "BPIML_TEST_LABEL_LOG"  # append every id the teacher labels here (measures redone work)
 
 
-class TeacherLabeler:
-    """One frozen teacher per actor (loaded once); a batch of images in, their masks out (see the module doc)."""
+class TeacherLabeler(BatchStep):
+    """One frozen teacher per actor (loaded once); a batch of images in, their masks out (see the module doc).
 
-    def __init__(self, config: dict[str, Any]):
+    Its device follows the GPUs the actor asked for (`gpus_per_worker`); an image the teacher fails on
+    goes to the rejects of run `run_id` in `out` (`rows.RejectsOut`), the others on to the write stage
+    (without their pixels)."""
+
+    def __init__(self, config: dict[str, Any], run_id: str = "", counter: Any = None):
         self.cfg = PseudoLabelConfig.from_dict(config)
+        # The device from the GPUs this actor was given (none of them to a teacher without a model).
+        super().__init__(self.cfg.gpus_per_worker if self.cfg.resolved_teacher in MODEL_TEACHERS else 0.0)
         if self.cfg.s3_endpoint:
             storage.set_s3_endpoint(self.cfg.s3_endpoint)
-        device = "cuda" if (self.cfg.gpus_per_worker or 0) > 0 else "cpu"
+        self.rejects = RejectsOut(self.cfg.out, run_id, counter)
         self.teacher = build_teacher(self.cfg.resolved_teacher, checkpoint=self.cfg.checkpoint,
-                                     variant=self.cfg.variant, device=device, fast=self.cfg.fast,
+                                     variant=self.cfg.variant, device=self.device, fast=self.cfg.fast,
                                      compile=self.cfg.compile, batch_size=self.cfg.batch_size,
                                      time_limit_s=self.cfg.grabcut_time_limit_s)
 
@@ -56,21 +64,30 @@ class TeacherLabeler:
             return out
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows = rows_of(batch)
-        todo = [i for i, row in enumerate(rows) if row["status"] == "ok"]
-        _test_hooks([rows[i]["id"] for i in todo])
-        results = self._predict([batch["image"][i] for i in todo], [batch["boxes"][i] for i in todo]) if todo else []
-        masks: list[np.ndarray] = [np.zeros((1, 1), np.uint8)] * len(rows)
-        fields = ["{}"] * len(rows)  # the record's confidence keys (`Labels.record_fields`), as JSON
-        for i, result in zip(todo, results):
+        ids = [str(i) for i in batch["id"]]
+        _test_hooks(ids)
+        results = self._predict(list(batch["pixels"]), list(batch["prompts"])) if ids else []
+        keep, masks, fields, bad = [], [], [], []
+        for i, result in enumerate(results):
             if isinstance(result, Exception):
-                rows[i].update(status="rejected", stage="teacher", reason=f"teacher failed: {type(result).__name__}: "
-                                                                            f"{str(result)[:300]}")
+                bad.append(Reject(ids[i], str(batch["image"][i]), "teacher",
+                                  f"teacher failed: {type(result).__name__}: {str(result)[:300]}"))
             else:
-                masks[i] = np.asarray(result.mask, dtype=np.uint8)
-                fields[i] = json.dumps(result.record_fields())
-        return {**columns(rows), "mask": masks, "teacher_fields": fields,
-                "teacher_version": [self.teacher.version] * len(rows)}
+                keep.append(i)
+                masks.append(np.asarray(result.mask, dtype=np.uint8))
+                fields.append(json.dumps(result.record_fields()))  # the record's confidence keys
+        self.rejects.write(bad)
+        rows = np.asarray(keep, dtype=int)
+        return {**{name: _take(batch[name], rows) for name in LABEL_COLUMNS}, "mask_out": masks,
+                "teacher_fields": np.asarray(fields, dtype=str if fields else "<U1"),
+                "teacher_version": np.asarray([self.teacher.version] * len(keep), dtype=str if keep else "<U1")}
+
+
+def _take(column: Any, rows: np.ndarray) -> Any:
+    """The rows `rows` of a batch column (an ndarray, or a list of per-row arrays)."""
+    if isinstance(column, np.ndarray):
+        return column[rows]
+    return [column[i] for i in rows]
 
 
 def _free_accelerator_cache() -> None:

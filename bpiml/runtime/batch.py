@@ -15,7 +15,6 @@ skeleton"). Nothing of the store passes through the driver: it holds counts only
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import uuid
@@ -158,7 +157,8 @@ class BatchJob:
         """The number of images the progress lines count towards, when known."""
         return None
 
-    def pipeline(self, counter: Any) -> ray.data.Dataset:
+    def pipeline(self, run_id: str, counter: Any) -> ray.data.Dataset:
+        """The rows for the sink (stages that write rejects themselves write them as parts of `run_id`)."""
         raise NotImplementedError
 
     def sink(self, run_id: str, counter: Any) -> PartsSink:
@@ -182,10 +182,6 @@ class BatchJob:
         raise NotImplementedError
 
 
-def write_json(uri: str, value: Any) -> None:
-    storage.write_bytes(uri, (json.dumps(value, indent=2) + "\n").encode())
-
-
 def run_batch(job: BatchJob) -> dict[str, Any]:
     """Run `job`: under its lock a new run id, a counter actor, the pipeline into its sink with progress
     lines, compaction, the summary (`summary.json`, its `seconds` the pipeline's, compaction excluded) and
@@ -197,13 +193,13 @@ def run_batch(job: BatchJob) -> dict[str, Any]:
         job.start(run_id, counter)
         started = time.perf_counter()
         with progress.report(counter, job.what, job.progress_keys, job.total()):
-            job.pipeline(counter).write_datasink(job.sink(run_id, counter), ray_remote_args={"num_cpus": WRITE_CPUS})
+            job.pipeline(run_id, counter).write_datasink(job.sink(run_id, counter), ray_remote_args={"num_cpus": WRITE_CPUS})
         elapsed = time.perf_counter() - started
         counts = ray.get(counter.get.remote())
         committed = job.commit(run_id)
         summary = job.summarize(counts, committed, elapsed)
         if job.summary_file:
-            write_json(storage.join(job.out, job.summary_file), summary)
+            storage.write_json(storage.join(job.out, job.summary_file), summary)
         job.seal(summary)
     job.finish(summary)
     bad, total = job.rejected(summary)
