@@ -40,7 +40,6 @@ from bpiml.model import checkpoint
 
 CODE_FILE = Path(__file__).with_name("pyfunc_student.py")
 CARD_FILE = "README.md"
-EXTRA_REQUIREMENTS = ("safetensors",)  # imported by the model's code, installed through timm
 INTENDED_USE = ("Localizing manipulated (spliced, copy-moved, removed) regions in photographs: a per-pixel "
                 "probability map and an image score (its maximum). Trained from bounding boxes turned into "
                 "pseudo masks by a frozen teacher; a screening aid for a human reviewer, not proof.")
@@ -77,9 +76,9 @@ def _project_requirements() -> list[str]:
 
 
 def pip_requirements() -> list[str]:
-    """The project's runtime dependencies (pyproject) and EXTRA_REQUIREMENTS, pinned to the installed versions
-    (a dependency that is not installed keeps its own specifier)."""
-    wanted = [Requirement(r) for r in _project_requirements()] + [Requirement(n) for n in EXTRA_REQUIREMENTS]
+    """The project's runtime dependencies (pyproject: every distribution the model's code imports, safetensors
+    included), pinned to the installed versions (a dependency that is not installed keeps its own specifier)."""
+    wanted = [Requirement(r) for r in _project_requirements()]
     out = []
     for req in (r for r in wanted if r.marker is None):
         extra = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
