@@ -48,6 +48,14 @@ FORWARDED_ENV = (
     "MLFLOW_S3_ENDPOINT_URL",
     "BPIML_CACHE",
     "BPIML_STORAGE_RETRY_S",  # the object-store outage budget (`bpiml.data.retry`)
+    # where weights come from and whether they may be downloaded (`bpiml.data.download`, weights, pretrained)
+    "BPIML_OFFLINE",
+    "HF_HUB_OFFLINE",
+    "BPIML_DOWNLOAD_ATTEMPTS",
+    "BPIML_WEIGHTS_CACHE",
+    "BPIML_SAM_BASE_URL",
+    "BPIML_HF_BASE_URL",
+    "HF_ENDPOINT",
 )
 
 
