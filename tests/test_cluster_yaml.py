@@ -102,9 +102,7 @@ def _flags(command: str) -> set[str]:
 
 @pytest.mark.parametrize("job", ["pseudolabel", "train"])
 def test_rayjob_flags_exist_in_the_jobs(rayjob: dict, job: str) -> None:
-    script = ROOT / "jobs" / f"{job}.py"
-    if not script.exists():
-        pytest.skip(f"{script} not written yet")
+    script = ROOT / "jobs" / f"{job}.py"  # a missing script fails the run below, never skips it
     part = [p for p in rayjob["spec"]["entrypoint"].split("&&") if f"jobs/{job}.py" in p][0]
     done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
                           timeout=120, check=False, cwd=ROOT)
@@ -151,3 +149,21 @@ def test_rayservice_secrets_come_from_a_secret_never_the_runtime_env(rayservice:
         for name in (key_env, "MLFLOW_TRACKING_PASSWORD"):
             assert "secretKeyRef" in env[name]["valueFrom"] and "value" not in env[name], (container["name"], name)
     assert not re.search(r"\b[0-9a-f]{32,}\b", (ROOT / "deploy" / "kuberay-rayservice.yaml").read_text())
+
+
+def test_every_worker_type_has_the_instance_profile_of_the_minimal_policy(cluster: dict) -> None:
+    """Workers read and write s3://: each worker type names the profile whose role holds
+    deploy/iam/bpiml-s3-policy.json (least privilege: one bucket, the object actions the jobs use)."""
+    import json
+
+    workers = {n: t for n, t in cluster["available_node_types"].items() if n != cluster["head_node_type"]}
+    assert {n: t["node_config"].get("IamInstanceProfile") for n, t in workers.items()} == {
+        n: {"Name": "bpiml-worker"} for n in workers}
+    policy = json.loads((ROOT / "deploy" / "iam" / "bpiml-s3-policy.json").read_text())
+    actions = {a for s in policy["Statement"] for a in s["Action"]}
+    assert actions == {"s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                       "s3:AbortMultipartUpload"}
+    assert all(s["Effect"] == "Allow" and "*" not in "".join(s["Resource"]).replace("/*", "") for s in
+               policy["Statement"])  # no wildcard bucket, no s3:*
+    passrole = json.loads((ROOT / "deploy" / "iam" / "head-pass-worker-role.json").read_text())
+    assert passrole["Statement"][0]["Resource"].endswith(":role/bpiml-worker")
