@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("bpiml.evaluation.cli:cli_predict", "predict a mask for one image with a registered model or checkpoint"),
     "evaluate": ("bpiml.evaluation.cli:cli_evaluate", "evaluate a model on test lists; tables to stdout and MLflow"),
     "audit": ("bpiml.evaluation.audit:cli_audit", "pseudo-mask quality audit of a pseudo-labeled store against GT"),
-    "report": ("bpiml.evaluation.report:cli_report", "HTML/PNG visual report"),
+    "report": ("bpiml.evaluation.cli:cli_report", "HTML/PNG visual report"),
     "review": ("bpiml.review.cli:cli_review", "review pseudo masks: Label Studio export/import, a static page, undo"),
 }
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bpiml.config import BaseConfig, check_range, field
+from bpiml.config import BaseConfig, ConfigError, check_choice, check_range, field, flag_name, parse_gpus, require
 
 
 @dataclasses.dataclass
@@ -99,3 +99,38 @@ def test_the_training_defaults_are_the_papers_recipe():
     assert (config.epochs, config.model.img_size, config.dice_weight) == (20, 224, 0.0)
     assert (config.model.backbone, config.model.backbone_weights) == ("tiny_vit_5m_224", "auto")
     assert config.supervision == "pseudo" and config.register == ""
+
+
+@dataclasses.dataclass
+class Choosy(BaseConfig):
+    mode: str = field("a", "a mode", choices=("a", "b"))
+    gpus: float | None = field(None, "GPUs", parse=parse_gpus)
+    inner: Example = field(Example(), "nested")
+
+    def validate(self) -> None:
+        super().validate()
+        require(self, "mode")
+        check_choice("mode", self.mode, ("a", "b"))
+
+
+def test_bad_values_are_config_errors_naming_the_key_and_nested_keys_are_dotted():
+    with pytest.raises(ConfigError) as caught:
+        Choosy.from_dict({"inner": {"count": 0}})
+    assert (caught.value.key, caught.value.detail) == ("inner.count", "must be in [1, inf], got 0")
+    assert flag_name(caught.value.key) == "--inner-count"
+    with pytest.raises(ConfigError, match="mode is required"):
+        Choosy(mode="").validate()
+    with pytest.raises(ConfigError, match=r"mode must be one of \['a', 'b'\], got 'c'"):
+        Choosy.from_dict({"mode": "c"})
+
+
+def test_choices_and_parse_functions_reach_argparse(capsys):
+    parser = argparse.ArgumentParser()
+    Choosy.add_arguments(parser)
+    assert Choosy.from_args(parser.parse_args(["--mode", "b", "--gpus", "auto"])) == Choosy(mode="b", gpus=None)
+    assert Choosy.from_args(parser.parse_args(["--gpus", "0.5"])).gpus == 0.5
+    for bad, flag in ((["--mode", "c"], "--mode"), (["--gpus", "-1"], "--gpus"), (["--gpus", "many"], "--gpus")):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(bad)
+        assert exited.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert "{a,b}" in parser.format_help()

@@ -12,7 +12,7 @@ import pytest
 
 from bpiml.data import imageio, manifest, parts
 from bpiml.data.naming import file_stem
-from bpiml.evaluation import audit, report, report_html, tables, visual
+from bpiml.evaluation import audit, cli, report, report_html, tables, visual
 
 H, W = 32, 40
 
@@ -148,7 +148,7 @@ def test_cli_report_renders_in_headless_chromium(stores, tmp_path):
     eval_dir = tmp_path / "eval"
     _fake_evaluation(eval_dir, stores["src"])
     out = tmp_path / "report"
-    assert report.cli_report(["--eval", str(eval_dir), "--store", str(stores["pseudo"]), "--out", str(out),
+    assert cli.cli_report(["--eval", str(eval_dir), "--store", str(stores["pseudo"]), "--out", str(out),
                               "--curves", str(eval_dir / "curves.json"), "--max-samples", "3"]) == 0
     page = (out / "index.html").read_text()
     assert page.count("<img ") == 3 and "pseudo-mask audit" in page

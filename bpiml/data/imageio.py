@@ -219,6 +219,16 @@ def image_size(data: bytes, name: str = "") -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def check_image(image: np.ndarray) -> np.ndarray:
+    """`image` as an HxWx3 uint8 array; ValueError naming the shape and dtype otherwise."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image has no pixels: shape {image.shape}")
+    return image
+
+
 def load_image(uri: str) -> tuple[np.ndarray, list[str]]:
     return decode_image(storage.read_bytes(uri), name=uri)
 

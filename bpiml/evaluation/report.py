@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bpiml.runtime.jobcli import HelpFormatter
 from bpiml.data import imageio, manifest, naming, storage
 from bpiml.evaluation import metrics
 from bpiml.evaluation.audit import audit_pseudo_labels
@@ -169,23 +168,8 @@ def mlflow_curves(run_id: str, keys: Sequence[str] | None = None, tracking_uri: 
     return out
 
 
-def cli_report(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="bpiml report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--eval", dest="eval_dir", default=None, help="evaluation output folder (results.json, per_image/, preds/)")
-    parser.add_argument("--store", default=None, help="pseudo-labeled store (boxes, pseudo masks, audit)")
-    parser.add_argument("--set", dest="set_name", default=None, help="only samples of this evaluation test set")
-    parser.add_argument("--out", required=True, help="report folder (local or s3://)")
-    parser.add_argument("--max-samples", type=int, default=48, help="samples shown, worst first")
-    parser.add_argument("--curves", default=None, help="JSON file {name: [numbers]} of training curves")
-    parser.add_argument("--curves-run-id", default=None, help="MLflow run whose metric histories are the curves")
-    parser.add_argument("--mlflow-run-id", default=None, help="log the report into this MLflow run")
-    parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: env, then project sqlite)")
-    parser.add_argument("--title", default="bpiml report", help="page title")
-    args = parser.parse_args(argv)
-    if not args.eval_dir and not args.store:
-        parser.error("give --eval and/or --store")
-    if args.max_samples < 1:
-        parser.error(f"--max-samples must be >= 1, got {args.max_samples}")
+def run_report(args: argparse.Namespace) -> int:
+    """`bpiml report` after parsing (`bpiml.evaluation.cli.report_parser`): tables, samples, curves -> the page."""
     tables: dict[str, list[dict[str, Any]]] = {}
     audit_rows = None
     if args.eval_dir:

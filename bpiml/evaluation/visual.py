@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from bpiml.evaluation.inference import check_image
+from bpiml.data.imageio import check_image
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.45,

@@ -15,22 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bpiml.data.imageio import check_image  # its home is imageio (light: no torch); callers import it here too
+
 DEFAULT_IMG_SIZE = 224
 
 
 def model_img_size(model: Any) -> int:
     config = getattr(model, "config", None)
     return int(getattr(config, "img_size", DEFAULT_IMG_SIZE) or DEFAULT_IMG_SIZE)
-
-
-def check_image(image: np.ndarray) -> np.ndarray:
-    """`image` as an HxWx3 uint8 array; ValueError naming the shape and dtype otherwise."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image has no pixels: shape {image.shape}")
-    return image
 
 
 def _to_input(image: np.ndarray, size: int) -> torch.Tensor:

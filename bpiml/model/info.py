@@ -8,12 +8,13 @@ The paper's budget is 9.6M parameters and 2.7G at 224x224; both FLOPs and MACs a
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from bpiml.model.config import StudentConfig
+from bpiml.runtime.jobcli import HelpFormatter, config_from_args
 
-from bpiml.runtime.jobcli import HelpFormatter
-from bpiml.model.student import Student, StudentConfig
+if TYPE_CHECKING:
+    import torch
 
 PARAM_BUDGET = 9_600_000
 COMPUTE_BUDGET = 2.7e9
@@ -27,6 +28,9 @@ VARIANTS = {
 
 def count_flops(model: torch.nn.Module, img_size: int = 224) -> int:
     """FLOPs (2 per multiply-add) of one forward pass on a 1x3x img_size x img_size input."""
+    import torch  # noqa: PLC0415 - here, not at import: `bpiml model-info --help` stays fast
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -38,6 +42,8 @@ def count_flops(model: torch.nn.Module, img_size: int = 224) -> int:
 
 def model_info(config: StudentConfig, img_size: int = 224) -> dict:
     """{"params": int, "flops": int, "macs": int} of the student built from `config` (random init)."""
+    from bpiml.model.student import Student  # noqa: PLC0415 - imports torch
+
     model = Student(config.replace(backbone_weights=None))
     flops = count_flops(model, img_size)
     return {"params": sum(p.numel() for p in model.parameters()), "flops": flops, "macs": flops // 2}
@@ -47,7 +53,7 @@ def cli_model_info(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="bpiml model-info", description=__doc__.splitlines()[0])
     StudentConfig.add_arguments(parser)
     args = parser.parse_args(argv)
-    base = StudentConfig.from_args(args)
+    base = config_from_args(parser, StudentConfig, args)  # a bad value: exit 2 naming the flag
     rows = []
     for name, switches in VARIANTS.items():
         info = model_info(base.replace(**switches), base.img_size)
