@@ -149,7 +149,7 @@ class EvalJob(BatchJob):
         listed = [len(s.listed) * len(self.degradations) if s.listed is not None else None for s in self.eval_sets]
         return None if None in listed else sum(listed)
 
-    def pipeline(self, counter: Any) -> ray.data.Dataset:
+    def pipeline(self, run_id: str, counter: Any) -> ray.data.Dataset:
         """Every set's items for every degradation, as one dataset (`--limit` applies per set), scored."""
         config = self.config
         datasets = [s.dataset(self.degradations, counter, config.limit) for s in self.eval_sets]

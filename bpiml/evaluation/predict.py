@@ -129,7 +129,7 @@ class PredictJob(BatchJob):
         total = None if self.config.split else progress.count_records(self.files)  # a split's size: known at the end
         return min(total, self.config.limit or total) if total else None
 
-    def pipeline(self, counter: Any) -> ray.data.Dataset:
+    def pipeline(self, run_id: str, counter: Any) -> ray.data.Dataset:
         config = self.config
         items = read_lines(self.files).map_batches(manifest_items, fn_kwargs={"store": config.store, "split": config.split},
                                                    batch_format="numpy", num_cpus=READ_CPUS)
