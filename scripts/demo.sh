@@ -53,6 +53,6 @@ bpiml demo finished.
   checkpoints          $data/runs/$run_name
   Ray dashboard        $dashboard   (token: $BPIML_STACK_DIR/ray_auth_token)
   predict one image    MLFLOW_TRACKING_URI=$tracking_uri .venv/bin/bpiml predict --model models:/bpiml-student@champion \\
-                         --image $data/sample/images/<file>.jpg --out mask.png --overlay overlay.png
+                         --image $data/sample/images/<file>.jpg --out pred/   # pred/masks/, pred/probs/, pred/overlays/
   stop the services    scripts/stack/down.sh
 MSG
