@@ -15,6 +15,7 @@ from bpiml.data import imageio
 from bpiml.data.boxes import fill_boxes
 from bpiml.evaluation.inference import load_model
 from bpiml.model.student import StudentConfig
+from bpiml.pseudolabel.store import source_reference, write_index
 from bpiml.train.augment import Augment
 from bpiml.train.config import TrainConfig
 from bpiml.train.data import augment_samples, decode_samples, sample_rows
@@ -51,11 +52,12 @@ def make_pseudo_store(root: Path, n_train: int = 16, n_val: int = 4, size: int =
         lines.append({
             "id": rid, "image": f"images/{rid}.png", "boxes": [[x0, y0, x0 + side, y0 + side]],
             "mask": f"masks/{rid}.png", "split": "train" if i < n_train else "val",
-            "source": str(source), "pseudo_mask": f"pseudo/{rid}.png", "teacher": "fake",
+            "pseudo_mask": f"pseudo/{rid}.png", "teacher": "fake",
             "teacher_version": "0", "mask_area": float(mask.mean()), "iou_gt": 1.0,
         })
     (pseudo / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (pseudo / "config.json").write_text(json.dumps({"teacher": "fake", "store": str(source)}))
+    write_index(str(pseudo), {"source": source_reference(str(source), str(pseudo)), "teacher": {"name": "fake"},
+                              "complete": True})
     return pseudo
 
 

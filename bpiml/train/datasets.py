@@ -9,7 +9,7 @@ import numpy as np
 import ray
 from ray.data import RandomSeedConfig
 
-from bpiml.data import manifest, storage
+from bpiml.data import manifest
 from bpiml.pseudolabel import reviews
 from bpiml.pseudolabel import store as pseudo_store
 from bpiml.runtime.datasets import READ_CPUS, read_lines
@@ -34,12 +34,6 @@ DATA_CPUS = 1.0
 # moves. A manifest file is otherwise one block, decoded by one task into the object store whole
 # (bench_scale: 1.9 GB at 100k records) and never reshuffled.
 BLOCK_ROWS = 128
-
-
-def store_roots(config: TrainConfig) -> tuple[str, str, dict[str, Any]]:
-    """(pseudo store root, input store root, index) of the training store, checked."""
-    opened = pseudo_store.PseudoStore.open(config.store, config.allow_external_source)
-    return opened.root, opened.source, opened.index
 
 
 def _count_block(batch: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -154,7 +148,7 @@ def training_data(config: TrainConfig) -> TrainingData:
     if not n_val:  # no GT: memory statistics and overlays still come from a few train images
         val = val.map_batches(lambda b: {**b, "has_gt": np.zeros(len(b["id"]), bool)}, batch_format="numpy",
                               num_cpus=READ_CPUS)
-    teacher = opened.index.get("teacher") or _legacy_teacher(opened.root)
+    teacher = opened.index.get("teacher") or {"name": "unknown"}  # an input store trained on its GT has none
     skipped: dict[str, int] = {}
     review: dict[str, int] = {}
     for part in parts:
@@ -165,11 +159,3 @@ def training_data(config: TrainConfig) -> TrainingData:
                         teacher={**teacher, "teachers": opened.index.get("teachers", {})}, source=opened.source,
                         parts=parts, review=review)
 
-
-def _legacy_teacher(root: str) -> dict[str, Any]:
-    uri = storage.join(root, "config.json")
-    try:
-        cfg = json.loads(storage.read_bytes(uri)) if storage.exists(uri) else {}
-    except ValueError:
-        cfg = {}
-    return {"name": str(cfg.get("teacher", "unknown"))} if isinstance(cfg, dict) else {"name": "unknown"}
