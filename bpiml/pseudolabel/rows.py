@@ -6,8 +6,8 @@ as JSON), its fingerprints and the teacher identity. The output's done records (
 the same columns, so that both meet in one dataset (`kind` says which a row is). A line that is no
 valid record keeps its `reason` and goes no further than the plan, which writes it to the rejects
 (`bpiml.pseudolabel.plan`). After the plan only rows to label flow; each stage sends the rows it
-rejects to the rejects table at once (`write_rejects`), and the output record is built once, after
-the mask is written (`stages.output_line`). This module stays light (no torch, no teachers): the
+rejects to the rejects table at once (`RejectsOut`), and the output record is built once, after
+the mask is written (`stages.write_masks`). This module stays light (no torch, no teachers): the
 planning and sink tasks import it.
 """
 
