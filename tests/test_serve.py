@@ -55,7 +55,7 @@ def server(checkpoint):
     os.environ[KEY_ENV] = KEY  # the raylet (and so the replica) inherits this process's environment
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        config = ServeConfig(model=checkpoint, port=free_port(), api_key_env=KEY_ENV, max_batch_size=8,
+        config = ServeConfig(model=checkpoint, port=free_port(), api_key_env=KEY_ENV, max_batch_size=8, gpus_per_worker=0,
                              batch_wait_timeout_s=0.05, max_image_pixels=MAX_PIXELS, blocking=False)
         yield deploy(config)
     finally:
@@ -142,7 +142,9 @@ def test_config_from_serve_run_arguments_and_options():
     assert options["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 8.0}
     assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5} and "num_replicas" not in options
     assert config.blocking is False
-    assert ServeConfig(model="m", num_replicas=2).deployment_options()["num_replicas"] == 2
+    by_intent = ServeConfig(model="m", num_replicas=2).deployment_options()
+    assert by_intent["num_replicas"] == 2 and by_intent["ray_actor_options"]["num_gpus"] == 1  # serving: a GPU each
+    assert "num_gpus" not in ServeConfig(model="m", gpus_per_worker=0).deployment_options()["ray_actor_options"]
     with pytest.raises(ValueError, match="unknown ServeConfig key"):
         ServeConfig.from_strings({"model": "m", "replicas": "2"})
     with pytest.raises(ValueError, match="max_batch_size must be a number"):
@@ -164,11 +166,10 @@ def test_build_app_is_what_serve_run_imports(checkpoint):
 
 
 def test_a_named_key_variable_that_is_unset_stops_the_replica(monkeypatch):
-    from bpiml.serving.app import read_api_key, replica_device
+    from bpiml.serving.app import read_api_key
 
     monkeypatch.delenv("BPIML_TEST_NO_KEY", raising=False)
     with pytest.raises(ValueError, match="BPIML_TEST_NO_KEY: the variable is not set"):
         read_api_key("BPIML_TEST_NO_KEY")
     monkeypatch.setenv("BPIML_TEST_NO_KEY", "abc")
     assert read_api_key("BPIML_TEST_NO_KEY") == "abc" and read_api_key("") == ""
-    assert replica_device(0) == "cpu"

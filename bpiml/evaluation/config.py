@@ -30,12 +30,20 @@ from bpiml.config import (
 )
 from bpiml.data.manifest import SPLITS
 from bpiml.runtime.jobcli import job_parser
+from bpiml.runtime.resources import GpuDecision, decide_gpus
 
 PROB_FORMATS = ("png", "npy", "none")  # as bpiml.data.imageio.PROB_FORMATS (tests/test_cli_vocabulary.py checks)
 MODEL_HELP = "models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/<path>, or a checkpoint path/URI"
 TRACKING_HELP = "MLflow tracking URI for models:/ and runs:/ (default: MLFLOW_TRACKING_URI, then the project sqlite)"
 OUT_HELP = "output folder (local or s3://)"
 PROBS_HELP = "format of the probability maps: png (8-bit), npy (float16) or none (not written)"
+
+
+def inference_gpu_decision(asked: float | None) -> GpuDecision:
+    """GPUs per prediction / evaluation actor: none by intent. The student (TinyViT-5M + MGFM at 224 px) infers
+    a few images/s per CPU core (docs/performance.md): scale out with --num-workers; --gpus-per-worker 1 (or
+    0.25: four actors per GPU) for large sets."""
+    return decide_gpus(asked, 0, "the student's inference is CPU-sized work (more actors: --num-workers)")
 
 
 @dataclass

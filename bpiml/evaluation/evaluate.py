@@ -35,7 +35,7 @@ import ray
 
 from bpiml.data import degrade, imageio, naming, storage
 from bpiml.evaluation import metrics
-from bpiml.evaluation.config import EvalConfig  # noqa: F401 - re-exported
+from bpiml.evaluation.config import EvalConfig, inference_gpu_decision  # noqa: F401 - EvalConfig re-exported
 from bpiml.evaluation.inference import check_model
 from bpiml.evaluation.sink import clear_tables, finish_tables, table_sink
 from bpiml.evaluation.step import ModelStep
@@ -51,7 +51,8 @@ from bpiml.evaluation.tables import (
 from bpiml.evaluation.testsets import EvalSet, parse_datasets, parse_groups
 from bpiml.runtime.batch import BatchJob, PartsSink, run_batch
 from bpiml.runtime.counter import start_counter
-from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
+from bpiml.runtime.raycluster import actor_pool_kwargs, init_ray
+from bpiml.runtime.resources import GpuDecision, wait_for_resources
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +117,9 @@ def _check_counts(eval_sets: list[EvalSet], stats: dict[tuple[str, str], Stats],
 
 
 def write_outputs(config: EvalConfig, counts: dict[str, int], table: list[dict[str, Any]],
-                  elapsed: float) -> tuple[dict[str, Any], dict[str, str]]:
+                  elapsed: float, decision: GpuDecision) -> tuple[dict[str, Any], dict[str, str]]:
     result = {"model": config.model, "threshold": config.threshold, "seconds": round(elapsed, 3),
-              "images": counts["images"], "failed": counts["rejected"],
+              "images": counts["images"], "failed": counts["rejected"], **decision.record(),
               "table": [{k: json_safe(v) for k, v in r.items()} for r in table]}
     files = {
         "results.json": json.dumps(result, indent=2) + "\n",
@@ -136,9 +137,11 @@ class EvalJob(BatchJob):
 
     what, progress_keys, summary_file = "evaluate", ("images",), None  # the table is written as results.*
 
-    def __init__(self, config: EvalConfig, eval_sets: list[EvalSet], degradations: list[str], tracking_uri: str) -> None:
+    def __init__(self, config: EvalConfig, eval_sets: list[EvalSet], degradations: list[str], tracking_uri: str,
+                 decision: GpuDecision) -> None:
         super().__init__(config.out, config.max_reject_rate)
         self.config, self.eval_sets, self.degradations, self.tracking_uri = config, eval_sets, degradations, tracking_uri
+        self.decision = decision
         self.stats_counter: Any = None
 
     def start(self, run_id: str, counter: Any) -> None:
@@ -176,7 +179,7 @@ class EvalJob(BatchJob):
         names = [s.name for s in self.eval_sets]
         table = stats_table(stats, names, parse_groups(self.config.groups), self.degradations)
         totals = {k: int(counts.get(k, 0)) for k in ("images", "rejected")}
-        result, files = write_outputs(self.config, totals, table, elapsed)
+        result, files = write_outputs(self.config, totals, table, elapsed, self.decision)
         return {"result": result, "table": table, "files": files, "names": names, "stats": stats, "totals": totals}
 
     def rejected(self, summary: dict[str, Any]) -> tuple[int, int]:
@@ -192,6 +195,9 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     config.validate()
     if config.s3_endpoint:
         storage.set_s3_endpoint(config.s3_endpoint)  # before Ray starts: its workers get it through worker_env()
+    decision = inference_gpu_decision(config.gpus_per_worker)
+    logger.info("evaluation actors: %s", decision)
+    config = config.replace(gpus_per_worker=decision.gpus_per_worker)
     degradations = [d.name for d in degrade.parse_list(config.degrade)]
     storage.check_writable(config.out)
     import_root = config.import_dir or storage.join(config.out, "inputs")
@@ -200,10 +206,11 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     tracking_uri = check_model(config.model, config.tracking_uri)  # fail before the cluster does any work
     config.save(storage.join(config.out, "config.json"))
     init_ray()
-    check_gpus(config.gpus_per_worker or 0.0, config.num_workers, "evaluate")
+    wait_for_resources(config.cpus_per_worker * config.num_workers, decision.gpus_per_worker * config.num_workers,
+                       config.resource_wait_s, "evaluate")
     start = time.perf_counter()
-    done = run_batch(EvalJob(config, eval_sets, degradations, tracking_uri))
-    mlflow_run = log_to_mlflow(config, done["table"], done["files"], done["names"], done["stats"])
+    done = run_batch(EvalJob(config, eval_sets, degradations, tracking_uri, decision))
+    mlflow_run = log_to_mlflow(config, done["table"], done["files"], done["names"], done["stats"], str(decision))
     logger.info("evaluated %d predictions (%d failed) in %.1f s -> %s", done["totals"]["images"],
                 done["totals"]["rejected"], time.perf_counter() - start, config.out)
     return {**done["result"], "table": done["table"], "out": config.out, "mlflow_run_id": mlflow_run}
@@ -211,5 +218,6 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
 
 def print_result(result: dict[str, Any]) -> None:
     print(format_table(result["table"]))
-    print(f"\nresults: {storage.join(result['out'], 'results.json')}"
+    print(f"\n{result['gpu_decision']}" if result.get("gpu_decision") else "")
+    print(f"results: {storage.join(result['out'], 'results.json')}"
           + (f"  (MLflow run {result['mlflow_run_id']})" if result["mlflow_run_id"] else ""))

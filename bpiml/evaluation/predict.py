@@ -28,7 +28,11 @@ import numpy as np
 import ray
 
 from bpiml.data import imageio, inputs, manifest, naming, parts, storage
-from bpiml.evaluation.config import ImagePredictConfig, PredictConfig  # noqa: F401 - re-exported
+from bpiml.evaluation.config import (  # noqa: F401 - the configs re-exported
+    ImagePredictConfig,
+    PredictConfig,
+    inference_gpu_decision,
+)
 from bpiml.evaluation.inference import check_model, load_model, predict_probs
 from bpiml.evaluation.sink import clear_tables, finish_tables, table_sink
 from bpiml.evaluation.step import ModelStep
@@ -37,7 +41,8 @@ from bpiml.evaluation.visual import overlay
 from bpiml.runtime import progress
 from bpiml.runtime.batch import BatchJob, PartsSink, run_batch
 from bpiml.runtime.datasets import READ_CPUS, read_lines
-from bpiml.runtime.raycluster import actor_pool_kwargs, check_gpus, init_ray
+from bpiml.runtime.raycluster import actor_pool_kwargs, init_ray
+from bpiml.runtime.resources import GpuDecision, wait_for_resources
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +123,9 @@ class PredictJob(BatchJob):
 
     what, progress_keys = "predict", ("images",)
 
-    def __init__(self, config: PredictConfig, files: list[str], tracking_uri: str) -> None:
+    def __init__(self, config: PredictConfig, files: list[str], tracking_uri: str, decision: GpuDecision) -> None:
         super().__init__(config.out, config.max_reject_rate)
-        self.config, self.files, self.tracking_uri = config, files, tracking_uri
+        self.config, self.files, self.tracking_uri, self.decision = config, files, tracking_uri, decision
 
     def start(self, run_id: str, counter: Any) -> None:
         clear_tables(self.config.out, (PREDICTIONS_DIR,))
@@ -155,7 +160,8 @@ class PredictJob(BatchJob):
             raise ValueError(f"{self.config.store}: no records to predict (split={self.config.split!r})")
         logger.info("predicted %d images (%d rejected) in %.1f s -> %s", ok, bad, elapsed, self.config.out)
         return {"images": images, "predicted": ok, "rejected": bad, "seconds": round(elapsed, 3),
-                "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None, "out": self.config.out}
+                "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None, "out": self.config.out,
+                **self.decision.record()}
 
     def rejected(self, summary: dict[str, Any]) -> tuple[int, int]:
         return summary["rejected"], summary["images"]
@@ -167,11 +173,14 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
     if config.s3_endpoint:
         storage.set_s3_endpoint(config.s3_endpoint)  # before Ray starts: its workers get it through worker_env()
     store, _ = inputs.as_store(config.store, config.import_dir or storage.join(config.out, "inputs"))
-    config = config.replace(store=store)
+    decision = inference_gpu_decision(config.gpus_per_worker)
+    logger.info("prediction actors: %s", decision)
+    config = config.replace(store=store, gpus_per_worker=decision.gpus_per_worker)
     files = manifest.manifest_files(config.store)
     storage.check_writable(config.out)
     tracking_uri = check_model(config.model, config.tracking_uri)  # fail before the cluster does any work
     config.save(storage.join(config.out, "config.json"))
     init_ray()
-    check_gpus(config.gpus_per_worker or 0.0, config.num_workers, "predict")
-    return run_batch(PredictJob(config, files, tracking_uri))
+    wait_for_resources(config.cpus_per_worker * config.num_workers, decision.gpus_per_worker * config.num_workers,
+                       config.resource_wait_s, "predict")
+    return run_batch(PredictJob(config, files, tracking_uri, decision))

@@ -122,10 +122,11 @@ def metric_name(row: dict[str, Any], key: str) -> str:
 
 
 def log_to_mlflow(config: Any, table: list[dict[str, Any]], files: dict[str, str], set_names: list[str],
-                  stats: dict[tuple[str, str], Stats] | None = None) -> str | None:
+                  stats: dict[tuple[str, str], Stats] | None = None, gpu_decision: str = "") -> str | None:
     """Log the table's metrics and files, and with `stats` (the merged statistics) the figures of
     `figures.log_figures`; a registered model's version gets the table in its model card
-    (`record_on_model_card`). Returns the run id, or None when MLflow is not configured."""
+    (`record_on_model_card`); `gpu_decision` as the tag bpiml.evaluate.gpu_decision (its own key: the run
+    may be a training run). Returns the run id, or None when MLflow is not configured."""
     if not config.mlflow or not (config.tracking_uri or config.mlflow_run_id or config.experiment
                                  or os.environ.get("MLFLOW_TRACKING_URI")):
         return None
@@ -136,6 +137,8 @@ def log_to_mlflow(config: Any, table: list[dict[str, Any]], files: dict[str, str
         tracking.log_params(uri, run_id, {"model": config.model, "threshold": config.threshold,
                                           "datasets": ",".join(set_names),
                                           "degrade": ",".join(config.degrade)})
+    if gpu_decision:
+        tracking.client(uri).set_tag(run_id, "bpiml.evaluate.gpu_decision", gpu_decision)
     values = {metric_name(r, k): float(r[k]) for r in table for k in METRIC_KEYS if not math.isnan(r[k])}
     tracking.log_metrics(uri, run_id, values, step=0)
     mlc = tracking.client(uri)

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
-import time
 import uuid
 from typing import Any
 
 import ray
 import ray.data
-from ray._private import state as ray_state
-from ray.autoscaler import sdk as autoscaler_sdk
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bpiml.data import storage
@@ -133,71 +129,6 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     # The dashboard (127.0.0.1 only) serves the State API that Ray Train's placement-group cleaner polls.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              dashboard_port=dashboard_port, runtime_env=runtime_env, **kwargs)
-
-
-
-def available_gpus() -> float:
-    return float(ray.cluster_resources().get("GPU", 0.0))
-
-
-def _resources() -> tuple[float, float]:
-    have = ray.cluster_resources()
-    return float(have.get("CPU", 0.0)), float(have.get("GPU", 0.0))
-
-
-def _max_resources() -> dict[str, Any] | None:
-    """What an autoscaling cluster may grow to (its node types x max counts); None without an autoscaler."""
-    try:
-        return ray_state.state.get_max_resources_from_cluster_config()
-    except Exception:  # noqa: BLE001 - a private API: treat any trouble as "no autoscaler"
-        return None
-
-
-def wait_for_resources(cpus: float, gpus: float, timeout_s: float, what: str, poll_s: float = 5.0) -> None:
-    """Return once the cluster offers `cpus` CPUs and `gpus` GPUs in total; asks an autoscaler for them.
-
-    A fresh autoscaling cluster (a head without CPUs, workers started on demand) gets the request
-    and is given `timeout_s` to grow, with a message every 30 s; a cluster without an autoscaler, or
-    one that cannot grow that far, is an error at once, naming what is missing, before any work
-    starts (Ray would otherwise wait forever).
-    """
-    have_cpus, have_gpus = _resources()
-    if have_cpus >= cpus and have_gpus >= gpus:
-        return
-    most = _max_resources()
-    if most is None or most.get("CPU", 0) < cpus or most.get("GPU", 0) < gpus:
-        limit = "has no autoscaler to add nodes" if most is None else f"can grow to {most} at most"
-        raise ValueError(
-            f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs but the Ray cluster offers {have_cpus:g} CPUs and "
-            f"{have_gpus:g} GPUs and {limit}; ask for less (fewer actors/workers, fractional CPUs, 0 GPUs for CPU) "
-            "or add nodes")
-    bundles = [{"GPU": 1.0}] * math.ceil(gpus) + [{"CPU": 1.0}] * math.ceil(max(cpus - gpus, 0))
-    try:
-        autoscaler_sdk.request_resources(bundles=bundles)
-    except Exception as err:  # no autoscaler (a fixed cluster): waiting is all one can do
-        logger.debug("request_resources failed: %s", err)
-    deadline, last_note = time.monotonic() + timeout_s, 0.0
-    while True:
-        have_cpus, have_gpus = _resources()
-        if have_cpus >= cpus and have_gpus >= gpus:
-            logger.info("%s: the cluster now offers %g CPUs and %g GPUs", what, have_cpus, have_gpus)
-            return
-        if time.monotonic() >= deadline:
-            raise ValueError(
-                f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs but the Ray cluster offers {have_cpus:g} CPUs and "
-                f"{have_gpus:g} GPUs after waiting {timeout_s:g} s; ask for less (fewer actors/workers, fractional "
-                "CPUs, 0 GPUs for CPU), add nodes, or wait longer (--resource-wait-s)")
-        if time.monotonic() - last_note > 30:
-            logger.info("%s: waiting for the cluster to offer %g CPUs / %g GPUs (now %g / %g); an autoscaling "
-                        "cluster starts nodes on demand (up to %g s)", what, cpus, gpus, have_cpus, have_gpus, timeout_s)
-            last_note = time.monotonic()
-        time.sleep(poll_s)
-
-
-def check_gpus(requested_per_actor: float, actors: int, what: str, timeout_s: float = 0.0) -> None:
-    """Fail before any work when GPUs are asked for but the cluster offers none (after `timeout_s`)."""
-    if requested_per_actor > 0:
-        wait_for_resources(0.0, requested_per_actor * actors, timeout_s, what)
 
 
 def task_nodes() -> list[dict[str, Any]]:

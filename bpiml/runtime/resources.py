@@ -97,7 +97,7 @@ def fixes(cpus_short: bool, gpus_short: bool, waited: bool) -> str:
     if cpus_short:
         out.append(f"fewer --num-workers or a smaller {CPU_FLAG}")
     if waited:
-        out.append(f"a larger {WAIT_FLAG} (an autoscaler may need 5-10 minutes to start a node)")
+        out.append(f"a larger {WAIT_FLAG} (an autoscaler needs minutes to start a node and pull its image)")
     if gpus_short:
         out.append("check the GPU worker group (cluster.yaml `available_node_types` with GPU: its max_workers, "
                    "the instance quota and spot capacity; `ray status` on the head shows pending and failed nodes)")

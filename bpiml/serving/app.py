@@ -32,20 +32,12 @@ from starlette.responses import Response
 
 from bpiml.data import storage
 from bpiml.evaluation.inference import check_model, load_model, predict_batch
-from bpiml.runtime.raycluster import check_gpus, init_ray
+from bpiml.runtime.raycluster import init_ray
+from bpiml.runtime.resources import torch_device, wait_for_resources
 from bpiml.serving import http
 from bpiml.serving.config import ServeConfig
 
 logger = logging.getLogger(__name__)
-
-
-def replica_device(gpus_per_worker: float) -> str:
-    """`cuda` when this replica asked for GPUs and Ray assigned it some (Ray sets CUDA_VISIBLE_DEVICES), else `cpu`."""
-    if gpus_per_worker <= 0:
-        return "cpu"
-    if not ray.get_gpu_ids():
-        raise RuntimeError(f"gpus_per_worker={gpus_per_worker} but Ray assigned this replica no GPU")
-    return "cuda"
 
 
 def read_api_key(env_name: str) -> str:
@@ -66,7 +58,7 @@ class Segmenter:
     def __init__(self, config: dict[str, Any], tracking_uri: str = "") -> None:
         self.config = ServeConfig.from_dict(config)
         self.key = read_api_key(self.config.api_key_env)
-        self.device = replica_device(self.config.gpus_per_worker or 0.0)
+        self.device = torch_device(self.config.gpu_decision().gpus_per_worker)  # from the GPUs Ray gave it
         self.model = load_model(self.config.model, tracking_uri or self.config.tracking_uri).to(self.device)
         self.predict_images.set_max_batch_size(self.config.max_batch_size)
         self.predict_images.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
@@ -120,6 +112,7 @@ def build(config: ServeConfig) -> Application:
     """The application for `serve.run`: a checked model, the deployment with the config's options."""
     config.validate()
     tracking_uri = check_model(config.model, config.tracking_uri)  # fail before any replica starts
+    config = config.replace(gpus_per_worker=config.gpu_decision().gpus_per_worker)
     return Segmenter.options(**config.deployment_options()).bind(config.to_dict(), tracking_uri)
 
 
@@ -131,8 +124,11 @@ def build_app(args: dict[str, str]) -> Application:
 def deploy(config: ServeConfig) -> str:
     """Start Serve's HTTP proxy (host, port) when it is not running, deploy the application, return its URL."""
     app = build(config)
-    replicas = config.min_replicas if config.max_replicas else config.num_replicas
-    check_gpus(config.gpus_per_worker or 0.0, max(replicas, 1), "serve", config.resource_wait_s)
+    replicas = max(config.min_replicas if config.max_replicas else config.num_replicas, 1)
+    decision = config.gpu_decision()
+    logger.info("replicas: %s", decision)
+    wait_for_resources(config.cpus_per_worker * replicas, decision.gpus_per_worker * replicas, config.resource_wait_s,
+                       "serve")
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(app, name=config.app_name, route_prefix=config.route_prefix, blocking=False)
     url = f"http://{config.host}:{config.port}{config.route_prefix.rstrip('/')}"
@@ -148,7 +144,8 @@ def run_serve(config: ServeConfig) -> dict[str, Any]:
         storage.set_s3_endpoint(config.s3_endpoint)  # before Ray starts: the replicas get it through worker_env()
     init_ray()
     url = deploy(config)
-    summary = {"app": config.app_name, "url": url, "predict": f"{url}/predict", "healthz": f"{url}/healthz"}
+    summary = {"app": config.app_name, "url": url, "predict": f"{url}/predict", "healthz": f"{url}/healthz",
+               **config.gpu_decision().record()}
     if not config.blocking:
         if not os.environ.get("RAY_ADDRESS"):
             logger.warning("--no-blocking on a Ray started by this process: the application ends with it")

@@ -19,6 +19,7 @@ from bpiml.config import (
     s3_endpoint_field,
 )
 from bpiml.data.imageio import MAX_PIXELS
+from bpiml.runtime.resources import GpuDecision, decide_gpus
 
 
 @dataclass
@@ -100,11 +101,18 @@ class ServeConfig(BaseConfig):
                 typed[key] = value
         return cls.from_dict(typed)
 
+    def gpu_decision(self) -> GpuDecision:
+        """GPUs per replica by intent: 1. Online answers to concurrent requests are GPU work (the batch of a
+        busy replica); `gpus_per_worker=0` serves from CPUs."""
+        return decide_gpus(self.gpus_per_worker, 1, "serving runs each replica on a GPU (latency under load)")
+
     def deployment_options(self) -> dict[str, Any]:
-        """Keyword arguments of `Deployment.options`: replicas or autoscaling, resources, concurrency."""
+        """Keyword arguments of `Deployment.options`: replicas or autoscaling, resources (GPUs by
+        `gpu_decision`), concurrency."""
         actor: dict[str, Any] = {"num_cpus": self.cpus_per_worker}
-        if self.gpus_per_worker:
-            actor["num_gpus"] = self.gpus_per_worker
+        gpus = self.gpu_decision().gpus_per_worker
+        if gpus:
+            actor["num_gpus"] = gpus
         options: dict[str, Any] = {"ray_actor_options": actor,
                                    "max_ongoing_requests": max(self.max_ongoing_requests, self.max_batch_size)}
         if self.max_replicas:
