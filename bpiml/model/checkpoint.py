@@ -12,8 +12,8 @@ A training checkpoint is a folder (what Ray Train reports and keeps) holding
     history.json        one row of epoch metrics per epoch since epoch 0
     train_config.json   the resolved training config
 
-Training restores from it, the driver registers the best one, and prediction and evaluation
-load a student from it (`load_student`). Nothing here unpickles code: states are tensors and
+Training restores from its latest, the driver registers the best one, and every job that reads a
+model finds it by one rule (`bpiml.model.locate`: a run folder means its best checkpoint). Nothing here unpickles code: states are tensors and
 plain containers, loaded with `weights_only=True`.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from bpiml.data import cache, storage
+from bpiml.data import storage
 from bpiml.model.student import Student, StudentConfig, build_student
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -96,22 +96,6 @@ def find_best(run_dir: str) -> str | None:
     return best[1] if best else None
 
 
-def find_checkpoint_file(uri: str) -> str:
-    """A local path of the checkpoint named by `uri`: a torch file, a checkpoint folder holding one,
-    or a run folder (its newest checkpoint). s3:// objects are downloaded to the local cache."""
-    if storage.is_file(uri):
-        return cache.local_copy(uri)
-    for name in CHECKPOINT_NAMES:
-        candidate = storage.join(uri, name)
-        if storage.exists(candidate):
-            return cache.local_copy(candidate)
-    latest = find_latest(uri) if storage.exists(uri) else None
-    if latest is not None:
-        return find_checkpoint_file(latest)
-    raise FileNotFoundError(f"no checkpoint at {uri}: expected a torch file, a folder holding one of "
-                            f"{CHECKPOINT_NAMES}, or a run folder with checkpoint_* folders")
-
-
 def student_from_state(state: dict[str, Any], where: str = "checkpoint") -> Student:
     """Build the student a state describes and load its weights (eval mode, CPU)."""
     if "model_config" not in state or "model_state" not in state:
@@ -121,11 +105,6 @@ def student_from_state(state: dict[str, Any], where: str = "checkpoint") -> Stud
     model = build_student(StudentConfig.from_dict(config))
     model.load_state_dict(state["model_state"])
     return model.eval()
-
-
-def load_student(uri: str) -> Student:
-    """A student from a checkpoint file, checkpoint folder or run folder (local or s3://)."""
-    return student_from_state(load_state(find_checkpoint_file(uri)), where=uri)
 
 
 # --- exported students (the registry's format) ---------------------------------------------------

@@ -3,10 +3,10 @@
     init = resolve_init("runs/synth", config.model, tracking_uri)   # on the driver, once
     loop_config["init"] = {"weights": ray.put(init.state), "record": init.record()}
 
-It may be a run folder (its best checkpoint, by the score training ranks checkpoints by), a
-checkpoint folder or file, an exported model folder (`model.safetensors` + `model_config.json`,
-local or s3://) or `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/ID/PATH` (MLflow). The
-driver loads it (torch with `weights_only=True`, or safetensors: nothing is unpickled), checks that
+The URI means what it means to every job (`bpiml.model.locate`): a run folder its best
+checkpoint, a checkpoint folder or file, an exported model folder (`model.safetensors` +
+`model_config.json`, local or s3://) or `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/ID/PATH`
+(MLflow). The driver loads it (torch with `weights_only=True`, or safetensors: nothing is unpickled), checks that
 its architecture is the run's (`img_size` may differ) and hashes its file. The weights travel to the
 workers through the object store, so no worker needs to read the path (other nodes may not see
 it). Only the model's weights are taken: optimizer and schedule start fresh, and a run that resumes
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,14 @@ import ray
 from torch import Tensor, nn
 
 from bpiml.config import redact
-from bpiml.data import cache, storage
+from bpiml.data import cache
 from bpiml.model import checkpoint as ckpt
+from bpiml.model.locate import open_model
 from bpiml.model.student import StudentConfig
 from bpiml.runtime import tracking
 from bpiml.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
-FORMS = ("a run folder (checkpoint_* folders), a checkpoint folder or file, an exported model folder "
-         f"({ckpt.WEIGHTS_FILE} + {ckpt.MODEL_CONFIG_FILE}) or models:/NAME@ALIAS")
 
 
 @dataclasses.dataclass
@@ -87,32 +85,15 @@ def _from_checkpoint(path: str, uri: str) -> InitModel:
                      _stores_of(state.get("train_config") or {}), init_from if isinstance(init_from, dict) else None)
 
 
-def _checkpoint_path(uri: str) -> str:
-    if storage.is_file(uri) or any(storage.exists(storage.join(uri, n)) for n in ckpt.CHECKPOINT_NAMES):
-        return ckpt.find_checkpoint_file(uri)
-    best = ckpt.find_best(uri)
-    if best is None:
-        raise FileNotFoundError(f"init_from {redact(uri)} is not a model: expected {FORMS}")
-    logger.info("init_from %s: its best checkpoint is %s", redact(uri), redact(best))
-    return ckpt.find_checkpoint_file(best)
-
-
 def load_init(uri: str, tracking_uri: str) -> InitModel:
     """The model `uri` names, loaded on this machine (see the module doc for the forms)."""
-    if tracking.is_mlflow_uri(uri):
-        with tempfile.TemporaryDirectory() as tmp:
-            return _from_exported(tracking.download_model(uri, tracking_uri, tmp), uri)
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"init_from {redact(uri)}: no such file or folder; expected {FORMS}")
-    for folder in (uri, storage.join(uri, "artifacts")):  # an exported folder, or an MLflow Model holding one
-        weights, config = storage.join(folder, ckpt.WEIGHTS_FILE), storage.join(folder, ckpt.MODEL_CONFIG_FILE)
-        if storage.exists(weights) and storage.exists(config):
-            local = cache.local_copy(weights)  # s3:// files land beside each other in the node cache
-            cache.local_copy(config)
-            if storage.exists(storage.join(folder, ckpt.METADATA_FILE)):
-                cache.local_copy(storage.join(folder, ckpt.METADATA_FILE))
-            return _from_exported(Path(local).parent, uri)
-    return _from_checkpoint(_checkpoint_path(uri), uri)
+    try:
+        with open_model(uri, tracking_uri) as found:
+            if found.kind == "exported":
+                return _from_exported(found.path, uri)
+            return _from_checkpoint(found.path, uri)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"init_from {redact(uri)}: {err}") from err
 
 
 def resolve_init(uri: str, model: StudentConfig, tracking_uri: str) -> InitModel:
