@@ -13,7 +13,7 @@ parsed namespace holds exactly the flags the user gave. `from_cli` then layers t
 defaults, the `--config` file, the explicit flags and the smoke-test values, in that order: a flag
 given explicitly always wins, even when it repeats its default. A field's `choices` go to argparse;
 a bad value found by `validate()` is a `ConfigError` naming the key, which the jobs' command lines
-turn into an argparse error naming the flag (`bpiml.runtime.jobcli.config_from_args`).
+turn into an argparse error naming the flag (`bpiml.runtime.jobcli.config_from_args`); `HelpFormatter` is the help layout of every command line.
 
 The flags every job shares (`--num-workers`, `--cpus-per-worker`, `--gpus-per-worker`,
 `--max-reject-rate`, `--s3-endpoint`, `--resource-wait-s`) are declared once, below (`workers_field`
@@ -59,6 +59,15 @@ def redact(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(redact(v) for v in value)
     return value
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written (examples keep their lines); an option's aliases share one metavar."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return f"{', '.join(action.option_strings)} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
 
 
 class ConfigError(ValueError):
@@ -124,6 +133,13 @@ class BaseConfig:
                 f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
             )
         values = dict(values)
+        for f in dataclasses.fields(cls):  # a file's text in a flag's syntax (`gpus_per_worker: auto`)
+            parse = f.metadata.get("parse")
+            if parse is not None and isinstance(values.get(f.name), str):
+                try:
+                    values[f.name] = parse(values[f.name])
+                except (ValueError, argparse.ArgumentTypeError) as err:
+                    raise ConfigError(f.name, str(err)) from None
         for name in known & set(values):
             nested = _nested_cls(cls, name)
             if nested is not None and isinstance(values[name], dict):
@@ -302,9 +318,9 @@ def parse_gpus(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or '{AUTO}', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 or '{AUTO}', got {text!r}") from None
     if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or '{AUTO}', got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 or '{AUTO}', got {text!r}")
     return value
 
 

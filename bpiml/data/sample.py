@@ -22,8 +22,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from bpiml.runtime.jobcli import HelpFormatter
-from bpiml.config import BaseConfig, check_range, field
+from bpiml.config import BaseConfig, HelpFormatter, check_range, field
 from bpiml.data import storage
 from bpiml.data.boxes import boxes_from_mask, pad_boxes
 from bpiml.data.imageio import encode_image, encode_mask_png

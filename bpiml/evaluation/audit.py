@@ -17,10 +17,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bpiml.config import HelpFormatter
 from bpiml.data import imageio, manifest, storage
 from bpiml.evaluation import metrics
 from bpiml.pseudolabel.store import PseudoStore
-from bpiml.runtime.jobcli import HelpFormatter
 
 logger = logging.getLogger(__name__)
 

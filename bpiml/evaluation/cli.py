@@ -6,8 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from bpiml.evaluation.config import EvalConfig, ImagePredictConfig, evaluate_parser, predict_image_parser
-from bpiml.runtime.jobcli import HelpFormatter, parse_job, setup_console
+from bpiml.config import HelpFormatter
+from bpiml.evaluation.config import (
+    EvalConfig,
+    ImagePredictConfig,
+    evaluate_parser,
+    predict_image_parser,
+)
+from bpiml.runtime.jobcli import parse_job, setup_console
 
 
 def cli_predict(argv: list[str] | None = None) -> int:

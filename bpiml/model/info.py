@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from bpiml.config import HelpFormatter
 from bpiml.model.config import StudentConfig
-from bpiml.runtime.jobcli import HelpFormatter, config_from_args
+from bpiml.runtime.jobcli import config_from_args
 
 if TYPE_CHECKING:
     import torch

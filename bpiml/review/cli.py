@@ -7,10 +7,10 @@ import getpass
 import sys
 import textwrap
 
+from bpiml.config import HelpFormatter
 from bpiml.pseudolabel import reviews
 from bpiml.review import export, importer, page
 from bpiml.review import records as review_records
-from bpiml.runtime.jobcli import HelpFormatter
 
 
 def undo(store: str, ids: list[str], by: str) -> list[str]:

@@ -19,18 +19,9 @@ import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from bpiml.config import BaseConfig, ConfigError, flag_name
+from bpiml.config import BaseConfig, ConfigError, HelpFormatter, flag_name
 from bpiml.runtime.credentials import move_uri_credentials
 from bpiml.runtime.logs import setup_logging
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written (examples keep their lines); an option's aliases share one metavar."""
-
-    def _format_action_invocation(self, action: argparse.Action) -> str:
-        if not action.option_strings or action.nargs == 0:
-            return super()._format_action_invocation(action)
-        return f"{', '.join(action.option_strings)} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
 
 
 def job_parser(prog: str, doc: str | None, config_cls: Any, smoke_test: str | None = None,

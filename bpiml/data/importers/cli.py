@@ -7,8 +7,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bpiml.runtime.jobcli import HelpFormatter
-from bpiml.config import BaseConfig, check_range, field
+from bpiml.config import BaseConfig, HelpFormatter, check_range, field
 from bpiml.data import storage
 from bpiml.data.importers.coco import import_coco
 from bpiml.data.importers.imdl import import_imdl
