@@ -29,7 +29,7 @@ from scipy.stats import spearmanr
 from bpiml.data import storage
 from bpiml.data.boxes import boxes_from_mask, pad_boxes
 from bpiml.data.imageio import decode_image, decode_mask
-from bpiml.evaluation.metrics import pixel_iou
+from bpiml.data.metrics import pixel_iou
 from bpiml.pseudolabel.teachers import build_teacher
 from bpiml.pseudolabel.teachers import grabcut as grabcut_module
 

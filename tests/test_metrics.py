@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bpiml.evaluation import metrics
+from bpiml.data import metrics
 
 
 def _mask(rows):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bpiml.data import imageio
+from bpiml.data import imageio, visual
 from bpiml.data.naming import file_stem
-from bpiml.evaluation import cli, inference, predict, visual
+from bpiml.evaluation import cli, inference, predict
 from bpiml.model.student import StudentConfig, build_student
 
 IMG_SIZE = 64  # small input keeps CPU tests fast

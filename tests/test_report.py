@@ -10,9 +10,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from bpiml.data import imageio, manifest, parts
+from bpiml.data import imageio, manifest, parts, visual
 from bpiml.data.naming import file_stem
-from bpiml.evaluation import audit, cli, report, report_html, tables, visual
+from bpiml.evaluation import audit, cli, report, report_html, tables
 
 H, W = 32, 40
 
@@ -89,7 +89,7 @@ def _fake_evaluation(eval_dir, src):
         pred = np.zeros((H, W), bool)
         pred[5:15, 5 : 15 + 2 * i] = True
         (eval_dir / "preds" / "s" / f"im{i}.png").write_bytes(imageio.encode_mask_png(pred))
-        from bpiml.evaluation import metrics
+        from bpiml.data import metrics
 
         rows.append({"set": "s", "degradation": "none", "id": f"im{i}", "image": str(src / "images" / f"im{i}.png"),
                      "mask": str(src / "masks" / f"im{i}.png"), "manipulated": True, "score": 0.9,

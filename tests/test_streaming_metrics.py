@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from bpiml.evaluation import metrics, tables
+from bpiml.data import metrics
 from bpiml.evaluation import streaming_metrics as sm
+from bpiml.evaluation import tables
 
 
 def _rows(rng, n, set_name="a", degradation="none", near_one=False):

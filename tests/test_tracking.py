@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bpiml.data import visual
 from bpiml.data.naming import file_stem
-from bpiml.evaluation import visual
 from bpiml.runtime import tracking
 
 

@@ -18,8 +18,7 @@ import cv2
 import numpy as np
 
 from bpiml.config import HelpFormatter
-from bpiml.data import imageio, manifest, storage
-from bpiml.evaluation import metrics
+from bpiml.data import imageio, manifest, metrics, storage
 from bpiml.pseudolabel.store import PseudoStore
 
 logger = logging.getLogger(__name__)

@@ -33,8 +33,7 @@ import cv2
 import numpy as np
 import ray
 
-from bpiml.data import degrade, imageio, naming, storage
-from bpiml.evaluation import metrics
+from bpiml.data import degrade, imageio, metrics, naming, storage
 from bpiml.evaluation.config import EvalConfig, inference_gpu_decision  # noqa: F401 - EvalConfig re-exported
 from bpiml.evaluation.inference import check_model
 from bpiml.evaluation.sink import clear_tables, finish_tables, table_sink

@@ -28,6 +28,7 @@ import numpy as np
 import ray
 
 from bpiml.data import imageio, inputs, manifest, naming, parts, storage
+from bpiml.data.visual import overlay
 from bpiml.evaluation.config import (  # noqa: F401 - the configs re-exported
     ImagePredictConfig,
     PredictConfig,
@@ -37,7 +38,6 @@ from bpiml.evaluation.inference import check_model, load_model, predict_probs
 from bpiml.evaluation.sink import clear_tables, finish_tables, table_sink
 from bpiml.evaluation.step import ModelStep
 from bpiml.evaluation.testsets import manifest_items
-from bpiml.evaluation.visual import overlay
 from bpiml.runtime import progress
 from bpiml.runtime.batch import BatchJob, PartsSink, run_batch
 from bpiml.runtime.datasets import READ_CPUS, read_lines

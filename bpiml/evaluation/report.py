@@ -20,12 +20,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bpiml.data import imageio, manifest, naming, storage
-from bpiml.evaluation import metrics
+from bpiml.data import imageio, manifest, metrics, naming, storage
+from bpiml.data.visual import PANELS, grid, sample_row
 from bpiml.evaluation.audit import audit_pseudo_labels
 from bpiml.evaluation.report_html import CSS, curves_html, fmt, html_table
 from bpiml.evaluation.tables import read_per_image
-from bpiml.evaluation.visual import PANELS, grid, sample_row
 from bpiml.pseudolabel.store import PseudoStore
 from bpiml.runtime import tracking
 

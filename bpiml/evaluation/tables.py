@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from bpiml.data import degrade, parts, storage
-from bpiml.evaluation import figures, metrics
+from bpiml.data import degrade, metrics, parts, storage
+from bpiml.evaluation import figures
 from bpiml.evaluation.streaming_metrics import Stats
 from bpiml.model import mlflow_model
 from bpiml.runtime import tracking

@@ -21,8 +21,8 @@ import numpy as np
 from bpiml.data import parts, storage
 from bpiml.data.boxes import sanitize_boxes
 from bpiml.data.imageio import DecodeError, decode_image, decode_mask, encode_mask_png
+from bpiml.data.metrics import pixel_iou
 from bpiml.data.retry import StorageUnavailable
-from bpiml.evaluation.metrics import pixel_iou
 from bpiml.pseudolabel.rows import (
     LABEL_COLUMNS,
     RejectsOut,

@@ -15,8 +15,8 @@ import math
 from typing import Any
 
 from bpiml.data import imageio, naming, storage
+from bpiml.data.visual import _boxes_panel, _fit, overlay
 from bpiml.evaluation.report_html import CSS, fmt
-from bpiml.evaluation.visual import _boxes_panel, _fit, overlay
 from bpiml.pseudolabel import reviews
 from bpiml.pseudolabel.store import PseudoStore
 from bpiml.review import records as review_records

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bpiml.evaluation.metrics import image_row
-from bpiml.evaluation.visual import overlay_strip
+from bpiml.data.metrics import image_row
+from bpiml.data.visual import overlay_strip
 from bpiml.model.memory_bank import memory_usage_stats
 from bpiml.train.batches import to_input
 
