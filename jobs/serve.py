@@ -1,6 +1,6 @@
 """Online prediction over HTTP with a registered model or a checkpoint, on Ray Serve.
 
-    python jobs/serve.py --model models:/bpiml-student@champion               # local Ray, until Ctrl-C
+    python jobs/serve.py --model models:/bpiml-student@champion --gpus-per-worker 0   # local Ray on CPU, until Ctrl-C
     python jobs/serve.py --model models:/bpiml-student@champion --max-replicas 4 --min-replicas 1 \\
         --max-batch-size 16 --gpus-per-worker 0.5 --api-key-env BPIML_SERVE_KEY
     ray job submit -- python jobs/serve.py --model models:/bpiml-student@champion --no-blocking

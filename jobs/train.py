@@ -1,7 +1,7 @@
 """Train the student on a pseudo-labeled store with Ray Train; track and register it in MLflow.
 
-    python jobs/train.py                        # embedded default: .bpiml/sample-pseudo, local Ray + MLflow
-    python jobs/train.py --smoke-test           # one short epoch on a few images
+    python jobs/train.py --gpus-per-worker 0    # embedded default: .bpiml/sample-pseudo, local Ray + MLflow, on CPU
+    python jobs/train.py --smoke-test           # one short epoch on a few images (on a GPU: the default, by intent)
     python jobs/train.py --run-name exp1 --epochs 20       # rerun the same line later to resume exp1
     python jobs/train.py --store boxes/ --supervision box --pretrain-store synth/ --pretrain-epochs 5
     python jobs/train.py --store boxes/ --supervision box --add-store synth/,weight=1,supervision=gt
