@@ -134,3 +134,6 @@ def test_choices_and_parse_functions_reach_argparse(capsys):
             parser.parse_args(bad)
         assert exited.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
     assert "{a,b}" in parser.format_help()
+    assert Choosy.from_dict({"gpus": "auto"}).gpus is None and Choosy.from_dict({"gpus": "1"}).gpus == 1.0  # a file
+    with pytest.raises(ConfigError, match="gpus must be a number >= 0 or 'auto', got 'many'"):
+        Choosy.from_dict({"gpus": "many"})
