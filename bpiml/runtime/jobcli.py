@@ -13,6 +13,7 @@ Groups: the job's own options, nested configs (e.g. `model options`), `run` (`--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -66,8 +67,6 @@ def config_error(parser: argparse.ArgumentParser, err: ConfigError) -> NoReturn:
 
 
 def _keys(config_cls: type[BaseConfig], prefix: str = "") -> list[str]:
-    import dataclasses  # noqa: PLC0415
-
     keys: list[str] = []
     for f in dataclasses.fields(config_cls):
         kind = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
