@@ -47,6 +47,20 @@ def _config(photos: Path, out: Path, **kw) -> SynthConfig:
     return SynthConfig(**{**values, **kw})
 
 
+# A driver whose blocks are slowed by an injected fake (each waits 0.3 s first), so a kill lands mid-run.
+SLOW_DRIVER = """
+import json, sys, time
+from bpiml.synth import job
+from bpiml.synth.config import SynthConfig
+
+def slow_block(batch, **kwargs):
+    time.sleep(0.3)
+    return job.synthesize_block(batch, **kwargs)
+
+job.run_synthesis(SynthConfig.from_dict(json.loads(sys.argv[1])), block=slow_block)
+"""
+
+
 def _files(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file() and p.parts[len(out.parts)] in ("images", "masks", "manifest")}
@@ -88,10 +102,8 @@ def test_same_seed_same_bytes_and_kill_resume_exactly_once(photos: Path, tmp_pat
     clean = tmp_path / "clean"
     run_synthesis(_config(photos, clean, n=32))
     killed = tmp_path / "killed"
-    args = [sys.executable, str(REPO / "jobs/synthesize.py"), "--photos", str(photos), "--out", str(killed),
-            "--n", "32", "--seed", "5", "--max-side", "160", "--part-rows", "4", "--gallery", "6",
-            "--max-reject-rate", "0.5", "--lock-ttl-s", "3", "--num-workers", "1"]
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "BPIML_TEST_SYNTH_DELAY_S": "0.3"}
+    args = [sys.executable, "-c", SLOW_DRIVER, _config(photos, killed, n=32, num_workers=1).to_json()]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     driver = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while len(done_ranges(str(killed))) < 2 and driver.poll() is None and time.monotonic() < deadline:

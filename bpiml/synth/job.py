@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -27,8 +26,8 @@ import ray
 
 from bpiml.data import imageio, rejects, storage
 from bpiml.data.lock import LOCK_FILE, WriterLock
-from bpiml.data.rejects import REJECTS_DIR
 from bpiml.data.manifest import SHARDS_DIR
+from bpiml.data.rejects import REJECTS_DIR
 from bpiml.runtime import progress, raycluster
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 from bpiml.synth import gallery, make
@@ -38,8 +37,10 @@ from bpiml.synth.pool import Pool, photo_pool, shape_pool
 logger = logging.getLogger(__name__)
 
 RECIPE_FILE = "synth.json"  # the output's recipe and photo pool: a rerun must match it
-DELAY_ENV = "BPIML_TEST_SYNTH_DELAY_S"  # test hook: sleep this long per block, so a kill lands mid-run
 _PART = re.compile(r"^part-(\d{9})-(\d{9})\.jsonl$")
+
+
+BlockFn = Callable[..., dict[str, np.ndarray]]  # synthesize_block's signature: (batch, out, recipe, refs, threads)
 
 
 def part_name(start: int, end: int) -> str:
@@ -74,13 +75,12 @@ def _pools(refs: tuple[Any, Any]) -> tuple[Pool, Pool | None]:
 
 
 def synthesize_block(batch: dict[str, np.ndarray], out: str, recipe: make.Recipe, refs: tuple[Any, Any],
-                     threads: int = 1, delay_s: float = 0.0) -> dict[str, np.ndarray]:
+                     threads: int = 1) -> dict[str, np.ndarray]:
     """Make images [start, end): files first, then rejects, then the manifest part (the commit)."""
     pool, shapes = _pools(refs)
     cv2.setNumThreads(threads)  # a task holds `cpus_per_worker` CPUs: OpenCV's pool would take every core
     rows = []
     for start, end in zip(batch["start"], batch["end"]):
-        time.sleep(delay_s)
         started, records, bad, kinds = time.perf_counter(), [], [], {}
         for index in range(int(start), int(end)):
             try:
@@ -149,14 +149,14 @@ def recipe_of(cfg: SynthConfig) -> make.Recipe:
                        merge_distance=cfg.merge_distance)
 
 
-def _run_blocks(cfg: SynthConfig, todo: list[tuple[int, int]], pool: Pool, shapes: Pool | None) -> dict[str, Any]:
+def _run_blocks(cfg: SynthConfig, todo: list[tuple[int, int]], pool: Pool, shapes: Pool | None,
+                block: BlockFn) -> dict[str, Any]:
     refs = (ray.put(pool), ray.put(shapes) if shapes is not None else None)
     items = ray.data.from_items([{"start": s, "end": e} for s, e in todo], override_num_blocks=len(todo))
-    results = items.map_batches(synthesize_block, batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_worker,
+    results = items.map_batches(block, batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_worker,
                                 concurrency=cfg.num_workers or None, num_gpus=cfg.gpus_per_worker or 0,
                                 fn_kwargs={"out": cfg.out, "recipe": recipe_of(cfg), "refs": refs,
-                                           "threads": max(1, int(cfg.cpus_per_worker)),
-                                           "delay_s": float(os.environ.get(DELAY_ENV, 0) or 0)})
+                                           "threads": max(1, int(cfg.cpus_per_worker))})
     counts: dict[str, float] = {"made": 0, "rejected": 0, "task_seconds": 0.0}
     started = last = time.monotonic()
     total = sum(e - s for s, e in todo)
@@ -178,8 +178,9 @@ def _prepare(cfg: SynthConfig) -> SynthConfig:
                        shapes=storage.absolute(cfg.shapes) if cfg.shapes else "")
 
 
-def run_synthesis(cfg: SynthConfig) -> dict[str, Any]:
-    """Make `cfg.n` forged/authentic images into `cfg.out` (resuming it); returns the summary."""
+def run_synthesis(cfg: SynthConfig, block: BlockFn = synthesize_block) -> dict[str, Any]:
+    """Make `cfg.n` forged/authentic images into `cfg.out` (resuming it); returns the summary.
+    `block`: the Ray Data task that makes one index range (`synthesize_block`; tests pass a slowed one)."""
     cfg = _prepare(cfg)
     pool = photo_pool(cfg.photos, cfg.all_photos, cfg.pool_split)
     shapes = shape_pool(cfg.shapes, cfg.pool_split)
@@ -191,7 +192,7 @@ def run_synthesis(cfg: SynthConfig) -> dict[str, Any]:
         todo = missing_ranges(cfg.n, done_ranges(cfg.out), cfg.part_rows)
         logger.info("synthesizing %d of %d images from %d photos into %s (%d tasks of <= %d)",
                     sum(e - s for s, e in todo), cfg.n, len(pool.paths), cfg.out, len(todo), cfg.part_rows)
-        counts = _run_blocks(cfg, todo, pool, shapes) if todo else {"made": 0, "rejected": 0, "seconds": 0.0,
+        counts = _run_blocks(cfg, todo, pool, shapes, block) if todo else {"made": 0, "rejected": 0, "seconds": 0.0,
                                                                       "task_seconds": 0.0}
         lock.check()
         summary = build_summary(cfg, recipe, counts, count_kinds(cfg.out))
