@@ -27,6 +27,8 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._model_registry import utils as _registry_utils
+from mlflow.tracking._tracking_service import utils as _tracking_utils
 
 from bpiml.config import redact
 from bpiml.data import naming
@@ -184,14 +186,15 @@ def is_mlflow_uri(uri: str) -> bool:
 def _pointed_at(tracking_uri: str) -> Iterator[None]:
     """MLflow's global tracking and registry URIs set to `tracking_uri` inside the block, restored after it
     (a library call must not move the caller's MLflow)."""
-    was_tracking, was_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # The module state itself, not get_*_uri(): those resolve an unset URI to a default, and setting that
+    # back would pin it (an unset registry URI follows the tracking URI a client is given; a pinned one not).
+    was_tracking, was_registry = _tracking_utils._tracking_uri, _registry_utils._registry_uri
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(was_tracking)
-        mlflow.set_registry_uri(was_registry)
+        _tracking_utils._tracking_uri, _registry_utils._registry_uri = was_tracking, was_registry
 
 
 def download_model(uri: str, tracking_uri: str, dst: str) -> str:
