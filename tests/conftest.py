@@ -47,32 +47,24 @@ def _uses_stack(item: pytest.Item) -> bool:
     return bool(STACK_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
-# The tests on a local stack, in two groups of about the same length (~15 min each on 2 CI cores): the
-# documented commands (test_e2e) in one, the fault tests in the other. Each pytest worker starts its own
-# stack (session fixture, own ports and state dir), so the two halves run side by side.
-STACK_GROUPS = {"test_e2e": "stack"}
-OTHER_STACK_GROUP = "stack-faults"
-
-
 def _group(item: pytest.Item) -> str:
-    module = item.module.__name__
-    if _uses_stack(item):
-        return STACK_GROUPS.get(module, OTHER_STACK_GROUP)
-    return module
+    """One group for every test on the local stack (one stack serves them all: two stacks side by side
+    on 2 CI cores made the run 36.7 min instead of 31, every stack test about twice as slow); every
+    other module is a group of its own."""
+    return "stack" if _uses_stack(item) else item.module.__name__
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """For `pytest -n 2 --dist loadgroup` (scripts/test.sh): the tests on the local stack form two
-    groups (they take most of the time); every other module runs whole in one worker, so its fixtures
+    """For `pytest -n 2 --dist loadgroup` (scripts/test.sh): the tests on the local stack form one
+    group (they take most of the time); every other module runs whole in one worker, so its fixtures
     (a local Ray, a training run) start once. (Marked here, as items are collected: xdist reads the
     groups in its own collection_modifyitems.)"""
     item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ARG001 - pytest hook
-    """The stack's two groups first (the longest start at once, one on each worker); the order within
-    each group is kept."""
-    items.sort(key=lambda item: (not _uses_stack(item), _group(item) != "stack"))
+    """The stack's tests first (the longest group starts at once); the order within is kept."""
+    items.sort(key=lambda item: not _uses_stack(item))
 
 
 IN_CI = os.environ.get("CI") == "true"
