@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 try:
     import bpiml  # noqa: F401
@@ -35,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Pseud
     """The flags and the config; a bad option ends in an argparse error naming the flag (exit 2)."""
     return parse_job(build_parser(), PseudoLabelConfig, argv, SMOKE_TEST)
 
-def main(args: argparse.Namespace, config: PseudoLabelConfig) -> int:
+def main(args: argparse.Namespace, config: PseudoLabelConfig, **seams: Any) -> int:
+    """Run the job; `seams`: parts injected into `run_pseudolabel` (tests/slow_pseudolabel.py: a slowed labeler)."""
     setup_console(args)
     # After parsing: --help and usage errors import no torch or Ray.
     from bpiml.data.sample import make_sample_store  # noqa: PLC0415
@@ -45,7 +47,7 @@ def main(args: argparse.Namespace, config: PseudoLabelConfig) -> int:
     if config.store == DEFAULT_STORE and not Path(DEFAULT_STORE, "manifest.jsonl").exists():
         logging.getLogger("bpiml").info("embedded default: writing the sample store to %s", DEFAULT_STORE)
         make_sample_store(DEFAULT_STORE)
-    print(format_summary(Summary(**run_pseudolabel(config))))
+    print(format_summary(Summary(**run_pseudolabel(config, **seams))))
     return 0
 
 if __name__ == "__main__":

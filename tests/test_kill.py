@@ -7,9 +7,10 @@ rerun, twice, then `ray job stop` and a resubmit; (c) a training worker SIGKILLe
 pseudo-labeling. After each: every input id exactly once in the manifest (or the rejects), every
 mask decodable at its image's size, and the redone work counted and bounded.
 
-Two test hooks slow the teacher down and log what it labels (`bpiml.pseudolabel.labeler`), so that
-the kills land mid-run whatever the machine's speed; the kills wait for observed progress (part
-files, checkpoints in S3), never for a fixed time.
+The pseudo-labeling runs go through `tests/slow_pseudolabel.py`: the job with a teacher slowed down
+that logs what it labels (injected into `run_pseudolabel`), so that the kills land mid-run whatever
+the machine's speed; the kills wait for observed progress (part files, checkpoints in S3), never
+for a fixed time.
 """
 
 from __future__ import annotations
@@ -40,11 +41,9 @@ TRAIN_EPOCHS = 8
 
 
 # --- jobs ------------------------------------------------------------------------------------------
-def submit(stack: LocalStack, args: list[str], env_vars: dict[str, str] | None = None, wait: bool = False) -> str:
+def submit(stack: LocalStack, args: list[str], wait: bool = False) -> str:
     job_id = f"bpiml-kill-{uuid.uuid4().hex[:8]}"
     command = [RAY, "job", "submit", "--submission-id", job_id, "--working-dir", str(REPO)]
-    if env_vars:
-        command += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
     command += ([] if wait else ["--no-wait"]) + ["--", "python", *args]
     done = subprocess.run(command, env=stack.client_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
     assert done.returncode == 0 or not wait, (done.stdout + done.stderr)[-5000:]
@@ -137,13 +136,11 @@ def tempfile_dir(stack: LocalStack) -> str:
     return str(path)
 
 
-def pseudolabel_args(bucket: str, out: str) -> list[str]:
-    return ["jobs/pseudolabel.py", "--store", f"s3://{bucket}/store", "--out", f"s3://{bucket}/{out}",
-            "--teacher", "box", "--num-workers", "2", "--batch-size", "2", "--part-rows", "4", "--lock-ttl-s", "6"]
-
-
-def hooks(log: Path, delay: float = 1.0) -> dict[str, str]:
-    return {"BPIML_TEST_TEACHER_DELAY_S": str(delay), "BPIML_TEST_LABEL_LOG": str(log)}
+def pseudolabel_args(bucket: str, out: str, log: Path, delay: float = 1.0) -> list[str]:
+    """The pseudo-labeling job, its teacher slowed by `delay` s per batch and logging what it labels to `log`."""
+    return ["tests/slow_pseudolabel.py", "--store", f"s3://{bucket}/store", "--out", f"s3://{bucket}/{out}",
+            "--teacher", "box", "--num-workers", "2", "--batch-size", "2", "--part-rows", "4", "--lock-ttl-s", "6",
+            "--teacher-delay-s", str(delay), "--label-log", str(log)]
 
 
 def parts(stack: LocalStack, bucket: str, out: str) -> int:
@@ -184,11 +181,11 @@ def test_a_teacher_actor_then_e_a_worker_node_killed_mid_run(local_stack: LocalS
     """(a) a teacher actor SIGKILLed: Ray restarts it; then (e) a whole worker node SIGKILLed: the
     job finishes on the other node. One run, two faults (each job start costs ~40 s here)."""
     log = data["shared"] / "ae.log"
-    job = submit(local_stack, pseudolabel_args(data["bucket"], "pseudo-ae"), hooks(log))
+    job = submit(local_stack, pseudolabel_args(data["bucket"], "pseudo-ae", log))
     try:
         wait_for(lambda: parts(local_stack, data["bucket"], "pseudo-ae") >= 2, 300, "two parts")
         mid_run(log)
-        assert kill_processes(local_stack, "MapBatches.TeacherLabeler")[:1], "no teacher actor found"
+        assert kill_processes(local_stack, "MapBatches.SlowTeacherLabeler")[:1], "no teacher actor found"
         at_actor_kill = labeled(log)
         wait_for(lambda: labeled(log) >= at_actor_kill + 4, 300, "progress after the actor kill")
         mid_run(log)
@@ -206,10 +203,10 @@ def test_a_teacher_actor_then_e_a_worker_node_killed_mid_run(local_stack: LocalS
 # --- (b): the driver, twice; then ray job stop --------------------------------------------------------
 def test_b_driver_killed_rerun_twice_then_stopped_and_resubmitted(local_stack: LocalStack, data) -> None:
     bucket, out, log = data["bucket"], "pseudo-b", data["shared"] / "b.log"
-    args, env = pseudolabel_args(bucket, out), hooks(log)
-    driver = f"jobs/pseudolabel.py --store s3://{bucket}/store --out s3://{bucket}/{out}"
+    args = pseudolabel_args(bucket, out, log)
+    driver = f"tests/slow_pseudolabel.py --store s3://{bucket}/store --out s3://{bucket}/{out}"
     committed = []
-    job = submit(local_stack, args, env)
+    job = submit(local_stack, args)
     for threshold in (2, 4):
         wait_for(lambda t=threshold: parts(local_stack, bucket, out) >= t, 300, f"{threshold} parts")
         mid_run(log)
@@ -217,18 +214,18 @@ def test_b_driver_killed_rerun_twice_then_stopped_and_resubmitted(local_stack: L
         committed.append(parts(local_stack, bucket, out))
         assert finished(local_stack, job, 120) == "FAILED"
         time.sleep(7)  # the lock's heartbeat stops with the driver: after 6 s it is stale
-        job = submit(local_stack, args, hooks(log, delay=4.0) if threshold == 4 else env)
+        job = submit(local_stack, pseudolabel_args(bucket, out, log, delay=4.0) if threshold == 4 else args)
     # The third run is slow on purpose (>= 32 images left at 4 s per 4): a second job started while
     # it holds the lock must refuse at once, without touching the output.
     wait_for(lambda: "taking over the stale lock" in logs(local_stack, job), 300, "the rerun to take the lock", poll=2)
-    second = submit(local_stack, args, env)
+    second = submit(local_stack, args)
     ended, text = finished(local_stack, second), logs(local_stack, second)
     assert status(local_stack, job) == "RUNNING", "the rerun ended before the second job tried the lock"
     assert ended == "FAILED" and "is being written by" in text, text[-3000:]
     subprocess.run([RAY, "job", "stop", job], env=local_stack.client_env(), capture_output=True, timeout=120)
     assert finished(local_stack, job, 120) == "STOPPED"
     time.sleep(7)
-    final = submit(local_stack, args, env, wait=True)
+    final = submit(local_stack, args, wait=True)
     assert "pseudo-labeling summary" in logs(local_stack, final)
     check_exactly_once(local_stack, bucket, out, data["ids"])
     print(f"(b) driver killed twice, stopped once: {redone(log, N_IMAGES)} image(s) labeled twice "

@@ -121,9 +121,10 @@ def _plan_partitions(files: list[str]) -> int:
     return int(min(512, max(2, math.ceil(total / PARTITION_BYTES))))
 
 
-def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, run_id: str,
-                   counter: Any) -> ray.data.Dataset:
-    """The run's stages (see the module doc); each writes the rows it rejects as parts of run `run_id`."""
+def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, run_id: str, counter: Any,
+                   labeler: type[TeacherLabeler] = TeacherLabeler) -> ray.data.Dataset:
+    """The run's stages (see the module doc); each writes the rows it rejects as parts of run `run_id`.
+    `labeler`: the teacher stage's actor class (`TeacherLabeler`; the kill tests pass a slowed subclass)."""
     text = read_lines(files, include_paths=True, line_numbers=True)
     if cfg.limit:
         text = text.limit(cfg.limit)
@@ -140,7 +141,7 @@ def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, run_
     side = {"out": cfg.out, "run_id": run_id, "counter": counter}
     decoded = planned.map_batches(decode_rows, fn_kwargs={"store": cfg.store, "max_boxes": cfg.max_boxes, **side},
                                   batch_size=cfg.part_rows, batch_format="pyarrow", num_cpus=decode_cpus)
-    labeled = decoded.map_batches(TeacherLabeler, fn_constructor_args=(cfg.to_dict(), run_id, counter), **raycluster.actor_pool_kwargs(
+    labeled = decoded.map_batches(labeler, fn_constructor_args=(cfg.to_dict(), run_id, counter), **raycluster.actor_pool_kwargs(
         cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker or 0.0, cfg.batch_size))
     return labeled.map_batches(write_masks, fn_kwargs={"store": cfg.store, **side},
                                batch_size=cfg.part_rows, batch_format="numpy", num_cpus=WRITE_CPUS)
@@ -174,8 +175,9 @@ def _log_to_mlflow(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> None:
         log_pseudolabel_run(cfg, summary)
 
 
-def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
-    """Label every image of `cfg.store` into `cfg.out`; returns the summary (also saved as summary.json)."""
+def run_pseudolabel(cfg: PseudoLabelConfig, labeler: type[TeacherLabeler] = TeacherLabeler) -> dict[str, Any]:
+    """Label every image of `cfg.store` into `cfg.out`; returns the summary (also saved as summary.json).
+    `labeler`: the teacher stage's actor class (`TeacherLabeler`; tests/slow_pseudolabel.py passes a slowed one)."""
     cfg = _prepare(cfg)
     files = check_locations(cfg)
     if cfg.experiment:  # a wrong tracking URI fails now, not after the labeling
@@ -200,7 +202,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     wait_for_resources(cfg.cpus_per_worker * cfg.num_workers, decision.gpus_per_worker * cfg.num_workers,
                        cfg.resource_wait_s, "pseudo-labeling")
     raycluster.check_paths_reachable({"store": cfg.store, "out": cfg.out}, "pseudo-labeling")
-    return run_batch(PseudoLabelJob(cfg, files, identity, source, signature, decision))
+    return run_batch(PseudoLabelJob(cfg, files, identity, source, signature, decision, labeler))
 
 
 class PseudoLabelJob(BatchJob):
@@ -210,10 +212,10 @@ class PseudoLabelJob(BatchJob):
     what, progress_keys = "pseudo-labeling", ("labeled", "rejected", "skipped")
 
     def __init__(self, cfg: PseudoLabelConfig, files: list[str], identity: str, source: dict[str, str],
-                 signature: str, decision: GpuDecision) -> None:
+                 signature: str, decision: GpuDecision, labeler: type[TeacherLabeler] = TeacherLabeler) -> None:
         super().__init__(cfg.out, cfg.max_reject_rate)
         self.cfg, self.files, self.identity, self.source, self.signature = cfg, files, identity, source, signature
-        self.decision = decision
+        self.decision, self.labeler = decision, labeler
         self.writer = WriterLock(storage.join(cfg.out, LOCK_FILE), cfg.lock_ttl_s, "pseudo-labeling output")
         self.runs: list[str] = []
         self.stats: dict[str, Any] = {}
@@ -235,7 +237,7 @@ class PseudoLabelJob(BatchJob):
         return min(total, self.cfg.limit) if total is not None and self.cfg.limit else total
 
     def pipeline(self, run_id: str, counter: Any) -> ray.data.Dataset:
-        return build_pipeline(self.cfg, self.files, self.identity, run_id, counter)
+        return build_pipeline(self.cfg, self.files, self.identity, run_id, counter, self.labeler)
 
     def sink(self, run_id: str, counter: Any) -> PartsSink:
         return part_sink(self.cfg.out, run_id, counter, self.cfg.part_rows)

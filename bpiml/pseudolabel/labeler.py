@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
 from typing import Any
 
 import numpy as np
@@ -24,10 +22,6 @@ from bpiml.pseudolabel.teachers.base import Labels
 from bpiml.runtime.batch import BatchStep
 
 logger = logging.getLogger(__name__)
-
-# Test hooks for the fault-injection tests (tests/test_kill.py); unset in normal use.
-DELAY_ENV = "BPIML_TEST_TEACHER_DELAY_S"  # sleep this long per batch, so a kill lands mid-run
-LABEL_LOG_ENV = "BPIML_TEST_LABEL_LOG"  # append every id the teacher labels here (measures redone work)
 
 
 class TeacherLabeler(BatchStep):
@@ -65,7 +59,6 @@ class TeacherLabeler(BatchStep):
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         ids = [str(i) for i in batch["id"]]
-        _test_hooks(ids)
         results = self._predict(list(batch["pixels"]), list(batch["prompts"])) if ids else []
         keep, masks, fields, bad = [], [], [], []
         for i, result in enumerate(results):
@@ -96,11 +89,3 @@ def _free_accelerator_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-
-def _test_hooks(ids: list[str]) -> None:
-    delay, log = float(os.environ.get(DELAY_ENV) or 0), os.environ.get(LABEL_LOG_ENV)
-    if delay and ids:
-        time.sleep(delay)
-    if log and ids:
-        with open(log, "a") as f:  # one write per batch: appends from several actors do not interleave
-            f.write("".join(f"{rid}\n" for rid in ids))
