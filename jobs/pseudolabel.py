@@ -37,17 +37,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Pseud
     return parse_job(build_parser(), PseudoLabelConfig, argv, SMOKE_TEST)
 
 def main(args: argparse.Namespace, config: PseudoLabelConfig, **seams: Any) -> int:
-    """Run the job; `seams`: parts injected into `run_pseudolabel` (tests/slow_pseudolabel.py: a slowed labeler)."""
+    """Run the job; `seams`: parts injected into `run_pseudolabel` (tests/slow_pseudolabel.py: a slowed labeler).
+    The review page logged with an MLflow run is drawn by `bpiml.review.page`, which sits above `pseudolabel`."""
     setup_console(args)
     # After parsing: --help and usage errors import no torch or Ray.
     from bpiml.data.sample import make_sample_store  # noqa: PLC0415
     from bpiml.pseudolabel.job import run_pseudolabel  # noqa: PLC0415
     from bpiml.pseudolabel.summary import Summary, format_summary  # noqa: PLC0415
+    from bpiml.review.page import write_page  # noqa: PLC0415
 
     if config.store == DEFAULT_STORE and not Path(DEFAULT_STORE, "manifest.jsonl").exists():
         logging.getLogger("bpiml").info("embedded default: writing the sample store to %s", DEFAULT_STORE)
         make_sample_store(DEFAULT_STORE)
-    print(format_summary(Summary(**run_pseudolabel(config, **seams))))
+    print(format_summary(Summary(**run_pseudolabel(config, review_page=write_page, **seams))))
     return 0
 
 if __name__ == "__main__":

@@ -200,13 +200,14 @@ def test_summary_and_mlflow_run_of_a_small_grabcut_run(tmp_path: Path, ray_local
 
     from bpiml.data.manifest import SHARDS_DIR
     from bpiml.pseudolabel.job import run_pseudolabel
+    from bpiml.review.page import write_page
 
     _store(tmp_path / "store")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = PseudoLabelConfig(store=str(tmp_path / "store"), out=str(tmp_path / "out"), teacher="grabcut",
                             num_workers=1, part_rows=2, batch_size=2, review_below=0.3, experiment="pseudo-test",
                             tracking_uri=tracking)
-    summary = run_pseudolabel(cfg)
+    summary = run_pseudolabel(cfg, review_page=write_page)  # what jobs/pseudolabel.py passes (next test)
 
     records = [json.loads(line) for f in sorted((tmp_path / "out" / SHARDS_DIR).glob("*.jsonl"))
                for line in f.read_text().splitlines() if line.strip()]
@@ -234,6 +235,31 @@ def test_summary_and_mlflow_run_of_a_small_grabcut_run(tmp_path: Path, ray_local
     assert "review_page/index.html" in page
     figure = client.download_artifacts(run.info.run_id, "confidence_histogram.png", str(tmp_path))
     assert Image.open(figure).size[0] > 100
+
+
+def test_the_job_hands_the_review_page_writer_to_the_run(monkeypatch) -> None:
+    """`review/` sits above `pseudolabel/`: the entry point passes the page writer in (docs/architecture.md)."""
+    import importlib.util
+
+    from bpiml.pseudolabel import job
+    from bpiml.review.page import write_page
+
+    path = Path(__file__).resolve().parents[1] / "jobs" / "pseudolabel.py"
+    spec = importlib.util.spec_from_file_location("bpiml_job_pseudolabel", path)
+    assert spec is not None and spec.loader is not None
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    passed = {}
+
+    def run_pseudolabel(cfg: PseudoLabelConfig, **kwargs: object) -> dict:
+        passed.update(kwargs)
+        raise InterruptedError("stop before any work")
+
+    monkeypatch.setattr(entry, "setup_console", lambda args: None)
+    monkeypatch.setattr(job, "run_pseudolabel", run_pseudolabel)
+    with pytest.raises(InterruptedError):
+        entry.main(*entry.parse_args(["--store", "s", "--out", "o", "--experiment", "e"]))
+    assert passed == {"review_page": write_page}
 
 
 def test_an_unreachable_tracking_server_fails_before_any_labeling(tmp_path: Path, monkeypatch) -> None:

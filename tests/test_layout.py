@@ -66,10 +66,6 @@ PACKAGE_ORDER = (
     {"review", "serving"},
     {"cli"},
 )
-# Imports that still point up the order, each with its reason; this list only shrinks.
-KNOWN_UPWARD = {
-    ("bpiml.pseudolabel.mlflow_run", "bpiml.review.page"),  # a pseudo-labeling run logs the review page to MLflow
-}
 
 
 def _package(module: str) -> str:
@@ -88,11 +84,8 @@ def test_packages_import_down_the_order() -> None:
                 src, dst = _package(module), _package(target)
                 if src in layer and dst in layer and layer[dst] > layer[src]:
                     upward.add((module, target))
-    upward = {(m, t) for m, t in upward if not any(m == km and t.startswith(kt) for km, kt in KNOWN_UPWARD)}
     assert not upward, "imports up the package order (docs/architecture.md): " + ", ".join(
         f"{m} -> {t}" for m, t in sorted(upward))
-    stale = {k for k in KNOWN_UPWARD if k[0] not in known or k[1] not in known}
-    assert not stale, f"KNOWN_UPWARD lists modules that are gone: {sorted(stale)}"
 
 
 def test_modules_and_functions_are_short() -> None:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -41,6 +41,9 @@ from bpiml.runtime import progress, raycluster
 from bpiml.runtime.batch import WRITE_CPUS, BatchJob, PartsSink, compact, run_batch
 from bpiml.runtime.datasets import READ_CPUS, read_lines
 from bpiml.runtime.resources import GpuDecision, wait_for_resources
+
+if TYPE_CHECKING:  # mlflow_run imports MLflow: only a run with --experiment loads it
+    from bpiml.pseudolabel.mlflow_run import PageWriter
 
 logger = logging.getLogger(__name__)
 
@@ -168,16 +171,19 @@ def _teacher_options(cfg: PseudoLabelConfig) -> dict[str, Any]:
     return {"checkpoint": cfg.checkpoint} if cfg.resolved_teacher == "sam" else {}
 
 
-def _log_to_mlflow(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> None:
+def _log_to_mlflow(cfg: PseudoLabelConfig, summary: dict[str, Any], review_page: PageWriter | None) -> None:
     if cfg.experiment:
         from bpiml.pseudolabel.mlflow_run import log_pseudolabel_run  # noqa: PLC0415 - MLflow only with --experiment
 
-        log_pseudolabel_run(cfg, summary)
+        log_pseudolabel_run(cfg, summary, review_page)
 
 
-def run_pseudolabel(cfg: PseudoLabelConfig, labeler: type[TeacherLabeler] = TeacherLabeler) -> dict[str, Any]:
+def run_pseudolabel(cfg: PseudoLabelConfig, labeler: type[TeacherLabeler] = TeacherLabeler,
+                    review_page: PageWriter | None = None) -> dict[str, Any]:
     """Label every image of `cfg.store` into `cfg.out`; returns the summary (also saved as summary.json).
-    `labeler`: the teacher stage's actor class (`TeacherLabeler`; tests/slow_pseudolabel.py passes a slowed one)."""
+    `labeler`: the teacher stage's actor class (`TeacherLabeler`; tests/slow_pseudolabel.py passes a slowed one).
+    `review_page`: draws the review page logged with the MLflow run (`--experiment`); `jobs/pseudolabel.py`
+    passes `bpiml.review.page.write_page` (`review/` sits above this package); none: no page."""
     cfg = _prepare(cfg)
     files = check_locations(cfg)
     if cfg.experiment:  # a wrong tracking URI fails now, not after the labeling
@@ -193,7 +199,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig, labeler: type[TeacherLabeler] = Teac
     if done is not None:  # no pass over the store, no Ray: a finished output reruns in one listing, writing nothing
         logger.info("%s is complete for this manifest, teacher and options (run %s): nothing to label",
                     cfg.out, index["runs"][-1] if index.get("runs") else "?")
-        _log_to_mlflow(cfg, done)
+        _log_to_mlflow(cfg, done, review_page)
         return done
     decision = cfg.gpu_decision()
     logger.info("teacher actors: %s", decision)
@@ -202,7 +208,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig, labeler: type[TeacherLabeler] = Teac
     wait_for_resources(cfg.cpus_per_worker * cfg.num_workers, decision.gpus_per_worker * cfg.num_workers,
                        cfg.resource_wait_s, "pseudo-labeling")
     raycluster.check_paths_reachable({"store": cfg.store, "out": cfg.out}, "pseudo-labeling")
-    return run_batch(PseudoLabelJob(cfg, files, identity, source, signature, decision, labeler))
+    return run_batch(PseudoLabelJob(cfg, files, identity, source, signature, decision, labeler, review_page))
 
 
 class PseudoLabelJob(BatchJob):
@@ -212,10 +218,11 @@ class PseudoLabelJob(BatchJob):
     what, progress_keys = "pseudo-labeling", ("labeled", "rejected", "skipped")
 
     def __init__(self, cfg: PseudoLabelConfig, files: list[str], identity: str, source: dict[str, str],
-                 signature: str, decision: GpuDecision, labeler: type[TeacherLabeler] = TeacherLabeler) -> None:
+                 signature: str, decision: GpuDecision, labeler: type[TeacherLabeler] = TeacherLabeler,
+                 review_page: PageWriter | None = None) -> None:
         super().__init__(cfg.out, cfg.max_reject_rate)
         self.cfg, self.files, self.identity, self.source, self.signature = cfg, files, identity, source, signature
-        self.decision, self.labeler = decision, labeler
+        self.decision, self.labeler, self.review_page = decision, labeler, review_page
         self.writer = WriterLock(storage.join(cfg.out, LOCK_FILE), cfg.lock_ttl_s, "pseudo-labeling output")
         self.runs: list[str] = []
         self.stats: dict[str, Any] = {}
@@ -263,7 +270,7 @@ class PseudoLabelJob(BatchJob):
     def finish(self, summary: dict[str, Any]) -> None:
         done = Summary(**summary)
         logger.debug("\n%s", format_summary(done))  # jobs/pseudolabel.py prints it
-        _log_to_mlflow(self.cfg, summary)
+        _log_to_mlflow(self.cfg, summary, self.review_page)
         if done.images_in_manifest == 0:
             raise ValueError(f"{self.cfg.store}: the manifest has no records (files: {', '.join(self.files[:3])})")
         done.check_counts()

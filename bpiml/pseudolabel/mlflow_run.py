@@ -2,16 +2,17 @@
 
 One MLflow run per job: params (the resolved config, credentials redacted), the summary's counts
 and throughput as metrics, the teacher-confidence histogram as a figure, `summary.json`, and the
-review page of the `REVIEW_PAGE_RECORDS` least confident records (`bpiml review page`, drawn into a
-temporary folder and logged under `review_page/`). Tracking URI: `--tracking-uri`, else
-MLFLOW_TRACKING_URI, else the project's sqlite (`bpiml.runtime.tracking`).
+review page of the `REVIEW_PAGE_RECORDS` least confident records (drawn into a temporary folder and
+logged under `review_page/` by the page writer the job is given: `review/` sits above this package,
+so `jobs/pseudolabel.py` passes `bpiml.review.page.write_page` in). Tracking URI: `--tracking-uri`,
+else MLFLOW_TRACKING_URI, else the project's sqlite (`bpiml.runtime.tracking`).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 from bpiml.config import redact
 from bpiml.pseudolabel.config import PseudoLabelConfig
@@ -20,6 +21,8 @@ from bpiml.runtime import tracking
 logger = logging.getLogger(__name__)
 
 REVIEW_PAGE_RECORDS = 100  # the review page logged with a run shows this many least confident records
+# `bpiml.review.page.write_page`'s signature: (store, out folder, per_page=, limit=) -> the pages written
+PageWriter = Callable[..., list[str]]
 METRIC_KEYS = ("images_in_manifest", "labeled_this_run", "skipped_already_labeled", "relabeled", "rejected",
                "labeled_total", "reject_rate", "seconds", "images_per_second", "mean_iou_vs_gt")
 
@@ -59,11 +62,10 @@ def confidence_figure(confidence: dict[str, Any] | None, title: str) -> Any:
     return figure
 
 
-def log_review_page(mlc: Any, run_id: str, out: str) -> int:
-    """Draw the review page of `out`'s least confident records and log it under `review_page/`; returns
-    how many pages were logged (0, with a warning, when it cannot be drawn: the run is logged anyway)."""
-    from bpiml.review.page import write_page  # noqa: PLC0415 - review reads pseudo stores; drawn only for MLflow
-
+def log_review_page(mlc: Any, run_id: str, out: str, write_page: PageWriter) -> int:
+    """Draw the review page of `out`'s least confident records with `write_page` and log it under
+    `review_page/`; returns how many pages were logged (0, with a warning, when it cannot be drawn:
+    the run is logged anyway)."""
     with tempfile.TemporaryDirectory(prefix="bpiml-review-page-") as folder:
         try:
             pages = write_page(out, folder, per_page=REVIEW_PAGE_RECORDS, limit=REVIEW_PAGE_RECORDS)
@@ -86,8 +88,9 @@ def check_tracking(cfg: PseudoLabelConfig) -> str:
     return uri
 
 
-def log_pseudolabel_run(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> str:
-    """Log one finished pseudo-labeling job to `cfg.experiment`; returns the MLflow run id."""
+def log_pseudolabel_run(cfg: PseudoLabelConfig, summary: dict[str, Any], review_page: PageWriter | None = None) -> str:
+    """Log one finished pseudo-labeling job to `cfg.experiment`; returns the MLflow run id. `review_page`:
+    the writer of the review page logged with it (none: no page)."""
     uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     run_id = tracking.start_or_resume_run(uri, str(cfg.experiment), run_name=f"pseudolabel-{summary['teacher']}",
                                           tags={"bpiml.job": "pseudolabel", "bpiml.out": cfg.out,
@@ -99,7 +102,8 @@ def log_pseudolabel_run(cfg: PseudoLabelConfig, summary: dict[str, Any]) -> str:
         mlc = tracking.client(uri)
         mlc.log_figure(run_id, confidence_figure(summary.get("confidence"), summary["teacher_identity"]),
                        "confidence_histogram.png")
-        log_review_page(mlc, run_id, cfg.out)
+        if review_page is not None:
+            log_review_page(mlc, run_id, cfg.out, review_page)
     except Exception:
         tracking.end_run(uri, run_id, "FAILED")
         raise
