@@ -13,6 +13,7 @@ import pytest
 from bpiml.data import imageio, manifest, parts, visual
 from bpiml.data.naming import file_stem
 from bpiml.evaluation import audit, cli, report, report_html, tables
+from bpiml.pseudolabel.store import source_reference, write_index
 
 H, W = 32, 40
 
@@ -44,11 +45,13 @@ def stores(tmp_path):
         rec = {"id": f"im{i}", "image": f"images/im{i}.png", "boxes": [[5 + i, 5, 15 + i, 15]],
                "mask": f"masks/im{i}.png", "split": "test"}
         records.append(rec)
-        pseudo_records.append({**rec, "source": str(src), "pseudo_mask": f"pseudo/im{i}.png", "teacher": teacher})
+        pseudo_records.append({**rec, "pseudo_mask": f"pseudo/im{i}.png", "teacher": teacher})
     pseudo_records.append({"id": "nogt", "image": "images/im0.png", "boxes": [[1, 1, 5, 5]], "mask": None,
-                           "split": "train", "source": str(src), "pseudo_mask": "pseudo/im0.png", "teacher": "sam"})
+                           "split": "train", "pseudo_mask": "pseudo/im0.png", "teacher": "sam"})
     manifest.write_manifest(records, str(src))
     manifest.write_manifest(pseudo_records, str(out))
+    write_index(str(out), {"complete": True, "source": source_reference(str(src), str(out)),
+                           "records": len(pseudo_records)})  # the input store, named once
     return {"src": src, "pseudo": out}
 
 

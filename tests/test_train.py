@@ -297,8 +297,7 @@ def test_gt_supervision_keeps_authentic_images_as_empty_targets(store: Path, tmp
     shutil.copytree(store, copy)
     (copy / "manifest.jsonl").write_text("\n".join(lines + [json.dumps(extra), json.dumps(no_mask)]) + "\n")
     rows = sample_rows({"text": (copy / "manifest.jsonl").read_text().splitlines()}, root=str(copy),
-                       source=str(store.parent / "input"), supervision="gt", train_split="train", val_split="val",
-                       allow_external=True)
+                       source=str(store.parent / "input"), supervision="gt", train_split="train", val_split="val")
     by_id = dict(zip(rows["id"], zip(rows["split"], rows["target"], rows["boxes"], rows["reason"])))
     assert by_id["authentic"][:3] == ("train", "", "[]")  # trains on an empty mask
     assert by_id["forged-without-mask"][0] == "" and by_id["forged-without-mask"][3] == "no GT mask"

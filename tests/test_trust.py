@@ -143,11 +143,13 @@ def test_a_symlink_leaving_a_local_store_is_refused(tmp_path: Path) -> None:
 def test_a_pseudo_stores_source_obeys_the_escape_rule(tmp_path: Path) -> None:
     out = "s3://bucket/pseudo/run"
     assert resolve_source(out, source_reference("s3://bucket/stores/a", out)) == "s3://bucket/stores/a"
+    external = {"base": "external", "path": "s3://other-bucket/store"}
     for reference in ({"base": "bucket", "path": "../other"}, {"base": "bucket", "path": "/etc"},
-                      {"base": "parent", "path": "x"}, "s3://other-bucket/store", {"base": "weird", "path": "x"}):
+                      {"base": "parent", "path": "x"}, "s3://other-bucket/store", external,
+                      {"base": "weird", "path": "x"}):
         with pytest.raises(ValueError):
-            resolve_source(out, reference)
-    assert resolve_source(out, "s3://other-bucket/store", allow_external=True) == "s3://other-bucket/store"
+            resolve_source(out, reference)  # a plain URI is no reference; an external one needs the allow
+    assert resolve_source(out, external, allow_external=True) == "s3://other-bucket/store"
     local_out = str(tmp_path / "pseudo")
     assert resolve_source(local_out, {"base": "parent", "path": "store"}) == str(tmp_path / "store")
     with pytest.raises(ValueError):

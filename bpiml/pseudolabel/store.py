@@ -64,8 +64,6 @@ def source_reference(store: str, out: str) -> dict[str, str]:
 
 def resolve_source(out: str, reference: Any, allow_external: bool = False) -> str:
     """The input store URI a pseudo store names; ValueError when the reference is not allowed."""
-    if isinstance(reference, str):  # stores written before index.json: a plain URI
-        reference = source_reference(reference, out)
     if not isinstance(reference, dict) or reference.get("base") not in ("parent", "bucket", "external"):
         raise ValueError(f"{out}: source must be a reference {{'base', 'path'}}, got {reference!r}")
     base, path = reference["base"], str(reference.get("path") or "")
@@ -120,7 +118,6 @@ class PseudoStore:
     root: str  # the pseudo store
     source: str  # its input store, where `image` and `mask` of a record are
     index: dict[str, Any]
-    allow_external: bool = False
 
     @classmethod
     def open(cls, uri: str, allow_external: bool = False) -> PseudoStore:
@@ -130,18 +127,13 @@ class PseudoStore:
             raise ValueError(f"pseudo store {root} is incomplete: a pseudo-labeling run into it was interrupted or "
                              "is still running; rerun the same pseudo-labeling command to finish it")
         source = resolve_source(root, index["source"], allow_external) if index.get("source") else root
-        return cls(root, source, index, allow_external)
-
-    def source_of(self, record: manifest.Record) -> str:
-        """Stores written before index.json name the input store per record: the same rule applies."""
-        legacy = record.extra.get("source")
-        return self.source if legacy is None else resolve_source(self.root, legacy, self.allow_external)
+        return cls(root, source, index)
 
     def image(self, record: manifest.Record) -> str:
-        return storage.resolve_in_store(self.source_of(record), record.image)
+        return storage.resolve_in_store(self.source, record.image)
 
     def mask(self, record: manifest.Record) -> str | None:
-        return storage.resolve_in_store(self.source_of(record), record.mask) if record.mask else None
+        return storage.resolve_in_store(self.source, record.mask) if record.mask else None
 
     def pseudo_mask(self, record: manifest.Record) -> str | None:
         rel = record.extra.get("pseudo_mask")

@@ -34,7 +34,6 @@ import numpy as np
 from bpiml.data import imageio, manifest, storage
 from bpiml.data.boxes import fill_boxes
 from bpiml.pseudolabel import reviews
-from bpiml.pseudolabel import store as pseudo_store
 from bpiml.train.augment import Augment
 from bpiml.train.config import StoreSpec
 
@@ -102,7 +101,7 @@ def _sample(record: manifest.Record, root: str, source: str, supervision: str, s
 
 
 def sample_rows(batch: dict[str, Any], root: str, source: str, supervision: str, train_split: str,
-                val_split: str, allow_external: bool = False, decisions: dict[str, dict[str, Any]] | None = None,
+                val_split: str, decisions: dict[str, dict[str, Any]] | None = None,
                 min_confidence: float = 0.0) -> dict[str, np.ndarray]:
     """Manifest lines -> sample rows (URIs resolved; `split` "" = not used, with the reason); `decisions`:
     record id -> its review decision (`reviews.latest_decisions`)."""
@@ -111,10 +110,7 @@ def sample_rows(batch: dict[str, Any], root: str, source: str, supervision: str,
         try:
             raw = json.loads(str(text))
             record = manifest.Record.from_dict(reviews.apply(raw, (decisions or {}).get(raw.get("id"))))
-            record_source = source
-            if record.extra.get("source") is not None:  # stores written before index.json name it per record
-                record_source = pseudo_store.resolve_source(root, record.extra["source"], allow_external)
-            rows.append(_sample(record, root, record_source, supervision, (train_split, val_split), min_confidence))
+            rows.append(_sample(record, root, source, supervision, (train_split, val_split), min_confidence))
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             rows.append({"id": "", "split": "", "image": "", "target": "", "gt": "", "boxes": "[]", "ok": False,
                          "reason": f"bad record: {err}", "weight": 1.0, "review": ""})

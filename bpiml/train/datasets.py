@@ -75,7 +75,7 @@ def _store_rows(spec: StoreSpec, config: TrainConfig) -> tuple[ray.data.Dataset,
         sample_rows, batch_format="numpy", num_cpus=READ_CPUS, fn_kwargs={
             "root": opened.root, "source": opened.source, "supervision": spec.supervision,
             "train_split": config.train_split, "val_split": config.val_split,
-            "allow_external": config.allow_external_source, "min_confidence": config.min_confidence,
+            "min_confidence": config.min_confidence,
             "decisions": reviews.latest_decisions(opened.root)})
     rows = rows.repartition(target_num_rows_per_block=BLOCK_ROWS)
     return rows, count_samples(rows), opened
