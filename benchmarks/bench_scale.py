@@ -11,6 +11,7 @@ in N means ~1.0 for RSS and images/s).
 
     python benchmarks/bench_scale.py                              # N = 20k and 100k (~15 min on 2 cores)
     python benchmarks/bench_scale.py --sizes 2000 10000           # quick
+    python benchmarks/bench_scale.py --stages pseudolabel --sizes 20000 1000000   # the driver at 1M records (~25 min)
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--part-rows", type=int, default=256)
+    parser.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=list(STAGES),
+                        help="which stages to run at each N (default: all)")
     parser.add_argument("--work", help="scratch folder (default: a temp folder, removed)")
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
@@ -169,14 +172,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.work) as work:
         for n in args.sizes:
             make_store(Path(work) / f"store-{n}", n)
-            results[n] = {stage: run_stage(stage, n, work, args.cpus, args.part_rows) for stage in STAGES}
+            results[n] = {stage: run_stage(stage, n, work, args.cpus, args.part_rows) for stage in args.stages}
             for stage, r in results[n].items():
                 print(f"N={n:>9,}  {stage:<11}  driver peak {r['peak_mb']:6.0f} MB (baseline {r['baseline_mb']:4.0f}, "
                       f"+{r['peak_mb'] - r['baseline_mb']:4.0f})  object store peak {r['object_store_peak_mb']:7.1f} MB  "
                       f"{r['img_s']:6.0f} img/s  ({r['rows']:,} rows)", flush=True)
     small, large = args.sizes[0], args.sizes[-1]
     print(f"\nlargest / smallest N ({large:,} / {small:,} = {large / small:.0f}x records):")
-    for stage in STAGES:
+    for stage in args.stages:
         a, b = results[small][stage], results[large][stage]
         print(f"  {stage:<11}  driver peak RSS {b['peak_mb'] / a['peak_mb']:.2f}x   "
               f"above baseline {b['peak_mb'] - b['baseline_mb']:.0f} / {a['peak_mb'] - a['baseline_mb']:.0f} MB   "
