@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from bpiml.data import imageio
-from bpiml.pseudolabel.store import FORMAT
+from bpiml.pseudolabel.store import write_index
 from bpiml.review import rle
 
 WIDTH, HEIGHT = 48, 40  # not square: a swapped width/height shows
@@ -42,8 +42,7 @@ def make_review_store(root: Path, confidences: list[float | None] = (0.9, 0.2, N
                       "confidence": conf, "box_confidence": [conf]})
     (pseudo / "manifest" / "shard-r1-0.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (pseudo / "manifest" / "_r1.compacted").write_text("")
-    (pseudo / "index.json").write_text(json.dumps({"format": FORMAT, "complete": True, "teacher": {"name": "grabcut"},
-                                                   "source": {"base": "parent", "path": "input"}}))
+    write_index(str(pseudo), {"complete": True, "teacher": {"name": "grabcut"}, "source": {"base": "parent", "path": "input"}})
     return pseudo
 
 

@@ -31,9 +31,11 @@ ray.init()
 
 @ray.remote
 def double(x):
-    return 2 * x
+    import signal
+    return 2 * x, callable(signal.getsignal(signal.SIGINT))  # a worker that ignores SIGINT ignores ray.cancel
 
-print("TASK", ray.get(double.remote(21)))
+value, interruptible = ray.get(double.remote(21))
+print("TASK", value, "interruptible", interruptible)
 storage.write_bytes("{uri}", b"from-job")
 print("WROTE", "{uri}")
 """
@@ -61,7 +63,7 @@ def test_job_with_token_runs_tasks_and_reaches_s3(local_stack: LocalStack, tmp_p
     done = _submit(local_stack.client_env(), tmp_path, "python", "job.py")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
-    assert "TASK 42" in output and f"WROTE {uri}" in output
+    assert "TASK 42 interruptible True" in output and f"WROTE {uri}" in output
     # The job got the S3 endpoint and credentials from the head's environment.
     bucket, key = storage.split_s3(uri)
     assert _s3(local_stack).get_object(Bucket=bucket, Key=key)["Body"].read() == b"from-job"

@@ -62,11 +62,11 @@ def _stores_of(train_config: Any) -> list[dict[str, Any]] | None:
 
 
 def _metadata_stores(metadata: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """An exported model's `stores`: records, or the plain URIs that models exported before them list."""
+    """An exported model's `stores` records (None when it lists none)."""
     stores = metadata.get("stores")
     if not isinstance(stores, list) or not stores:
         return None
-    return [s if isinstance(s, dict) else {"uri": redact(str(s)), "role": "train"} for s in stores]
+    return [s for s in stores if isinstance(s, dict)] or None
 
 
 def _from_exported(folder: str | Path, uri: str) -> InitModel:

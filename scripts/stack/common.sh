@@ -206,9 +206,16 @@ stop_group() {
 }
 
 # start_group NAME CMD...: run CMD in a new session (its own process group), record the pid.
+# `CMD &` in a script starts CMD with SIGINT and SIGQUIT ignored, and everything it starts inherits
+# that: Ray workers would then ignore the SIGINT of `ray.cancel` (a running task is not interrupted)
+# and Ray's DeferSigint fails with "TypeError: 'Handlers' object is not callable". The exec wrapper
+# restores both before CMD starts (same pid).
 start_group() {
     local name="$1"; shift
     : > "$STACK_DIR/$name.log"
-    setsid "$@" >> "$STACK_DIR/$name.log" 2>&1 < /dev/null &
+    setsid "$PY" -c 'import os, signal, sys
+for sig in (signal.SIGINT, signal.SIGQUIT):
+    signal.signal(sig, signal.SIG_DFL)
+os.execvp(sys.argv[1], sys.argv[1:])' "$@" >> "$STACK_DIR/$name.log" 2>&1 < /dev/null &
     echo $! > "$STACK_DIR/$name.pid"
 }
