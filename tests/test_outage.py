@@ -26,7 +26,6 @@ from test_kill import (
     check_exactly_once,
     data,  # noqa: F401 - the fixture: the sample store in a bucket of the stack's S3
     finished,
-    hooks,
     labeled,
     logs,
     parts,
@@ -151,7 +150,7 @@ def test_storage_rides_out_a_seaweedfs_restart_and_names_s3_past_the_budget(seaw
 def test_pseudolabel_job_rides_out_a_20s_s3_outage_and_fails_naming_s3_past_its_budget(
         local_stack: LocalStack, data) -> None:  # noqa: F811 - the fixture imported above
     bucket, log = data["bucket"], data["shared"] / "outage.log"
-    job = submit(local_stack, pseudolabel_args(bucket, "pseudo-outage"), hooks(log, delay=0.5))
+    job = submit(local_stack, pseudolabel_args(bucket, "pseudo-outage", log, delay=0.5))
     wait_for(lambda: parts(local_stack, bucket, "pseudo-outage") >= 2, 300, "two parts")
     port = stop_s3(local_stack.state_dir)
     at_stop = labeled(log)
@@ -161,8 +160,8 @@ def test_pseudolabel_job_rides_out_a_20s_s3_outage_and_fails_naming_s3_past_its_
     assert 0 < at_stop < N_IMAGES, f"{at_stop} of {N_IMAGES} labeled when S3 went away: the outage tested nothing"
     check_exactly_once(local_stack, bucket, "pseudo-outage", data["ids"])
 
-    args = pseudolabel_args(bucket, "pseudo-budget") + ["--storage-retry-s", "5"]
-    job = submit(local_stack, args, hooks(log, delay=0.5))
+    args = pseudolabel_args(bucket, "pseudo-budget", log, delay=0.5) + ["--storage-retry-s", "5"]
+    job = submit(local_stack, args)
     wait_for(lambda: parts(local_stack, bucket, "pseudo-budget") >= 2, 300, "two parts")
     port = stop_s3(local_stack.state_dir)
     try:
@@ -172,7 +171,7 @@ def test_pseudolabel_job_rides_out_a_20s_s3_outage_and_fails_naming_s3_past_its_
     tail = logs(local_stack, job).strip().splitlines()[-1]  # the driver stops Ray's log stream before it prints
     assert tail.startswith("caused by StorageUnavailable: S3 endpoint") and "unreachable" in tail, tail
     time.sleep(7)  # a lock the failing job could not release goes stale after --lock-ttl-s 6
-    final = submit(local_stack, pseudolabel_args(bucket, "pseudo-budget"), wait=True)
+    final = submit(local_stack, pseudolabel_args(bucket, "pseudo-budget", log, delay=0.0), wait=True)
     assert "pseudo-labeling summary" in logs(local_stack, final)
     check_exactly_once(local_stack, bucket, "pseudo-budget", data["ids"])
     assert not any(k.endswith("/.lock") for k in [o["Key"] for o in s3_client(local_stack).list_objects_v2(
