@@ -136,11 +136,16 @@ def tempfile_dir(stack: LocalStack) -> str:
     return str(path)
 
 
+def pseudolabel_flags(bucket: str, out: str) -> list[str]:
+    """The pseudo-labeling job's flags in these tests (`jobs/pseudolabel.py` or the slowed driver)."""
+    return ["--store", f"s3://{bucket}/store", "--out", f"s3://{bucket}/{out}", "--teacher", "box",
+            "--num-workers", "2", "--batch-size", "2", "--part-rows", "4", "--lock-ttl-s", "6"]
+
+
 def pseudolabel_args(bucket: str, out: str, log: Path, delay: float = 1.0) -> list[str]:
     """The pseudo-labeling job, its teacher slowed by `delay` s per batch and logging what it labels to `log`."""
-    return ["tests/slow_pseudolabel.py", "--store", f"s3://{bucket}/store", "--out", f"s3://{bucket}/{out}",
-            "--teacher", "box", "--num-workers", "2", "--batch-size", "2", "--part-rows", "4", "--lock-ttl-s", "6",
-            "--teacher-delay-s", str(delay), "--label-log", str(log)]
+    return ["tests/slow_pseudolabel.py", *pseudolabel_flags(bucket, out), "--teacher-delay-s", str(delay),
+            "--label-log", str(log)]
 
 
 def parts(stack: LocalStack, bucket: str, out: str) -> int:

@@ -30,6 +30,7 @@ from test_kill import (
     logs,
     parts,
     pseudolabel_args,
+    pseudolabel_flags,
     submit,
     wait_for,
 )
@@ -171,7 +172,7 @@ def test_pseudolabel_job_rides_out_a_20s_s3_outage_and_fails_naming_s3_past_its_
     tail = logs(local_stack, job).strip().splitlines()[-1]  # the driver stops Ray's log stream before it prints
     assert tail.startswith("caused by StorageUnavailable: S3 endpoint") and "unreachable" in tail, tail
     time.sleep(7)  # a lock the failing job could not release goes stale after --lock-ttl-s 6
-    final = submit(local_stack, pseudolabel_args(bucket, "pseudo-budget", log, delay=0.0), wait=True)
+    final = submit(local_stack, ["jobs/pseudolabel.py", *pseudolabel_flags(bucket, "pseudo-budget")], wait=True)
     assert "pseudo-labeling summary" in logs(local_stack, final)
     check_exactly_once(local_stack, bucket, "pseudo-budget", data["ids"])
     assert not any(k.endswith("/.lock") for k in [o["Key"] for o in s3_client(local_stack).list_objects_v2(
