@@ -102,7 +102,7 @@ def _finish(sampler: Sampler, baseline: float) -> dict[str, float]:
             "peak_mb": max(sampler.rss_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def pseudolabel(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, float]:
+def pseudolabel(n: int, work: Path, cpus: int, part_rows: int, wave_rows: int) -> dict[str, float]:
     """The pseudo-labeling driver, as `jobs/pseudolabel.py` runs it (it imports no torch)."""
     from bpiml.pseudolabel.config import PseudoLabelConfig
     from bpiml.pseudolabel.job import run_pseudolabel
@@ -111,7 +111,7 @@ def pseudolabel(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, floa
     started = time.perf_counter()
     summary = run_pseudolabel(PseudoLabelConfig(store=str(work / f"store-{n}"), out=str(work / f"pseudo-{n}"),
                                                 teacher="box", num_workers=1, cpus_per_worker=0.5, batch_size=64,
-                                                part_rows=part_rows))
+                                                part_rows=part_rows, wave_rows=wave_rows))
     seconds = time.perf_counter() - started
     return {**_finish(sampler, baseline), "rows": summary["labeled_this_run"],
             "img_s": summary["labeled_this_run"] / seconds}
@@ -121,7 +121,7 @@ def _consume(dataset: Any) -> int:
     return sum(len(b["id"]) for b in dataset.iter_batches(batch_size=64, batch_format="numpy"))
 
 
-def train_data(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, float]:
+def train_data(n: int, work: Path, cpus: int, part_rows: int, wave_rows: int) -> dict[str, float]:
     """The training driver's data path (`bpiml.train.datasets`): one epoch streamed, decode + augment."""
     import ray
 
@@ -142,10 +142,10 @@ def train_data(n: int, work: Path, cpus: int, part_rows: int) -> dict[str, float
 STAGES = {"pseudolabel": pseudolabel, "train_data": train_data}
 
 
-def run_stage(stage: str, n: int, work: str, cpus: int, part_rows: int) -> dict[str, float]:
+def run_stage(stage: str, n: int, work: str, cpus: int, part_rows: int, wave_rows: int) -> dict[str, float]:
     """One stage at one N in a fresh driver process (a job's driver starts empty too)."""
     done = subprocess.run([sys.executable, __file__, "--stage", stage, "--one", str(n), "--work", work,
-                           "--cpus", str(cpus), "--part-rows", str(part_rows)],
+                           "--cpus", str(cpus), "--part-rows", str(part_rows), "--wave-rows", str(wave_rows)],
                           capture_output=True, text=True, check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
@@ -154,10 +154,14 @@ def run_stage(stage: str, n: int, work: str, cpus: int, part_rows: int) -> dict[
 
 
 def main() -> None:
+    from bpiml.pseudolabel.config import PseudoLabelConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--part-rows", type=int, default=256)
+    parser.add_argument("--wave-rows", type=int, default=PseudoLabelConfig.wave_rows,
+                        help="records per labeling wave (default: the job's)")
     parser.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=list(STAGES),
                         help="which stages to run at each N (default: all)")
     parser.add_argument("--work", help="scratch folder (default: a temp folder, removed)")
@@ -165,14 +169,15 @@ def main() -> None:
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        result = STAGES[args.stage](args.one, Path(args.work), args.cpus, args.part_rows)
+        result = STAGES[args.stage](args.one, Path(args.work), args.cpus, args.part_rows, args.wave_rows)
         print("RESULT " + json.dumps(result), flush=True)
         return
     results: dict[int, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.work) as work:
         for n in args.sizes:
             make_store(Path(work) / f"store-{n}", n)
-            results[n] = {stage: run_stage(stage, n, work, args.cpus, args.part_rows) for stage in args.stages}
+            results[n] = {stage: run_stage(stage, n, work, args.cpus, args.part_rows, args.wave_rows)
+                          for stage in args.stages}
             for stage, r in results[n].items():
                 print(f"N={n:>9,}  {stage:<11}  driver peak {r['peak_mb']:6.0f} MB (baseline {r['baseline_mb']:4.0f}, "
                       f"+{r['peak_mb'] - r['baseline_mb']:4.0f})  object store peak {r['object_store_peak_mb']:7.1f} MB  "

@@ -211,8 +211,8 @@ def test_an_unchanged_finished_output_reruns_without_a_pass(tmp_path, monkeypatc
     assert first["labeled_this_run"] == 6 and first["rejected"] == 0
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     passes = []
-    build = job.build_pipeline
-    monkeypatch.setattr(job, "build_pipeline", lambda *a, **k: passes.append(1) or build(*a, **k))
+    build = job.plan_pipeline
+    monkeypatch.setattr(job, "plan_pipeline", lambda *a, **k: passes.append(1) or build(*a, **k))
     again = run_pseudolabel(cfg.replace(num_workers=2, part_rows=8))  # resources and layout change no record
     assert (again["labeled_this_run"], again["skipped_already_labeled"], again["labeled_total"]) == (0, 6, 6)
     assert passes == [] and {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
@@ -281,3 +281,39 @@ def test_every_bad_line_is_its_own_reject_and_the_counts_add_up(tmp_path):
     again = run_pseudolabel(PseudoLabelConfig(store=str(store), out=str(out), teacher="box", num_workers=1,
                                               max_reject_rate=1.0))
     assert (again["skipped_already_labeled"], again["rejected"]) == (1, 8)
+
+
+def test_waves_label_every_record_once_and_a_killed_runs_todo_is_dropped(tmp_path, monkeypatch):
+    """With waves of at most 4 records the run is one plan execution and at least 3 labeling executions: the
+    same records as one wave, each id once, no todo file left; a killed run's todo file is removed, not labeled."""
+    from bpiml.data import parts
+    from bpiml.data.sample import make_sample_store
+    from bpiml.pseudolabel import job, waves
+    from bpiml.pseudolabel.rows import plan_row
+
+    store = make_sample_store(str(tmp_path / "store"), n_images=10, seed=4, size=64)
+    one = run_pseudolabel(PseudoLabelConfig(store=store, out=str(tmp_path / "one"), teacher="box", num_workers=1))
+    out = tmp_path / "waves"
+    parts.write_part(str(out / waves.TODO_DIR), "20260101_000000.killed", [plan_row(id="ghost", image="none.png")])
+    executions = []
+    label = job.label_pipeline
+    monkeypatch.setattr(job, "label_pipeline", lambda *a, **k: executions.append(1) or label(*a, **k))
+    cfg = PseudoLabelConfig(store=store, out=str(out), teacher="box", num_workers=1, part_rows=2, wave_rows=4)
+    summary = run_pseudolabel(cfg)
+    waves_run = len(executions)
+    assert waves_run >= 3 and summary["labeled_this_run"] == 10 and summary["rejected"] == 0
+    records, expected = _outputs(out)[0], _outputs(tmp_path / "one")[0]
+    assert sorted((r["id"], r["fingerprint"]) for r in records) == sorted((r["id"], r["fingerprint"]) for r in expected)
+    assert len(records) == 10 == one["labeled_this_run"] and not list((out / waves.TODO_DIR).iterdir())
+    assert run_pseudolabel(cfg.replace(wave_rows=3))["skipped_already_labeled"] == 10  # nothing to label: no wave
+    assert len(executions) == waves_run
+
+
+def test_wave_groups_never_exceed_the_wave():
+    from bpiml.pseudolabel.waves import file_rows, wave_groups
+
+    files = [f"f{k}" for k in range(7)]
+    assert file_rows(50_000) == 4096 and file_rows(4) == 4
+    assert wave_groups(files, wave_rows=4, rows_per_file=4) == [[f] for f in files]
+    assert wave_groups(files, wave_rows=9, rows_per_file=4) == [files[0:2], files[2:4], files[4:6], files[6:]]
+    assert wave_groups([], wave_rows=9, rows_per_file=4) == []

@@ -81,8 +81,10 @@ def _blob(size: int, rng: np.random.Generator, margin: float = 0.25) -> np.ndarr
     pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1).round().astype(np.int32)
     shape = np.zeros((size, size), np.uint8)
     cv2.fillPoly(shape, [pts], 255)
-    shape = (cv2.GaussianBlur(shape, (0, 0), radius * 0.15) > 127).astype(np.float32)
-    return cv2.GaussianBlur(shape, (0, 0), 1.5)
+    smoothed = (cv2.GaussianBlur(shape, (0, 0), radius * 0.15) > 127).astype(np.float32)
+    alpha = cv2.GaussianBlur(smoothed, (0, 0), 1.5)
+    # A thin polygon in a small image can smooth or feather away: then it is kept as drawn.
+    return alpha if (alpha > 0.5).any() else (shape > 0).astype(np.float32)
 
 
 def _splice(base: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

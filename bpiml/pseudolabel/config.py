@@ -45,6 +45,8 @@ class PseudoLabelConfig(BaseConfig):
     limit: int | None = field(None, "label at most the first N manifest lines (never removes earlier records)")
     max_reject_rate: float = reject_rate_field(0.05)
     part_rows: int = field(32, "records per task and per part file: a killed run redoes at most the parts in flight")
+    wave_rows: int = field(50000, "records per labeling wave, one Ray Data execution each: the driver's memory "
+                                  "grows with a wave, not with the store (docs/performance.md)")
     shard_rows: int = field(20000, "records per manifest shard after a run's parts are compacted")
     max_boxes: int = field(64, "reject images with more boxes than this (a broken annotation, or a memory bomb)")
     grabcut_time_limit_s: float = field(30.0, "GrabCut: after this long on one image, its remaining boxes are filled")
@@ -64,7 +66,7 @@ class PseudoLabelConfig(BaseConfig):
         if self.variant is not None:
             check_choice("variant", self.variant, VARIANTS)
         check_job_resources(self, min_cpus=0)
-        for key in ("batch_size", "part_rows", "shard_rows", "max_boxes"):
+        for key in ("batch_size", "part_rows", "wave_rows", "shard_rows", "max_boxes"):
             check_range(key, getattr(self, key), 1)
         check_range("grabcut_time_limit_s", self.grabcut_time_limit_s, 0.01)
         check_range("lock_ttl_s", self.lock_ttl_s, 1)

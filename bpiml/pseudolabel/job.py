@@ -1,13 +1,15 @@
 """The pseudo-labeling job: a box-annotated store in, one teacher mask per image out, on Ray Data.
 
-    read_text(manifest files) -> parse_lines -> plan (resume, by id) -> decode_rows (CPU tasks)
-        -> TeacherLabeler (actor pool, one frozen teacher each) -> write_masks (CPU tasks) -> part_sink
+    read_text(manifest files) -> parse_lines -> plan (resume, by id) -> todo files      (one execution)
+    per wave of todo files: decode_rows (CPU tasks) -> TeacherLabeler (actor pool, one frozen
+        teacher each) -> write_masks (CPU tasks) -> part_sink                   (one execution each)
 
 Nothing proportional to the store passes through the driver: Ray Data reads the manifest (one
 file or many shards, local or s3://), tasks write the masks and the part files, and counts come
 back through a counter actor. The output is a pseudo-labeled store (`bpiml.pseudolabel.store`);
 rerunning the same command resumes it (`bpiml.pseudolabel.plan`); one job writes it at a time
-(`bpiml.data.lock`).
+(`bpiml.data.lock`). The waves keep the driver's memory bounded by a wave, not the store
+(`bpiml.pseudolabel.waves`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -24,7 +27,7 @@ from bpiml.data import inputs, retry, storage
 from bpiml.data import manifest as manifest_io
 from bpiml.data.lock import LOCK_FILE, WriterLock
 from bpiml.data.manifest import SHARDS_DIR
-from bpiml.pseudolabel import commit, plan
+from bpiml.pseudolabel import commit, plan, waves
 from bpiml.pseudolabel.config import PseudoLabelConfig
 from bpiml.pseudolabel.labeler import TeacherLabeler
 from bpiml.pseudolabel.sink import part_sink
@@ -124,30 +127,55 @@ def _plan_partitions(files: list[str]) -> int:
     return int(min(512, max(2, math.ceil(total / PARTITION_BYTES))))
 
 
-def build_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, run_id: str, counter: Any,
-                   labeler: type[TeacherLabeler] = TeacherLabeler) -> ray.data.Dataset:
-    """The run's stages (see the module doc); each writes the rows it rejects as parts of run `run_id`.
-    `labeler`: the teacher stage's actor class (`TeacherLabeler`; the kill tests pass a slowed subclass)."""
+def plan_pipeline(cfg: PseudoLabelConfig, files: list[str], identity: str, run_id: str,
+                  counter: Any) -> ray.data.Dataset:
+    """Read -> parse -> plan: the rows to label (its reject and supersede rows are written as parts of run
+    `run_id` by the plan itself)."""
     text = read_lines(files, include_paths=True, line_numbers=True)
     if cfg.limit:
         text = text.limit(cfg.limit)
     rows = text.map_batches(parse_lines, fn_kwargs={"identity": identity}, batch_size=1024, batch_format="numpy",
                             num_cpus=READ_CPUS)
-    planned = plan.plan(rows, plan.read_done(cfg.out), counter, _plan_partitions(files), cfg.out, run_id)
+    return plan.plan(rows, plan.read_done(cfg.out), counter, _plan_partitions(files), cfg.out, run_id)
+
+
+def label_pipeline(cfg: PseudoLabelConfig, rows: ray.data.Dataset, run_id: str, counter: Any,
+                   labeler: type[TeacherLabeler] = TeacherLabeler) -> ray.data.Dataset:
+    """Rows to label -> decode -> teacher -> masks written: the labeled rows for the sink; each stage writes
+    the rows it rejects as parts of run `run_id`. `labeler`: the teacher stage's actor class
+    (`TeacherLabeler`; the kill tests pass a slowed subclass)."""
     # One block of `part_rows` records is the unit of work from here on: one decode task, one
-    # teacher call per `batch_size`, one part file. Without this split a block is a whole plan
-    # partition and nothing is committed until it is labeled through (a kill would lose it all).
-    planned = planned.repartition(target_num_rows_per_block=cfg.part_rows)
+    # teacher call per `batch_size`, one part file. Without this split a block is a whole todo
+    # file and nothing is committed until it is labeled through (a kill would lose it all).
+    rows = rows.repartition(target_num_rows_per_block=cfg.part_rows)
     # Decode and write are CPU tasks before and after the teacher actors. Their CPU share differs
     # from the actors' so Ray Data does not fuse decoding into the (GPU) actor process.
     decode_cpus = 0.25 if cfg.cpus_per_worker != 0.25 else 0.3
     side = {"out": cfg.out, "run_id": run_id, "counter": counter}
-    decoded = planned.map_batches(decode_rows, fn_kwargs={"store": cfg.store, "max_boxes": cfg.max_boxes, **side},
-                                  batch_size=cfg.part_rows, batch_format="pyarrow", num_cpus=decode_cpus)
+    decoded = rows.map_batches(decode_rows, fn_kwargs={"store": cfg.store, "max_boxes": cfg.max_boxes, **side},
+                               batch_size=cfg.part_rows, batch_format="pyarrow", num_cpus=decode_cpus)
     labeled = decoded.map_batches(labeler, fn_constructor_args=(cfg.to_dict(), run_id, counter), **raycluster.actor_pool_kwargs(
         cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker or 0.0, cfg.batch_size))
     return labeled.map_batches(write_masks, fn_kwargs={"store": cfg.store, **side},
                                batch_size=cfg.part_rows, batch_format="numpy", num_cpus=WRITE_CPUS)
+
+
+def labeling_waves(cfg: PseudoLabelConfig, files: list[str], identity: str, run_id: str, counter: Any,
+                   labeler: type[TeacherLabeler] = TeacherLabeler) -> Iterator[ray.data.Dataset]:
+    """The run's executions (`bpiml.pseudolabel.waves`): runs the plan into the todo files, then yields one
+    labeling pipeline per wave; a wave's todo files are removed once the caller has run it."""
+    folder, rows_per_file = waves.todo_folder(cfg.out), waves.file_rows(cfg.wave_rows)
+    plan_pipeline(cfg, files, identity, run_id, counter).write_datasink(
+        waves.TodoSink(folder, run_id, rows_per_file), ray_remote_args={"num_cpus": WRITE_CPUS})
+    groups = waves.wave_groups(waves.todo_files(folder, run_id), cfg.wave_rows, rows_per_file)
+    if len(groups) > 1:
+        logger.info("labeling in %d waves of at most %d records (--wave-rows)", len(groups), cfg.wave_rows)
+    for k, group in enumerate(groups, 1):
+        if len(groups) > 1:
+            logger.info("wave %d of %d: %d todo files", k, len(groups), len(group))
+        yield label_pipeline(cfg, waves.read_wave(group), run_id, counter, labeler)
+        for uri in group:
+            storage.remove(uri)
 
 
 def _prepare(cfg: PseudoLabelConfig) -> PseudoLabelConfig:
@@ -213,7 +241,7 @@ def run_pseudolabel(cfg: PseudoLabelConfig, labeler: type[TeacherLabeler] = Teac
 
 class PseudoLabelJob(BatchJob):
     """`run_pseudolabel` on the batch skeleton (`bpiml.runtime.batch`): under the output's writer lock, the
-    pipeline into the parts sink, then supersedes applied, parts compacted, the index marked complete."""
+    plan into the todo files and each wave into the parts sink, then supersedes applied, parts compacted, the index marked complete."""
 
     what, progress_keys = "pseudo-labeling", ("labeled", "rejected", "skipped")
 
@@ -236,6 +264,9 @@ class PseudoLabelJob(BatchJob):
         check_output(index, cfg, self.identity, self.source)
         self.runs = (list((index or {}).get("runs", [])) + [run_id])[-20:]
         write_index(cfg.out, {**(index or {}), "complete": False, "source": self.source, "runs": self.runs})
+        stale = waves.clear(waves.todo_folder(cfg.out))
+        if stale:
+            logger.info("removed %d todo files of an earlier run that did not finish: planned again", stale)
         cfg.save(storage.join(cfg.out, "config.json"))
         logger.info("pseudo-labeling %s -> %s with teacher %s (run %s)", cfg.store, cfg.out, self.identity, run_id)
 
@@ -243,8 +274,8 @@ class PseudoLabelJob(BatchJob):
         total = progress.count_records(self.files)
         return min(total, self.cfg.limit) if total is not None and self.cfg.limit else total
 
-    def pipeline(self, run_id: str, counter: Any) -> ray.data.Dataset:
-        return build_pipeline(self.cfg, self.files, self.identity, run_id, counter, self.labeler)
+    def pipelines(self, run_id: str, counter: Any) -> Iterator[ray.data.Dataset]:
+        return labeling_waves(self.cfg, self.files, self.identity, run_id, counter, self.labeler)
 
     def sink(self, run_id: str, counter: Any) -> PartsSink:
         return part_sink(self.cfg.out, run_id, counter, self.cfg.part_rows)

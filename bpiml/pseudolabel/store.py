@@ -8,6 +8,7 @@
     <out>/config.json             the latest run's resolved config
     <out>/summary.json            the latest run's counts, throughput and mean pseudo-vs-GT IoU
     <out>/.lock                   held while a job writes (`bpiml.data.lock.LOCK_FILE`)
+    <out>/todo/                   while a run labels: its planned rows, wave by wave (`bpiml.pseudolabel.waves`)
     <out>/review/                 human review decisions and corrected masks (`bpiml.pseudolabel.reviews`)
 
 A record is the input record (its `image` and `mask` stay relative to the input store) plus

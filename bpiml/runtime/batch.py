@@ -18,7 +18,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import ray
@@ -161,6 +161,12 @@ class BatchJob:
         """The rows for the sink (stages that write rejects themselves write them as parts of `run_id`)."""
         raise NotImplementedError
 
+    def pipelines(self, run_id: str, counter: Any) -> Iterator[ray.data.Dataset]:
+        """The datasets for the sink, each run to its end before the next is asked for: Ray Data keeps state
+        on the driver per block for a whole execution, so a job over a store of any size runs it in
+        bounded pieces (`bpiml.pseudolabel.waves`). Default: the one `pipeline`."""
+        yield self.pipeline(run_id, counter)
+
     def sink(self, run_id: str, counter: Any) -> PartsSink:
         raise NotImplementedError
 
@@ -183,7 +189,7 @@ class BatchJob:
 
 
 def run_batch(job: BatchJob) -> dict[str, Any]:
-    """Run `job`: under its lock a new run id, a counter actor, the pipeline into its sink with progress
+    """Run `job`: under its lock a new run id, a counter actor, its pipelines into its sink with progress
     lines, compaction, the summary (`summary.json`, its `seconds` the pipeline's, compaction excluded) and
     the seal; then `finish`, and last the reject-rate check, which fails the job (after everything was
     written) past `max_reject_rate`. Returns the summary."""
@@ -193,7 +199,9 @@ def run_batch(job: BatchJob) -> dict[str, Any]:
         job.start(run_id, counter)
         started = time.perf_counter()
         with progress.report(counter, job.what, job.progress_keys, job.total()):
-            job.pipeline(run_id, counter).write_datasink(job.sink(run_id, counter), ray_remote_args={"num_cpus": WRITE_CPUS})
+            sink = job.sink(run_id, counter)
+            for dataset in job.pipelines(run_id, counter):
+                dataset.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
         elapsed = time.perf_counter() - started
         counts = ray.get(counter.get.remote())
         committed = job.commit(run_id)
