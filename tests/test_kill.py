@@ -208,7 +208,9 @@ def test_a_teacher_actor_then_e_a_worker_node_killed_mid_run(local_stack: LocalS
 # --- (b): the driver, twice; then ray job stop --------------------------------------------------------
 def test_b_driver_killed_rerun_twice_then_stopped_and_resubmitted(local_stack: LocalStack, data) -> None:
     bucket, out, log = data["bucket"], "pseudo-b", data["shared"] / "b.log"
-    args = pseudolabel_args(bucket, out, log)
+    # 2 s per batch: the rerun after the first kill must still be labeling when its parts show up, also
+    # on a loaded machine where the writes trail the teacher by many images (CI once saw 52 of 48 at 1 s).
+    args = pseudolabel_args(bucket, out, log, delay=2.0)
     driver = f"tests/slow_pseudolabel.py --store s3://{bucket}/store --out s3://{bucket}/{out}"
     committed = []
     job = submit(local_stack, args)

@@ -54,9 +54,9 @@ class TodoSink(Datasink):
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> None:
         for block in blocks:  # chunked per block: a retry sees the same blocks, so writes the same files
-            rows = BlockAccessor.for_block(block).to_arrow().to_pylist()
-            for start in range(0, len(rows), self.rows_per_file):
-                parts.write_part(self.folder, self.run_id, rows[start:start + self.rows_per_file])
+            rows = BlockAccessor.for_block(block).to_arrow()  # a plan block can be a whole hash partition
+            for start in range(0, rows.num_rows, self.rows_per_file):
+                parts.write_part(self.folder, self.run_id, rows.slice(start, self.rows_per_file).to_pylist())
 
 
 def todo_files(folder: str, run_id: str) -> list[str]:
