@@ -8,6 +8,7 @@ Every store, output, checkpoint and weights location is a local path (`data/stor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -289,6 +290,13 @@ def remove(uri: str) -> None:
         _s3(lambda: fs.rm_file(path), uri)
     except FileNotFoundError:
         pass
+
+
+def remove_empty_folder(uri: str) -> None:
+    """Delete a local folder if it is empty (an S3 prefix ends with its last key: nothing to do)."""
+    if not is_s3(uri):
+        with contextlib.suppress(OSError):
+            os.rmdir(local_path(uri))
 
 
 def check_readable(uri: str) -> None:

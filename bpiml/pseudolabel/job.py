@@ -286,6 +286,7 @@ class PseudoLabelJob(BatchJob):
         removed = commit.apply_supersedes(cfg.out, run_id)
         compact(storage.join(cfg.out, SHARDS_DIR), cfg.shard_rows, cfg.part_rows)
         commit.clean_run_folders(cfg.out, run_id)
+        waves.clear(waves.todo_folder(cfg.out))
         return {"removed": removed, "stats": commit.store_stats(cfg.out, cfg.review_below)}
 
     def summarize(self, counts: dict[Any, float], committed: dict[str, Any], elapsed: float) -> dict[str, Any]:

@@ -70,10 +70,12 @@ def wave_groups(files: list[str], wave_rows: int, rows_per_file: int) -> list[li
 
 
 def clear(folder: str) -> int:
-    """Remove every todo file (a killed run's, before a run plans again); returns how many."""
+    """Remove every todo file (a killed run's, before a run plans again, or none after the last wave) and
+    the folder; returns how many files there were."""
     files = storage.list_files(folder)
     for uri in files:
         storage.remove(uri)
+    storage.remove_empty_folder(folder)
     return len(files)
 
 
