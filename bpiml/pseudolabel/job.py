@@ -241,7 +241,8 @@ def run_pseudolabel(cfg: PseudoLabelConfig, labeler: type[TeacherLabeler] = Teac
 
 class PseudoLabelJob(BatchJob):
     """`run_pseudolabel` on the batch skeleton (`bpiml.runtime.batch`): under the output's writer lock, the
-    plan into the todo files and each wave into the parts sink, then supersedes applied, parts compacted, the index marked complete."""
+    plan into the todo files and each wave into the parts sink, then supersedes applied, parts compacted,
+    the index marked complete."""
 
     what, progress_keys = "pseudo-labeling", ("labeled", "rejected", "skipped")
 

@@ -7,7 +7,7 @@ records a block would grow the driver by most of a GB (docs/performance.md). So 
 several executions, and the driver drops each one's state before the next:
 
     the plan      one execution: read -> parse -> plan (`bpiml.pseudolabel.plan`); the rows to label
-                  go to `<out>/todo/` as part files of the run (`TodoSink`), `todo_rows` rows a file
+                  go to `<out>/todo/` as part files of the run (`TodoSink`), `file_rows` (<= 4,096) a file
     the waves     the todo files in groups of at most `wave_rows` records (`wave_groups`); each
                   group is one execution (`read_wave` -> decode -> teacher -> write -> the run's
                   sink), after which its todo files are removed
