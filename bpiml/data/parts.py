@@ -85,6 +85,11 @@ def table_files(folder: str) -> list[str]:
     return sorted(files)
 
 
+def run_parts(folder: str, run_id: str) -> list[str]:
+    """The part files of run `run_id` in `folder`, sorted."""
+    return sorted(u for u in storage.list_files(folder, ".jsonl") if os.path.basename(u).startswith(f"part-{run_id}-"))
+
+
 def uncompacted_runs(folder: str) -> list[str]:
     parts, _, marked = _classify(folder)
     return sorted(run for run in parts if run not in marked)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from bpiml.data import inputs, retry, storage
+from bpiml.data import inputs, parts, retry, storage
 from bpiml.data import manifest as manifest_io
 from bpiml.data.lock import LOCK_FILE, WriterLock
 from bpiml.data.manifest import SHARDS_DIR
@@ -167,7 +167,7 @@ def labeling_waves(cfg: PseudoLabelConfig, files: list[str], identity: str, run_
     folder, rows_per_file = waves.todo_folder(cfg.out), waves.file_rows(cfg.wave_rows)
     plan_pipeline(cfg, files, identity, run_id, counter).write_datasink(
         waves.TodoSink(folder, run_id, rows_per_file), ray_remote_args={"num_cpus": WRITE_CPUS})
-    groups = waves.wave_groups(waves.todo_files(folder, run_id), cfg.wave_rows, rows_per_file)
+    groups = waves.wave_groups(parts.run_parts(folder, run_id), cfg.wave_rows, rows_per_file)
     if len(groups) > 1:
         logger.info("labeling in %d waves of at most %d records (--wave-rows)", len(groups), cfg.wave_rows)
     for k, group in enumerate(groups, 1):

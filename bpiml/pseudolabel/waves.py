@@ -19,7 +19,6 @@ end and, for SAM, the teacher actors' start (once per wave).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -57,10 +56,6 @@ class TodoSink(Datasink):
             rows = BlockAccessor.for_block(block).to_arrow()  # a plan block can be a whole hash partition
             for start in range(0, rows.num_rows, self.rows_per_file):
                 parts.write_part(self.folder, self.run_id, rows.slice(start, self.rows_per_file).to_pylist())
-
-
-def todo_files(folder: str, run_id: str) -> list[str]:
-    return sorted(u for u in storage.list_files(folder, ".jsonl") if os.path.basename(u).startswith(f"part-{run_id}-"))
 
 
 def wave_groups(files: list[str], wave_rows: int, rows_per_file: int) -> list[list[str]]:

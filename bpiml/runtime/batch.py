@@ -15,7 +15,6 @@ skeleton"). Nothing of the store passes through the driver: it holds counts only
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -118,8 +117,7 @@ def compact(folder: str, shard_rows: int, part_rows: int) -> list[str]:
     """Merge the parts of every run without a marker into shards, mark the run, delete its parts."""
     done = []
     for run_id in parts.uncompacted_runs(folder):
-        files = sorted(u for u in storage.list_files(folder, ".jsonl")
-                       if os.path.basename(u).startswith(f"part-{run_id}-"))
+        files = parts.run_parts(folder, run_id)
         if len(files) <= DRIVER_LIMIT:
             _compact_on_driver(folder, run_id, files, shard_rows)
         else:  # about `shard_rows` records per task: groups of files, each becoming one shard
